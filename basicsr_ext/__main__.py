@@ -1,0 +1,6 @@
+"""``python -m basicsr_ext`` is the ``basicsr`` command (handy under ``torchrun -m``)."""
+import sys
+
+from basicsr_ext.cli import main
+
+sys.exit(main())

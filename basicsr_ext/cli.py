@@ -1,0 +1,88 @@
+"""The ``basicsr`` command.
+
+``basicsr train`` and ``basicsr test`` take the arguments of BasicSR's own
+``basicsr/train.py`` and ``basicsr/test.py`` and run BasicSR's own ``train_pipeline`` /
+``test_pipeline`` with ASID registered and the compatibility patches applied. Experiments
+and results land under the current directory, as when running BasicSR from its checkout.
+"""
+import argparse
+import os
+import sys
+
+from basicsr_ext.options import OptionError, load_and_check
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def _add_pipeline_arguments(parser):
+    # The same arguments as basicsr.utils.options.parse_options, which re-parses them.
+    parser.add_argument('-opt', required=True, metavar='FILE', help='path to the option YAML file')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
+    parser.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
+    parser.add_argument('--debug', action='store_true', help='debug mode: frequent logs, validation, checkpoints')
+    parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
+                        help='override options, e.g. train:total_iter=1000 datasets:train:batch_size_per_gpu=8')
+
+
+def _basicsr_argv(prog, args):
+    argv = [prog, '-opt', args.opt, '--launcher', args.launcher, '--local_rank', str(args.local_rank)]
+    if args.auto_resume:
+        argv.append('--auto_resume')
+    if args.debug:
+        argv.append('--debug')
+    if args.force_yml:
+        argv += ['--force_yml', *args.force_yml]
+    return argv
+
+
+def _run_pipeline(args, is_train):
+    try:
+        load_and_check(args.opt, args.force_yml, is_train=is_train)
+    except OptionError as e:
+        raise CommandError(str(e)) from None
+    if is_train:
+        from basicsr.train import train_pipeline as pipeline
+    else:
+        from basicsr.test import test_pipeline as pipeline
+    sys.argv = _basicsr_argv(f'basicsr {args.command}', args)  # BasicSR parses sys.argv itself
+    pipeline(os.getcwd())
+    return 0
+
+
+def cmd_train(args):
+    return _run_pipeline(args, is_train=True)
+
+
+def cmd_test(args):
+    return _run_pipeline(args, is_train=False)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='basicsr', description='BasicSR with ASID registered: train, test and use super-resolution networks.')
+    commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+
+    train = commands.add_parser('train', help='train with an option file (BasicSR train_pipeline)')
+    _add_pipeline_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    test = commands.add_parser('test', help='test with an option file (BasicSR test_pipeline)')
+    _add_pipeline_arguments(test)
+    test.set_defaults(func=cmd_test)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CommandError as e:
+        print(f'basicsr {args.command}: error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

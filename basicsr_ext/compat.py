@@ -1,0 +1,144 @@
+"""Patches that make PyPI BasicSR 1.4.2 run on today's stack.
+
+Each patch is a small function whose docstring names the upstream breakage it works around.
+It first checks whether the running stack needs it and returns ``False`` without touching
+anything when it does not. :func:`apply` runs them all once (the first one before anything
+imports ``basicsr``) and records the names of those applied in :data:`APPLIED`. README.md has a section per patch for users who hit the same breakages.
+"""
+import collections
+import os
+import sys
+import types
+
+import torch
+
+APPLIED = []
+
+
+def patch_functional_tensor():
+    """torchvision 0.17 removed ``transforms.functional_tensor``, which ``basicsr.data.degradations`` imports."""
+    try:
+        import torchvision.transforms.functional_tensor  # noqa: F401
+        return False
+    except ImportError:
+        pass
+    from torchvision.transforms import functional
+
+    shim = types.ModuleType('torchvision.transforms.functional_tensor')
+    shim.rgb_to_grayscale = functional.rgb_to_grayscale
+    sys.modules[shim.__name__] = shim
+    return True
+
+
+#: The only non-tensor, non-builtin type that BasicSR's own training states contain
+#: (``MultiStepRestartLR.milestones``). Everything else in them the safe loader already accepts.
+BASICSR_STATE_TYPES = (collections.Counter, )
+
+
+def patch_safe_loader():
+    """torch >= 2.6 loads with ``weights_only=True``; allow BasicSR's state types there, nothing else."""
+    if not hasattr(torch.serialization, 'add_safe_globals'):
+        return False  # torch < 2.4: no safe loader by default, nothing refused
+    from torch import _weights_only_unpickler
+    allowed = _weights_only_unpickler._get_allowed_globals()
+    missing = [t for t in BASICSR_STATE_TYPES if f'{t.__module__}.{t.__qualname__}' not in allowed]
+    if not missing:
+        return False
+    torch.serialization.add_safe_globals(missing)
+    return True
+
+
+def patch_cpu_resume():
+    """``basicsr.train.load_resume_state`` calls ``torch.cuda.current_device()``, so resuming fails without a GPU."""
+    if torch.cuda.is_available():
+        return False
+    import basicsr.train
+    from basicsr.utils import check_resume, scandir
+
+    def load_resume_state(opt):
+        # Same search as upstream's; only the map_location differs (CPU instead of the current GPU).
+        path = opt['path'].get('resume_state')
+        if opt['auto_resume']:
+            state_dir = os.path.join('experiments', opt['name'], 'training_states')
+            if os.path.isdir(state_dir):
+                iters = [float(s.split('.state')[0]) for s in scandir(state_dir, suffix='state')]
+                if iters:
+                    path = os.path.join(state_dir, f'{max(iters):.0f}.state')
+                    opt['path']['resume_state'] = path
+        if not path:
+            return None
+        resume_state = torch.load(path, map_location='cpu', weights_only=True)
+        check_resume(opt, resume_state['iter'])
+        return resume_state
+
+    basicsr.train.load_resume_state = load_resume_state
+    return True
+
+
+def patch_cpu_distributed():
+    """BasicSR's DDP setup hard-codes NCCL and ``torch.cuda``; without a GPU use gloo and a CPU DDP."""
+    if torch.cuda.is_available():
+        return False
+    import torch.distributed as dist
+    from basicsr.models.base_model import BaseModel
+    from basicsr.utils import dist_util
+
+    def _init_dist_pytorch(backend, **kwargs):
+        dist.init_process_group(backend='gloo', **kwargs)
+
+    upstream_model_to_device = BaseModel.model_to_device
+
+    def model_to_device(self, net):
+        if not self.opt['dist']:
+            return upstream_model_to_device(self, net)
+        net = net.to(self.device)
+        find_unused = self.opt.get('find_unused_parameters', False)
+        return torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=find_unused)
+
+    dist_util._init_dist_pytorch = _init_dist_pytorch
+    BaseModel.model_to_device = model_to_device
+    return True
+
+
+def patch_optimizers():
+    """PyPI 1.4.2 accepts only ``optim_g: {type: Adam}``; BasicSR master (and ASID's recipe) also use AdamW etc."""
+    from basicsr.models.base_model import BaseModel
+    try:
+        BaseModel.get_optimizer(None, 'AdamW', [torch.zeros(1, requires_grad=True)], 1e-3)
+        return False
+    except NotImplementedError:
+        pass
+    # The optimizers BasicSR master's get_optimizer accepts, by the names its option files use.
+    optimizers = {
+        'Adam': torch.optim.Adam,
+        'AdamW': torch.optim.AdamW,
+        'Adamax': torch.optim.Adamax,
+        'SGD': torch.optim.SGD,
+        'ASGD': torch.optim.ASGD,
+        'RMSprop': torch.optim.RMSprop,
+        'Rprop': torch.optim.Rprop,
+    }
+
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        if optim_type not in optimizers:
+            raise NotImplementedError(f'optimizer {optim_type} is not supported; use one of {sorted(optimizers)}.')
+        return optimizers[optim_type](params, lr, **kwargs)
+
+    BaseModel.get_optimizer = get_optimizer
+    return True
+
+
+#: In order: the first must run before anything imports ``basicsr``.
+PATCHES = (patch_functional_tensor, patch_safe_loader, patch_cpu_resume, patch_cpu_distributed, patch_optimizers)
+
+
+_checked = False
+
+
+def apply():
+    """Apply every patch the running stack needs, once; returns the names of those applied."""
+    global _checked
+    if not _checked:
+        _checked = True
+        APPLIED.extend(patch.__name__ for patch in PATCHES if patch())
+    return APPLIED
