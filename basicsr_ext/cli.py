@@ -6,6 +6,7 @@
 and results land under the current directory, as when running BasicSR from its checkout.
 """
 import argparse
+import logging
 import os
 import sys
 
@@ -38,6 +39,17 @@ def _basicsr_argv(prog, args):
     return argv
 
 
+def _fresh_basicsr_logger():
+    """BasicSR's get_root_logger sets up the 'basicsr' logger, and the run's log file, only on its
+    first call in a process; forget earlier set-ups so this run gets its own log file."""
+    from basicsr.utils import logger as basicsr_logger
+    logger = logging.getLogger('basicsr')
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    basicsr_logger.initialized_logger.pop('basicsr', None)
+
+
 def _run_pipeline(args, is_train):
     try:
         load_and_check(args.opt, args.force_yml, is_train=is_train)
@@ -48,6 +60,7 @@ def _run_pipeline(args, is_train):
     else:
         from basicsr.test import test_pipeline as pipeline
     sys.argv = _basicsr_argv(f'basicsr {args.command}', args)  # BasicSR parses sys.argv itself
+    _fresh_basicsr_logger()
     pipeline(os.getcwd())
     return 0
 

@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny paired data sets and option files that train in seconds on a CPU."""
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_image(height, width, seed):
+    """A smooth colour image: something a network can learn, unlike pure noise."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 0.5 + 0.4 * np.sin(x / (3 + seed) + y / 7)
+    g = 0.5 + 0.4 * np.cos(y / (4 + seed))
+    b = 0.5 + 0.4 * np.sin((x + y) / (5 + seed))
+    return (np.stack([b, g, r], -1) * 255).round().astype(np.uint8)
+
+
+def write_pairs(root, count, size=64, scale=4, start=0):
+    """Write ``count`` HR images and their (area-downscaled) LR partners under ``root/{HR,LR}``."""
+    for sub in ('HR', 'LR'):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for i in range(start, start + count):
+        hr = make_image(size, size, i)
+        cv2.imwrite(os.path.join(root, 'HR', f'{i:04d}.png'), hr)
+        lr = cv2.resize(hr, (size // scale, size // scale), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(os.path.join(root, 'LR', f'{i:04d}.png'), lr)
+    return root
+
+
+def tiny_options(data_root, name='tiny', network=None, total_iter=10, checkpoint_freq=5, val_freq=5):
+    """Options of a complete BasicSR SRModel run on ``data_root/{train,val}``, small enough for CI."""
+    network = network or {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
+                          'upscale': 4}
+    paired = {'type': 'PairedImageDataset', 'io_backend': {'type': 'disk'}}
+    return {
+        'name': name,
+        'model_type': 'SRModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'train': {**paired, 'name': 'tiny_train', 'dataroot_gt': f'{data_root}/train/HR',
+                      'dataroot_lq': f'{data_root}/train/LR', 'gt_size': 32, 'use_hflip': True, 'use_rot': True,
+                      'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2, 'dataset_enlarge_ratio': 1},
+            'val': {**paired, 'name': 'tiny_val', 'dataroot_gt': f'{data_root}/val/HR',
+                    'dataroot_lq': f'{data_root}/val/LR'},
+        },
+        'network_g': network,
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {
+            'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]},
+            'scheduler': {'type': 'MultiStepLR', 'milestones': [total_iter // 2], 'gamma': 0.5},
+            'total_iter': total_iter,
+            'warmup_iter': -1,
+            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+        },
+        'val': {'val_freq': val_freq, 'save_img': False,
+                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True}}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': checkpoint_freq, 'use_tb_logger': False},
+    }
+
+
+def write_options(path, opt):
+    with open(path, 'w') as f:
+        yaml.safe_dump(opt, f, sort_keys=False)
+    return str(path)
+
+
+def run_basicsr(*args, cwd, env=None, timeout=300):
+    """Run the ``basicsr`` command as a user would, in a fresh interpreter."""
+    return subprocess.run([sys.executable, '-m', 'basicsr_ext', *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """``tmp_path/data/{train,val}/{HR,LR}``: four training pairs and one validation pair at x4."""
+    root = tmp_path / 'data'
+    write_pairs(str(root / 'train'), 4)
+    write_pairs(str(root / 'val'), 1, start=10)
+    return str(root)

@@ -1,0 +1,130 @@
+"""The ``basicsr`` command: BasicSR's train/test pipelines, clear errors, resume, and DDP."""
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from basicsr_ext.cli import main
+from conftest import REPO, run_basicsr, tiny_options, write_options
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--help'])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ('train', 'test'):
+        assert re.search(rf'^\s+{command}\s', out, re.M), out
+
+
+def test_train_runs_basicsr_pipeline_and_writes_experiments_under_the_current_directory(tmp_path, tiny_data,
+                                                                                         monkeypatch):
+    opt_file = write_options(tmp_path / 'tiny.yml', tiny_options(tiny_data, total_iter=4, checkpoint_freq=2))
+    monkeypatch.chdir(tmp_path)
+    assert main(['train', '-opt', opt_file]) == 0
+    run_dir = tmp_path / 'experiments' / 'tiny'
+    assert (run_dir / 'models' / 'net_g_latest.pth').is_file()
+    assert (run_dir / 'training_states' / '4.state').is_file()
+    assert 'End of training' in open(glob.glob(str(run_dir / 'train_tiny_*.log'))[0]).read()
+
+
+def test_test_command_reports_psnr_under_results(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(['train', '-opt', write_options(tmp_path / 't.yml', tiny_options(tiny_data, total_iter=2))]) == 0
+    opt = tiny_options(tiny_data, name='tiny_test')
+    del opt['datasets']['train'], opt['train']
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'experiments/tiny/models/net_g_latest.pth')
+    assert main(['test', '-opt', write_options(tmp_path / 'test.yml', opt)]) == 0
+    log = open(glob.glob(str(tmp_path / 'results/tiny_test/test_tiny_test_*.log'))[0]).read()
+    assert re.search(r'# psnr: \d+\.\d+', log)
+
+
+def _broken_options(tmp_path, tiny_data):
+    """Option files with one mistake each, and the words the one-line error must contain."""
+    unknown_net = tiny_options(tiny_data)
+    unknown_net['network_g']['type'] = 'NoSuchNet'
+    missing_dir = tiny_options(tiny_data)
+    missing_dir['datasets']['train']['dataroot_lq'] = str(tmp_path / 'nowhere')
+    (tmp_path / 'malformed.yml').write_text('name: [unclosed\nmodel_type: SRModel\n')
+    return {
+        'missing file': (str(tmp_path / 'absent.yml'), ['absent.yml', 'not found']),
+        'malformed YAML': (str(tmp_path / 'malformed.yml'), ['malformed.yml', 'YAML', 'line']),
+        'unknown network': (write_options(tmp_path / 'net.yml', unknown_net), ['net.yml', 'network_g.type',
+                                                                              'NoSuchNet']),
+        'missing dataset folder': (write_options(tmp_path / 'dir.yml', missing_dir),
+                                   ['dir.yml', 'datasets.train.dataroot_lq', 'nowhere', 'does not exist']),
+    }
+
+
+@pytest.mark.parametrize('case', ['missing file', 'malformed YAML', 'unknown network', 'missing dataset folder'])
+def test_bad_option_file_gives_one_line_naming_file_and_key(case, tmp_path, tiny_data, capsys):
+    opt_file, words = _broken_options(tmp_path, tiny_data)[case]
+    assert main(['train', '-opt', opt_file]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for word in words:
+        assert word in err
+    assert not (tmp_path / 'experiments').exists()
+
+
+def test_force_yml_overrides_an_option_and_rejects_unknown_keys(tmp_path, tiny_data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    opt_file = write_options(tmp_path / 'tiny.yml', tiny_options(tiny_data, total_iter=50))
+    assert main(['train', '-opt', opt_file, '--force_yml', 'train:total_iter=2', 'logger:save_checkpoint_freq=1']) == 0
+    assert sorted(os.listdir(tmp_path / 'experiments/tiny/training_states')) == ['1.state', '2.state']
+    assert main(['train', '-opt', opt_file, '--force_yml', 'train:total_iters=2']) == 2
+    assert "no option 'train:total_iters'" in capsys.readouterr().err
+
+
+def test_auto_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_data):
+    network = {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 16, 'num_block': 2, 'upscale': 4}
+    opt = tiny_options(tiny_data, name='killed', network=network, total_iter=300, checkpoint_freq=20, val_freq=1000)
+    opt['datasets']['train']['gt_size'] = 64
+    command = [sys.executable, '-m', 'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'k.yml', opt),
+               '--auto_resume']
+    states = tmp_path / 'experiments/killed/training_states'
+
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (states.is_dir() and os.listdir(states)) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # let the first state file be written completely
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+    saved = max(int(name.split('.')[0]) for name in os.listdir(states))
+    assert saved < 300
+
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    logs = sorted(glob.glob(str(tmp_path / 'experiments/killed/train_killed_*.log')))
+    resumed = open(logs[-1]).read()
+    assert f'Resuming training from epoch: ' in resumed and f'iter: {saved}.' in resumed
+    assert 'End of training' in resumed
+    assert (states / '300.state').is_file()
+
+
+def test_two_process_ddp_run_with_gloo_trains_logs_and_validates_once(tmp_path, tiny_data):
+    opt = tiny_options(tiny_data, name='ddp', total_iter=4, checkpoint_freq=2, val_freq=2)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': REPO}
+    result = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29561', '-m',
+         'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'ddp.yml', opt), '--launcher', 'pytorch'],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = glob.glob(str(tmp_path / 'experiments/ddp/train_ddp_*.log'))
+    assert len(logs) == 1  # only rank 0 writes the log
+    log = open(logs[0]).read()
+    assert 'World size (gpu number): 2' in log
+    assert len(re.findall(r'Validation tiny_val', log)) == 3  # iterations 2 and 4, and after training
+    assert sorted(os.listdir(tmp_path / 'experiments/ddp/training_states')) == ['2.state', '4.state']
+
+
+def test_console_script_runs_as_python_module(tmp_path):
+    result = run_basicsr('--help', cwd=tmp_path)
+    assert result.returncode == 0 and 'train' in result.stdout

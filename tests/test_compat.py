@@ -1,0 +1,111 @@
+"""Each patch in basicsr_ext.compat: the upstream breakage it works around is gone."""
+import collections
+import io
+import pickle
+
+import pytest
+import torch
+
+import basicsr_ext  # noqa: F401  (applies the patches)
+from basicsr_ext import compat
+
+
+def test_basicsr_imports_without_torchvision_functional_tensor():
+    # basicsr.data.degradations does `from torchvision.transforms.functional_tensor import rgb_to_grayscale`
+    from basicsr.data import degradations
+    from torchvision.transforms import functional
+
+    assert degradations.rgb_to_grayscale is functional.rgb_to_grayscale
+
+
+def test_apply_runs_each_patch_once_and_reports_what_it_applied():
+    assert compat.apply() is compat.apply()
+    assert set(compat.APPLIED) <= {p.__name__ for p in compat.PATCHES}
+    assert len(compat.APPLIED) == len(set(compat.APPLIED))
+
+
+def _basicsr_training_state():
+    """What BasicSR's BaseModel.save_training_state writes, built with BasicSR's own classes."""
+    from basicsr.models.lr_scheduler import CosineAnnealingRestartLR, MultiStepRestartLR
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([param], lr=1e-3)
+    param.grad = torch.ones(3)
+    optimizer.step()
+    schedulers = [MultiStepRestartLR(optimizer, milestones=[10, 20], gamma=0.5),
+                  CosineAnnealingRestartLR(optimizer, periods=[10], restart_weights=[1])]
+    return {'epoch': 1, 'iter': 5, 'optimizers': [optimizer.state_dict()],
+            'schedulers': [s.state_dict() for s in schedulers]}
+
+
+def test_basicsr_training_state_loads_with_the_safe_loader():
+    buffer = io.BytesIO()
+    torch.save(_basicsr_training_state(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert isinstance(state['schedulers'][0]['milestones'], collections.Counter)
+    assert state['iter'] == 5
+
+
+class _CarriesCode:
+    def __reduce__(self):
+        return (print, ('this ran while loading a checkpoint',))
+
+
+def test_safe_loader_still_refuses_a_checkpoint_that_carries_code():
+    buffer = io.BytesIO()
+    torch.save({'params': {}, 'payload': _CarriesCode()}, buffer)
+    buffer.seek(0)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(buffer, weights_only=True)
+
+
+def test_resume_state_loads_on_a_machine_without_gpu(tmp_path):
+    import basicsr.train
+    path = tmp_path / 'experiments' / 'run' / 'training_states' / '5.state'
+    path.parent.mkdir(parents=True)
+    torch.save(_basicsr_training_state(), path)
+    opt = {'name': 'run', 'auto_resume': False, 'path': {'resume_state': str(path)}, 'rank': 0}
+    state = basicsr.train.load_resume_state(opt)
+    assert state['iter'] == 5
+    assert state['optimizers'][0]['state'][0]['exp_avg'].device.type == 'cpu'
+
+
+def test_auto_resume_picks_the_latest_state(tmp_path, monkeypatch):
+    import basicsr.train
+    monkeypatch.chdir(tmp_path)
+    states = tmp_path / 'experiments' / 'run' / 'training_states'
+    states.mkdir(parents=True)
+    for it in (5, 10):
+        torch.save({**_basicsr_training_state(), 'iter': it}, states / f'{it}.state')
+    opt = {'name': 'run', 'auto_resume': True, 'path': {'resume_state': None}, 'rank': 0}
+    assert basicsr.train.load_resume_state(opt)['iter'] == 10
+    assert opt['path']['resume_state'].endswith('10.state')
+
+
+@pytest.mark.parametrize('name', ['Adam', 'AdamW', 'SGD'])
+def test_basicsr_models_build_the_optimizers_of_basicsr_master(name):
+    from basicsr.models.base_model import BaseModel
+    optimizer = BaseModel.get_optimizer(None, name, [torch.nn.Parameter(torch.ones(1))], 1e-3)
+    assert type(optimizer) is getattr(torch.optim, name)
+
+
+def test_unknown_optimizer_is_named_in_the_error():
+    from basicsr.models.base_model import BaseModel
+    with pytest.raises(NotImplementedError, match='Adamm'):
+        BaseModel.get_optimizer(None, 'Adamm', [torch.nn.Parameter(torch.ones(1))], 1e-3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the gloo fallback applies to machines without a GPU')
+def test_distributed_init_uses_gloo_without_gpu(monkeypatch):
+    import torch.distributed as dist
+    from basicsr.utils import dist_util
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', '29555')
+    dist_util._init_dist_pytorch('nccl')  # what init_dist('pytorch') calls, with upstream's default backend
+    try:
+        assert dist.get_backend() == 'gloo'
+        assert dist.get_world_size() == 1
+    finally:
+        dist.destroy_process_group()
