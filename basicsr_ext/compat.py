@@ -2,11 +2,14 @@
 
 Each patch is a small function whose docstring names the upstream breakage it works around.
 It first checks whether the running stack needs it and returns ``False`` without touching
-anything when it does not. :func:`apply` runs them all once (the first one before anything
-imports ``basicsr``) and records the names of those applied in :data:`APPLIED`. README.md has a section per patch for users who hit the same breakages.
+anything when it does not. :func:`apply` runs them all once, in order, the import fixes
+before anything imports ``basicsr``, and records the names of those applied in
+:data:`APPLIED`. README.md has a section per patch for users who hit the same breakages.
 """
 import collections
+import functools
 import os
+import re
 import sys
 import types
 
@@ -27,6 +30,34 @@ def patch_functional_tensor():
     shim = types.ModuleType('torchvision.transforms.functional_tensor')
     shim.rgb_to_grayscale = functional.rgb_to_grayscale
     sys.modules[shim.__name__] = shim
+    return True
+
+
+@functools.total_ordering
+class LooseVersion:
+    """The part of ``distutils.version.LooseVersion`` BasicSR uses: ordering of dotted versions."""
+
+    def __init__(self, version):
+        self.version = tuple(int(part) for part in re.findall(r'\d+', str(version)))
+
+    def __eq__(self, other):
+        return self.version == LooseVersion(other).version
+
+    def __lt__(self, other):
+        return self.version < LooseVersion(other).version
+
+
+def patch_distutils():
+    """Python 3.12 removed ``distutils``; ``basicsr.archs.arch_util`` imports ``distutils.version.LooseVersion``."""
+    try:
+        import distutils.version  # noqa: F401
+        return False
+    except ImportError:
+        pass
+    distutils = types.ModuleType('distutils')
+    distutils.version = types.ModuleType('distutils.version')
+    distutils.version.LooseVersion = LooseVersion
+    sys.modules.update({'distutils': distutils, 'distutils.version': distutils.version})
     return True
 
 
@@ -128,8 +159,8 @@ def patch_optimizers():
     return True
 
 
-#: In order: the first must run before anything imports ``basicsr``.
-PATCHES = (patch_functional_tensor, patch_safe_loader, patch_cpu_resume, patch_cpu_distributed, patch_optimizers)
+#: In order: the first two must run before anything imports ``basicsr``.
+PATCHES = (patch_functional_tensor, patch_distutils, patch_safe_loader, patch_cpu_resume, patch_cpu_distributed, patch_optimizers)
 
 
 _checked = False

@@ -109,3 +109,16 @@ def test_distributed_init_uses_gloo_without_gpu(monkeypatch):
         assert dist.get_world_size() == 1
     finally:
         dist.destroy_process_group()
+
+
+def test_loose_version_stand_in_orders_versions_as_basicsr_needs():
+    # used by basicsr.archs.arch_util where Python >= 3.12 has no distutils
+    from basicsr_ext.compat import LooseVersion
+    assert LooseVersion('0.29.1') >= LooseVersion('0.9.0')
+    assert LooseVersion('0.8.2') < '0.9.0'
+    assert LooseVersion('2.14.1+cu130') > '2.14'
+
+
+def test_basicsr_arch_util_imports_on_this_python():
+    from basicsr.archs import arch_util
+    assert arch_util.LooseVersion('1.10') > arch_util.LooseVersion('1.9')
