@@ -125,9 +125,9 @@ def load_state_dict(path_or_dict):
     return obj, is_basicsr
 
 
-def _preview(keys, count=4):
+def _preview(keys, count=4, quote=True):
     keys = list(keys)
-    shown = ', '.join(repr(k) for k in keys[:count])
+    shown = ', '.join(repr(k) if quote else str(k) for k in keys[:count])
     return shown + (f', ... ({len(keys) - count} more)' if len(keys) > count else '') if keys else 'none'
 
 
@@ -204,12 +204,12 @@ def build_asid(path_or_state, upscale=None, num_groups=None, value_range=None):
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
-                  if k in state_dict and state_dict[k].shape != v.shape]
+    mismatched = [f'{k!r} is {tuple(state_dict[k].shape)} in the file, {tuple(v.shape)} in the model'
+                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
     if missing or unexpected or mismatched:
-        parts = [f'{label} {len(items)}: {_preview(items, 3)}'
-                 for label, items in (('missing', missing), ('unexpected', unexpected),
-                                      ('shape mismatch (file vs model)', mismatched)) if items]
+        parts = [f'{label} {len(items)}: {_preview(items, 3, quote)}'
+                 for label, items, quote in (('missing', missing, True), ('unexpected', unexpected, True),
+                                             ('wrong shape', mismatched, False)) if items]
         arch = ', '.join(f'{k}={v}' for k, v in config.items())
         raise CheckpointError(f'checkpoint {name} does not match ASID({arch}): ' + '; '.join(parts))
     try:
