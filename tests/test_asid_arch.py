@@ -1,16 +1,13 @@
 """The ASID network: release compatibility (keys, parameter counts, golden output) and behaviour."""
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import asid_arch  # noqa: E402  (patches BasicSR, registers the networks)
-from asid_arch import ASID, ASID_D8  # noqa: E402
-from asid_arch.asid_arch import add_windows, window_partition  # noqa: E402
+import asid_arch  # noqa: F401  (patches BasicSR, registers the networks)
+from asid_arch import ASID, ASID_D8
+from asid_arch.asid_arch import add_windows, window_partition
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 

@@ -1,13 +1,10 @@
 """Checkpoint helpers: formats, config inference, overrides, and refusing bad or unsafe files."""
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from asid_arch import ASID, CheckpointError, build_asid, infer_config, load_state_dict  # noqa: E402
+from asid_arch import ASID, CheckpointError, build_asid, infer_config, load_state_dict
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 
