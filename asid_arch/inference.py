@@ -1,0 +1,314 @@
+"""Upscale images with ASID from Python: an array or a tensor in, the upscaled one out.
+
+::
+
+    from asid_arch.inference import ASIDUpsampler
+
+    up = ASIDUpsampler('net_g_latest.pth')   # a BasicSR checkpoint, the authors' release file,
+                                             # a loaded state_dict or an nn.Module
+    sr = up.upscale(rgb)                     # numpy: HxW, HxWx1, HxWx2, HxWx3, HxWx4 (RGB order)
+    sr = up.upscale_tensor(batch)            # torch: (N, 3, H, W) or (3, H, W), float in [0, 1]
+
+Arrays are RGB / RGBA (as PIL, imageio and matplotlib give them; convert OpenCV's BGR first)
+in ``uint8``, ``uint16`` or floating point in [0, 1], and come back in the same layout and
+dtype (floats as ``float32``). Greyscale is run as RGB (the grey replicated) and returned
+as greyscale (ITU-R BT.601 luma of the output, as OpenCV's RGB2GRAY). Alpha is upscaled on
+its own (``alpha='asid'``: by the network, the alpha replicated to RGB and the output's
+channel mean kept, as Real-ESRGAN does; ``'bicubic'``: bicubic interpolation) and
+re-attached; a constant alpha (fully opaque images saved with an alpha channel) stays
+exactly constant either way.
+
+Large images: by default the whole image goes through the network at once when its
+estimated memory fits (half the free GPU memory, or half the available RAM), otherwise it
+is cut into square tiles that fit (:func:`asid_arch.tiling.tiled_forward`, overlaps
+averaged). ``tile=N`` forces N-pixel tiles, ``tile=0`` the whole image; ``tile=64,
+tile_overlap=24`` is the ASID authors' evaluation protocol.
+
+Note that ASID is not a local operator: squeeze-excitation (a global mean), the grid
+windows of SGA and ``cttn2`` (dilated over the whole image) and ESA's pooled branch let
+every output pixel depend on the whole input. Tiled output is therefore close to, but not
+bit-identical with, whole-image output, even far from tile seams; for networks whose
+receptive field is smaller than the overlap it is identical there.
+"""
+import math
+import os
+import warnings
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import build_asid
+from .tiling import tile_starts, tiled_forward
+
+#: Accepted ``precision`` names and their dtypes.
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+#: What ``precision='auto'`` picks on a GPU: the fastest precision whose Set5 PSNR stays
+#: within 0.01 dB of fp32 (``python -m basicsr_ext.precision_check``). On the CPU 'auto' is fp32.
+GPU_AUTO_PRECISION = 'fp16'
+#: Peak memory per LR input pixel of ASID (48 features, fp32, no grad), with some margin:
+#: about 8 KB was measured on the CPU for 64..256 px inputs. Scaled with ``num_feat``.
+BYTES_PER_PIXEL = 10 * 1024
+#: Share of the free memory that the automatic whole-image/tile choice may plan to use.
+MEMORY_SHARE = 0.5
+#: Smallest tile the automatic choice makes (a multiple of the window size 8).
+MIN_AUTO_TILE = 64
+#: ITU-R BT.601 luma weights (R, G, B), as OpenCV's COLOR_RGB2GRAY.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def resolve_device(device='auto'):
+    """``'auto'`` -> CUDA when available, else CPU; anything else is checked and returned."""
+    if device is None or device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {device} requested, but CUDA is not available (torch {torch.__version__})')
+    return device
+
+
+def resolve_precision(precision, device):
+    """``'auto'`` -> fp32 on the CPU, :data:`GPU_AUTO_PRECISION` on a GPU; others are checked."""
+    if precision is None or precision == 'auto':
+        return GPU_AUTO_PRECISION if device.type == 'cuda' else 'fp32'
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of auto, {", ".join(PRECISIONS)}; got {precision!r}')
+    if precision != 'fp32' and device.type == 'cpu':
+        warnings.warn(f'{precision} on the CPU is emulated and usually slower than fp32', stacklevel=3)
+    return precision
+
+
+def available_memory(device):
+    """Free memory in bytes on ``device`` (CUDA: free device memory; CPU: MemAvailable)."""
+    if device.type == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _model_scale(model, scale):
+    upscale = getattr(model, 'upscale', None)
+    if scale is not None and upscale is not None and scale != upscale:
+        raise ValueError(f'the model is a x{upscale} network, but scale={scale!r} was given')
+    scale = scale if scale is not None else upscale
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError('pass scale= for a network without an integer `upscale` attribute')
+    return scale
+
+
+class ASIDUpsampler:
+    """Upscale arrays and tensors with an ASID network (or any x``scale`` SR network).
+
+    Args:
+        model (str | os.PathLike | dict | nn.Module): checkpoint path (BasicSR
+            ``params``/``params_ema`` or the authors' raw release), a loaded checkpoint, or a
+            network. Checkpoints are built with :func:`asid_arch.checkpoint.build_asid`:
+            variant and scale come from the weights, value range (-1, 1) for the authors'
+            raw release and (0, 1) for BasicSR files.
+        device (str | torch.device): 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1'...
+        precision (str): 'auto' (fp32 on the CPU, :data:`GPU_AUTO_PRECISION` on a GPU),
+            'fp32', 'fp16' or 'bf16'. Reduced precisions run under ``torch.autocast``
+            (weights stay fp32; the network keeps its norms and softmaxes in fp32).
+        tile (int | None): None: whole image when it fits in memory, tiles otherwise.
+            0: always the whole image. N > 0: N x N LR tiles.
+        tile_overlap (int): LR pixels shared by neighbouring tiles (averaged). Default: 24.
+        alpha (str): how alpha is upscaled: 'asid' (default) or 'bicubic'.
+        scale, num_groups, value_range: checked against / passed to ``build_asid`` for a
+            checkpoint (``scale`` must match the weights); ``scale`` is needed for a network
+            without an ``upscale`` attribute.
+        max_memory (int | None): bytes the automatic tile choice may plan to use. Default:
+            :data:`MEMORY_SHARE` of the memory free at the time of each call.
+        amp (bool): True (default): fp16/bf16 through autocast. False: cast weights and
+            inputs to that dtype (faster on some GPUs, less safe numerically).
+    """
+
+    def __init__(self, model, device='auto', precision='auto', tile=None, tile_overlap=24, alpha='asid',
+                 scale=None, num_groups=None, value_range=None, max_memory=None, amp=True):
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = PRECISIONS[self.precision]
+        if tile is not None and (not isinstance(tile, int) or tile < 0):
+            raise ValueError(f'tile must be None, 0 or a positive number of pixels, got {tile!r}')
+        if not isinstance(tile_overlap, int) or tile_overlap < 0:
+            raise ValueError(f'tile_overlap must be a non-negative number of pixels, got {tile_overlap!r}')
+        if tile and tile_overlap >= tile:
+            raise ValueError(f'tile_overlap ({tile_overlap}) must be smaller than tile ({tile})')
+        if alpha not in ('asid', 'bicubic'):
+            raise ValueError(f"alpha must be 'asid' or 'bicubic', got {alpha!r}")
+        self.tile, self.tile_overlap, self.alpha, self.max_memory = tile, tile_overlap, alpha, max_memory
+
+        if isinstance(model, nn.Module):
+            if value_range is not None or num_groups is not None:
+                raise ValueError('value_range and num_groups apply to checkpoints, not to a built network')
+            net = model
+        else:
+            net = build_asid(model, upscale=scale, num_groups=num_groups, value_range=value_range)
+        self.scale = _model_scale(net, scale)
+        self.cast = self.dtype != torch.float32 and not amp
+        net = net.eval().requires_grad_(False).to(self.device)
+        self.net = net.to(self.dtype) if self.cast else net
+        self._bytes_per_pixel = BYTES_PER_PIXEL * getattr(net, 'num_feat', 48) / 48
+
+    def __repr__(self):
+        net = self.net
+        name = type(net).__name__
+        if hasattr(net, 'num_groups'):
+            name += (f' x{self.scale} ({net.num_groups} groups, {net.num_feat} features, '
+                     f'value range [{net.value_range[0]}, {net.value_range[1]}])')
+        return f'ASIDUpsampler({name}, device={self.device}, precision={self.precision})'
+
+    # ------------------------------------------------------------------------------------
+    # planning
+    # ------------------------------------------------------------------------------------
+    def plan(self, height, width, batch=1):
+        """Tile size used for a ``height`` x ``width`` input: None means the whole image."""
+        if self.tile is not None:
+            return self.tile if 0 < self.tile < max(height, width) else None
+        budget = self.max_memory if self.max_memory is not None else MEMORY_SHARE * available_memory(self.device)
+        if batch * height * width * self._bytes_per_pixel <= budget:
+            return None
+        side = int(math.sqrt(max(budget, 0) / (batch * self._bytes_per_pixel))) // 8 * 8
+        side = max(side, MIN_AUTO_TILE, (2 * self.tile_overlap + 8) // 8 * 8)
+        return side if side < max(height, width) else None
+
+    def num_tiles(self, height, width, batch=1):
+        """Number of network calls :meth:`upscale_tensor` makes for such an input (1: whole image)."""
+        tile = self.plan(height, width, batch)
+        if tile is None:
+            return 1
+        return len(tile_starts(height, tile, self.tile_overlap)) * len(tile_starts(width, tile, self.tile_overlap))
+
+    def describe_plan(self, height, width, batch=1):
+        """'whole image' or 'tiles of N px, overlap M px (K tiles)', for logs."""
+        tile = self.plan(height, width, batch)
+        if tile is None:
+            return 'whole image'
+        return f'tiles of {tile} px, overlap {self.tile_overlap} px ({self.num_tiles(height, width, batch)} tiles)'
+
+    def network_passes(self, img):
+        """How many times :meth:`upscale` runs the network over ``img``: 2 with an alpha
+        channel that is upscaled by ASID and not constant, else 1."""
+        arr = np.asarray(img)
+        if arr.ndim == 3 and arr.shape[2] in (2, 4) and self.alpha == 'asid':
+            alpha = arr[..., -1]
+            return 1 if (alpha == alpha.flat[0]).all() else 2
+        return 1
+
+    # ------------------------------------------------------------------------------------
+    # tensors
+    # ------------------------------------------------------------------------------------
+    def _forward(self, x):
+        if self.cast:
+            x = x.to(self.dtype)
+        amp = (torch.autocast(self.device.type, dtype=self.dtype)
+               if self.dtype != torch.float32 and not self.cast else nullcontext())
+        with amp:
+            out = self.net(x)
+        return out.float()  # tiles are accumulated and averaged in fp32
+
+    def upscale_tensor(self, x, on_tile=None):
+        """Upscale a float tensor (N, 3, H, W) or (3, H, W) of RGB values in [0, 1].
+
+        Args:
+            x (Tensor): the input on any device; values are taken as [0, 1] RGB.
+            on_tile (callable, optional): called after each network call (progress bars).
+
+        Returns:
+            Tensor: float32, (N, 3, H*s, W*s) or (3, H*s, W*s), clamped to [0, 1], on
+            ``x``'s device.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'upscale_tensor expects a torch.Tensor, got {type(x).__name__}')
+        if x.dim() not in (3, 4) or x.shape[-3] != 3 or x.shape[-1] == 0 or x.shape[-2] == 0:
+            raise ValueError(f'expected a (N, 3, H, W) or (3, H, W) tensor, got shape {tuple(x.shape)}')
+        if not x.is_floating_point():
+            raise ValueError(f'expected a floating-point tensor in [0, 1], got {x.dtype}')
+        single = x.dim() == 3
+        batch = x[None] if single else x
+        out_device = x.device
+        batch = batch.to(self.device, torch.float32)
+        n, _, h, w = batch.shape
+        tile = self.plan(h, w, n)
+        with torch.inference_mode():
+            if tile is None:
+                out = self._forward(batch)
+                if on_tile is not None:
+                    on_tile()
+            else:
+                out = tiled_forward(self._forward, batch, self.scale, tile, self.tile_overlap, on_tile)
+            out = out.clamp_(0, 1).to(out_device)
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------------------------
+    # arrays
+    # ------------------------------------------------------------------------------------
+    def _upscale_alpha(self, alpha, on_tile):
+        """(H, W) float32 in [0, 1] -> (H*s, W*s)."""
+        h, w = alpha.shape
+        s = self.scale
+        if (alpha == alpha.flat[0]).all():
+            return np.full((h * s, w * s), alpha.flat[0], np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(alpha))[None, None]
+        if self.alpha == 'bicubic':
+            return F.interpolate(t, scale_factor=s, mode='bicubic', align_corners=False).clamp_(0, 1)[0, 0].numpy()
+        out = self.upscale_tensor(t.expand(1, 3, h, w), on_tile)
+        return out[0].mean(0).numpy()
+
+    def upscale(self, img, on_tile=None):
+        """Upscale an image array.
+
+        Args:
+            img (np.ndarray): HxW or HxWx1 (grey), HxWx2 (grey + alpha), HxWx3 (RGB) or
+                HxWx4 (RGBA); ``uint8``, ``uint16``, or floating point in [0, 1] (values
+                outside are clipped).
+            on_tile (callable, optional): called after each network call.
+
+        Returns:
+            np.ndarray: (H*s)x(W*s) with the same channels; ``uint8``/``uint16`` as given,
+            ``float32`` for float input.
+        """
+        arr = np.asarray(img)
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
+            raise ValueError(f'expected an HxW, HxWx1, HxWx2, HxWx3 or HxWx4 image, got shape {arr.shape}')
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise ValueError(f'empty image of shape {arr.shape}')
+        if arr.dtype == np.uint8 or arr.dtype == np.uint16:
+            peak = float(np.iinfo(arr.dtype).max)
+            data = arr.astype(np.float32) / peak
+        elif np.issubdtype(arr.dtype, np.floating):
+            peak = None
+            data = np.clip(arr.astype(np.float32), 0, 1)
+        else:
+            raise ValueError(f'expected uint8, uint16 or float pixels, got {arr.dtype}')
+
+        if data.ndim == 2:
+            data = data[..., None]
+        channels = data.shape[2]
+        grey = channels in (1, 2)
+        alpha = data[..., -1] if channels in (2, 4) else None
+        rgb = np.repeat(data[..., :1], 3, axis=2) if grey else data[..., :3]
+
+        t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        out = self.upscale_tensor(t, on_tile).numpy()  # (3, H*s, W*s)
+        if grey:
+            out = sum(c * out[i] for i, c in enumerate(LUMA))[None]
+        planes = list(out)
+        if alpha is not None:
+            planes.append(self._upscale_alpha(alpha, on_tile))
+        out = np.stack(planes, axis=-1)
+        if arr.ndim == 2:
+            out = out[..., 0]
+        if peak is None:
+            return out.astype(np.float32)
+        return np.clip(np.round(out * peak), 0, peak).astype(arr.dtype)
