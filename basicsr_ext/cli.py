@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from basicsr_ext import infer
 from basicsr_ext.options import OptionError, load_and_check
 
 
@@ -85,6 +86,8 @@ def build_parser():
     test = commands.add_parser('test', help='test with an option file (BasicSR test_pipeline)')
     _add_pipeline_arguments(test)
     test.set_defaults(func=cmd_test)
+
+    infer.add_parser(commands)
     return parser
 
 

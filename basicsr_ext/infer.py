@@ -1,0 +1,366 @@
+"""``basicsr infer``: upscale image files with an ASID checkpoint.
+
+::
+
+    basicsr infer -i photos/ -o upscaled/ --model-path net_g_latest.pth [--tile 256] [--ext png]
+
+INPUT is an image file or a folder (not searched recursively; files that are not images
+are skipped with a note). Outputs are named ``{stem}{suffix}.{ext}`` in OUTPUT, suffix
+``_ASID_x{scale}`` and the input's format by default. What is read and written:
+
+* 8-bit RGB / greyscale / palette images: upscaled as RGB; greyscale written back as
+  greyscale (BT.601 luma of the output).
+* Alpha (RGBA, grey + alpha): RGB by ASID, alpha by ASID or bicubic (``--alpha``), then
+  re-attached. Formats without alpha (JPEG, BMP) are written as PNG instead, with a note.
+  Grey + alpha is read by OpenCV as RGBA and written as RGBA.
+* 16-bit PNG / TIFF (and 32-bit float TIFF): computed in float, written back at the same
+  depth; 8-bit-only formats (``--ext jpg``) get 8 bits, with a note.
+* EXIF orientation is applied (the pixels are turned upright; no EXIF is written).
+
+Each image that cannot be done (unreadable, truncated, not an image, output larger than
+``--max-pixels``, out of memory, unwritable) is reported on one ``FAILED path: reason``
+line and the others still run; the exit status is 1 if any failed. An unusable checkpoint
+is one error before any image is read (exit status 2). The last line is the summary:
+``done N, skipped M, failed K in T s``.
+"""
+import io
+import os
+import sys
+import time
+import warnings
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+#: Files taken from a folder: what OpenCV reads, by extension (case-insensitive).
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.jpe', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.ppm', '.pgm',
+                    '.pnm', '.pbm')
+#: Output formats for ``--ext``.
+OUTPUT_EXTENSIONS = ('png', 'jpg', 'jpeg', 'bmp', 'tif', 'tiff', 'webp', 'ppm', 'pgm')
+#: Formats that store an alpha channel / 16-bit samples / 32-bit float samples.
+ALPHA_EXTENSIONS = ('.png', '.tif', '.tiff', '.webp')
+DEEP_EXTENSIONS = ('.png', '.tif', '.tiff', '.ppm', '.pgm')
+FLOAT_EXTENSIONS = ('.tif', '.tiff')
+#: Default ``--max-pixels``: output pixels per image (16384 x 16384).
+DEFAULT_MAX_PIXELS = 16384 * 16384
+JPEG_QUALITY = 95
+
+
+class ImageError(Exception):
+    """One image that cannot be done; the message is the reason on its FAILED line."""
+
+
+class Skipped(Exception):
+    """One image left alone on purpose; the message is the reason on its 'skipped' line."""
+
+
+# ----------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------
+def read_bytes(path):
+    """The file's bytes; OS errors (permission, missing, a folder) become an ImageError."""
+    try:
+        with open(path, 'rb') as f:
+            return f.read()
+    except OSError as e:
+        raise ImageError(f'cannot read: {e.strerror or e}') from None
+
+
+def probe(data):
+    """(width, height, EXIF orientation) from the header, without decoding; None where unknown."""
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # DecompressionBombWarning: our own limit is --max-pixels
+            with Image.open(io.BytesIO(data)) as im:
+                try:
+                    orientation = im.getexif().get(0x0112, 1)
+                except Exception:  # broken EXIF: keep the pixels as stored
+                    orientation = 1
+                return im.size[0], im.size[1], orientation
+    except Exception:  # not a format PIL knows, or a size PIL refuses: OpenCV may still read it
+        return None, None, 1
+
+
+def apply_orientation(img, orientation):
+    """Turn an (H, W[, C]) array upright by its EXIF orientation (1..8), like PIL's exif_transpose."""
+    def transpose(a):
+        return a.swapaxes(0, 1)
+
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: transpose,
+        6: lambda a: transpose(a)[:, ::-1],  # 90 degrees clockwise
+        7: lambda a: transpose(a[::-1, ::-1]),
+        8: lambda a: transpose(a)[::-1],  # 90 degrees counter-clockwise
+    }
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(img)) if op else img
+
+
+def decode(data):
+    """Decode bytes with OpenCV (all depths, alpha kept) into RGB(A) / grey, EXIF-upright."""
+    if not data:
+        raise ImageError('not a readable image (empty file)')
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageError('not a readable image (truncated, corrupt, or not an image file)')
+    if img.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ImageError(f'unsupported sample type {img.dtype}')
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 3:
+        order = [2, 1, 0, 3][:img.shape[2]] if img.shape[2] in (3, 4) else None
+        if order is None:
+            raise ImageError(f'unsupported number of channels: {img.shape[2]}')
+        img = img[..., order]
+    return img
+
+
+# ----------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------
+def encode(img, ext):
+    """RGB(A)/grey array -> file bytes in format ``ext``; returns (bytes, notes)."""
+    notes = []
+    if img.ndim == 3 and img.shape[2] == 4 and ext not in ALPHA_EXTENSIONS:
+        raise AssertionError('alpha into a format without alpha')  # callers switch to PNG first
+    if img.dtype == np.float32 and ext not in FLOAT_EXTENSIONS:
+        img = np.clip(np.round(img * 65535), 0, 65535).astype(np.uint16)
+    if img.dtype == np.uint16 and ext not in DEEP_EXTENSIONS:
+        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        notes.append(f'{ext} holds 8 bits per sample: written with 8')
+    if img.ndim == 3:
+        img = img[..., [2, 1, 0, 3][:img.shape[2]]]
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext in ('.jpg', '.jpeg') else []
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(img), params)
+    if not ok:
+        raise ImageError(f'OpenCV cannot encode {img.dtype} {img.shape} as {ext}')
+    return buf.tobytes(), notes
+
+
+def write_atomically(path, data):
+    tmp = f'{path}.part{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ImageError(f'cannot write {path}: {e.strerror or e}') from None
+
+
+# ----------------------------------------------------------------------------------------
+# the command
+# ----------------------------------------------------------------------------------------
+def add_parser(commands):
+    """Register ``infer`` on the ``basicsr`` command's subparsers."""
+    p = commands.add_parser('infer', help='upscale image files with an ASID checkpoint',
+                            description='Upscale an image file or a folder of images with ASID.')
+    p.add_argument('-i', '--input', required=True, metavar='INPUT', help='image file or folder of images')
+    p.add_argument('-o', '--output', required=True, metavar='OUTPUT', help='output folder (created if missing)')
+    p.add_argument('--model-path', required=True, metavar='CKPT',
+                   help="checkpoint: BasicSR's (params / params_ema) or the authors' raw release")
+    p.add_argument('--scale', type=int, default=None, help='scale; must match the weights (default: from them)')
+    p.add_argument('--num-groups', type=int, default=None,
+                   help='groups: 3 ASID, 8 ASID-D8; must match the weights (default: from them)')
+    p.add_argument('--value-range', choices=['0,1', '-1,1'], default=None,
+                   help="the network's data range (default: -1,1 for the authors' raw release, 0,1 for BasicSR "
+                   'checkpoints)')
+    p.add_argument('--suffix', default=None, help='appended to the input stem (default: _ASID_x{scale})')
+    p.add_argument('--ext', default=None, type=lambda s: s.lower().lstrip('.'), choices=OUTPUT_EXTENSIONS,
+                   help="output format (default: the input's)")
+    p.add_argument('--overwrite', action='store_true', help='replace existing outputs (default: skip them)')
+    p.add_argument('--tile', type=int, default=None, metavar='N',
+                   help='LR tile size in pixels; 0: whole image always (default: whole image when it fits in '
+                   'memory, tiles otherwise)')
+    p.add_argument('--tile-overlap', type=int, default=24, metavar='M', help='tile overlap in LR pixels (default 24)')
+    p.add_argument('--max-memory', type=float, default=None, metavar='GIB',
+                   help='memory the automatic whole-image/tile choice may plan with (default: half of the free '
+                   'GPU memory or RAM)')
+    p.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto (default: auto)')
+    p.add_argument('--precision', choices=['auto', 'fp32', 'fp16', 'bf16'], default='auto',
+                   help='default auto: fp32 on the CPU, the measured best on a GPU')
+    p.add_argument('--alpha', choices=['asid', 'bicubic'], default='asid',
+                   help='how the alpha channel is upscaled (default asid)')
+    p.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f'fail images whose output would have more pixels (default {DEFAULT_MAX_PIXELS})')
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars or per-image lines')
+    p.set_defaults(func=cmd_infer)
+    return p
+
+
+def _is_image_name(name):
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_inputs(path):
+    """(images, notes): the files to process and 'skipped' notes for what is not one."""
+    if os.path.isfile(path):
+        return [path], []
+    images, notes = [], []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isdir(full):
+            notes.append(f'skipped {full}: a folder (folders are not searched)')
+        elif not _is_image_name(name):
+            notes.append(f'skipped {full}: not an image file ({os.path.splitext(name)[1] or "no extension"})')
+        else:
+            images.append(full)
+    return images, notes
+
+
+class _Run:
+    """One ``basicsr infer`` run: the upsampler, the options and the counters."""
+
+    def __init__(self, args, upsampler):
+        self.args, self.up = args, upsampler
+        self.suffix = args.suffix if args.suffix is not None else f'_ASID_x{upsampler.scale}'
+        self.done = self.skipped = self.failed = 0
+        self.written = {}  # output path -> input path, this run
+
+    def say(self, msg):
+        if not self.args.quiet:
+            tqdm.write(msg, file=sys.stderr)
+
+    def note_skipped(self, msg):
+        self.skipped += 1
+        tqdm.write(msg, file=sys.stderr)
+
+    def fail(self, path, reason):
+        self.failed += 1
+        tqdm.write(f'FAILED {path}: {reason}', file=sys.stderr)
+
+    def output_path(self, path, ext):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        return os.path.join(self.args.output, f'{stem}{self.suffix}{ext}')
+
+    def claim(self, out):
+        """Check that ``out`` may be written: Skipped if it exists, ImageError on a name clash."""
+        if out in self.written:
+            raise ImageError(f'output {out} was already written from {self.written[out]} in this run')
+        if os.path.exists(out) and not self.args.overwrite:
+            raise Skipped(f'output {out} exists (use --overwrite to replace it)')
+        return out
+
+    def process(self, path):
+        args, up = self.args, self.up
+        ext = '.' + args.ext if args.ext else os.path.splitext(path)[1].lower()
+        if ext not in tuple('.' + e for e in OUTPUT_EXTENSIONS):
+            ext = '.png'
+        out = self.claim(self.output_path(path, ext))
+
+        data = read_bytes(path)
+        width, height, orientation = probe(data)
+        if width is not None:
+            self.check_size(width, height)
+        img = apply_orientation(decode(data), orientation)
+        height, width = img.shape[:2]
+        self.check_size(width, height)
+
+        notes = []
+        if img.ndim == 3 and img.shape[2] == 4 and ext not in ALPHA_EXTENSIONS:
+            notes.append(f'{ext} has no alpha: written as .png')
+            ext = '.png'
+            out = self.claim(self.output_path(path, ext))
+
+        s = up.scale
+        self.say(f'{path}: {width}x{height} -> {width * s}x{height * s}, {up.describe_plan(height, width)}')
+        tiles = up.num_tiles(height, width)
+        bar = tqdm(total=tiles * up.network_passes(img), desc=os.path.basename(path), unit='tile', leave=False,
+                   position=1, disable=True if args.quiet or tiles == 1 else None, file=sys.stderr)
+        try:
+            result = up.upscale(img, on_tile=bar.update)
+        finally:
+            bar.close()
+        data, more = encode(result, ext)
+        write_atomically(out, data)
+        self.written[out] = path
+        for note in notes + more:
+            self.say(f'{path}: {note}')
+        self.done += 1
+
+    def check_size(self, width, height):
+        pixels = width * height * self.up.scale**2
+        if pixels > self.args.max_pixels:
+            raise ImageError(f'output would be {width * self.up.scale}x{height * self.up.scale} = {pixels} pixels, '
+                             f'more than --max-pixels {self.args.max_pixels}')
+
+
+def build_upsampler(args):
+    """The upsampler for ``args``; any problem with the checkpoint or options is a CommandError."""
+    from asid_arch.checkpoint import CheckpointError
+    from asid_arch.inference import ASIDUpsampler
+    from basicsr_ext.cli import CommandError
+
+    value_range = None if args.value_range is None else tuple(int(v) for v in args.value_range.split(','))
+    max_memory = None if args.max_memory is None else int(args.max_memory * 2**30)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            up = ASIDUpsampler(args.model_path, device=args.device, precision=args.precision, tile=args.tile,
+                               tile_overlap=args.tile_overlap, alpha=args.alpha, scale=args.scale,
+                               num_groups=args.num_groups, value_range=value_range, max_memory=max_memory)
+    except (CheckpointError, ValueError, RuntimeError) as e:
+        raise CommandError(str(e)) from None
+    for w in caught:
+        print(f'basicsr infer: warning: {w.message}', file=sys.stderr)
+    return up
+
+
+def cmd_infer(args):
+    from basicsr_ext.cli import CommandError
+
+    start = time.perf_counter()
+    if not os.path.exists(args.input):
+        raise CommandError(f'input {args.input} does not exist')
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise CommandError(f'output {args.output} exists and is not a folder')
+    if args.max_pixels < 1:
+        raise CommandError(f'--max-pixels must be positive, got {args.max_pixels}')
+    if args.tile is not None and args.tile < 0 or args.tile_overlap < 0:
+        raise CommandError('--tile and --tile-overlap must not be negative')
+
+    up = build_upsampler(args)  # before any image is read: a bad checkpoint stops here
+    if not args.quiet:
+        print(f'basicsr infer: {args.model_path}: {up}', file=sys.stderr)
+    try:
+        images, notes = list_inputs(args.input)
+    except OSError as e:
+        raise CommandError(f'cannot list {args.input}: {e.strerror or e}') from None
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as e:
+        raise CommandError(f'cannot create output folder {args.output}: {e.strerror or e}') from None
+
+    run = _Run(args, up)
+    for note in notes:
+        run.note_skipped(note)
+    if not images:
+        run.say(f'no images in {args.input}')
+    cv2_level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # decode warnings: we report FAILED
+    try:
+        for path in tqdm(images, desc="images", unit="img", disable=True if args.quiet else None, file=sys.stderr):
+            try:
+                run.process(path)
+            except Skipped as e:
+                run.note_skipped(f'skipped {path}: {e}')
+            except ImageError as e:
+                run.fail(path, str(e))
+            except MemoryError:
+                run.fail(path, 'out of memory (try --tile)')
+            except Exception as e:  # one image's problem must not stop the others
+                first = str(e).strip().splitlines()
+                reason = f'{type(e).__name__}: {first[0] if first else ""}'
+                if 'out of memory' in str(e).lower():
+                    reason += ' (try --tile)'
+                run.fail(path, reason)
+    finally:
+        cv2.utils.logging.setLogLevel(cv2_level)
+    print(f'done {run.done}, skipped {run.skipped}, failed {run.failed} in {time.perf_counter() - start:.1f} s')
+    return 1 if run.failed else 0

@@ -1,0 +1,408 @@
+"""``basicsr infer``: image files in, upscaled files out; formats, naming, tiling, bad input."""
+import builtins
+import errno
+import io
+import json
+import os
+import re
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from asid_arch import ASID
+from asid_arch.inference import ASIDUpsampler
+from basicsr_ext import infer
+from basicsr_ext.cli import main
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+SUMMARY = re.compile(r'^done (\d+), skipped (\d+), failed (\d+) in \d+\.\d s$', re.M)
+
+
+def smooth(h, w, c=3, seed=0):
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([0.5 + 0.4 * np.sin(x / (3 + seed + i) + y / 7) for i in range(c)], -1)
+
+
+def img8(h, w, c=3, seed=0):
+    out = (smooth(h, w, c, seed) * 255).round().astype(np.uint8)
+    return out[..., 0] if c == 1 else out
+
+
+@pytest.fixture(scope='module')
+def tiny_net():
+    torch.manual_seed(0)
+    return ASID(upscale=2, num_groups=1, num_feat=8).eval()
+
+
+@pytest.fixture(scope='module')
+def ckpt(tiny_net, tmp_path_factory):
+    """A BasicSR-format checkpoint of a tiny random x2 ASID."""
+    path = tmp_path_factory.mktemp('ckpt') / 'net_g_tiny.pth'
+    torch.save({'params': tiny_net.state_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def api(tiny_net):
+    return ASIDUpsampler(tiny_net, device='cpu')
+
+
+def run(capsys, inp, out, ckpt, *extra):
+    code = main(['infer', '-i', str(inp), '-o', str(out), '--model-path', str(ckpt), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def summary(stdout):
+    match = SUMMARY.search(stdout)
+    assert match, stdout
+    return tuple(int(g) for g in match.groups())
+
+
+def read(path):
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert img is not None, path
+    return img
+
+
+def bgr(rgb):
+    return rgb[..., [2, 1, 0, 3][:rgb.shape[2]]] if rgb.ndim == 3 else rgb
+
+
+# ----------------------------------------------------------------------------------------
+# formats
+# ----------------------------------------------------------------------------------------
+def test_rgb_png_is_upscaled_by_the_network_with_the_default_name(tmp_path, capsys, ckpt, api):
+    src = img8(14, 18)  # BGR as cv2 writes it
+    cv2.imwrite(str(tmp_path / 'photo.png'), src)
+    code, out, err = run(capsys, tmp_path / 'photo.png', tmp_path / 'out', ckpt)
+    assert code == 0, err
+    assert summary(out) == (1, 0, 0)
+    result = read(tmp_path / 'out' / 'photo_ASID_x2.png')
+    np.testing.assert_array_equal(result, bgr(api.upscale(bgr(src))))
+    assert 'photo.png: 18x14 -> 36x28, whole image' in err
+
+
+def test_jpeg_stays_jpeg(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'a.jpg'), img8(10, 12))
+    code, out, err = run(capsys, tmp_path / 'a.jpg', tmp_path / 'out', ckpt)
+    assert code == 0, err
+    data = open(tmp_path / 'out' / 'a_ASID_x2.jpg', 'rb').read()
+    assert data[:2] == b'\xff\xd8'
+    assert read(tmp_path / 'out' / 'a_ASID_x2.jpg').shape == (20, 24, 3)
+
+
+@pytest.mark.parametrize('alpha', ['asid', 'bicubic'])
+def test_alpha_png_gets_an_upscaled_alpha_reattached(tmp_path, capsys, ckpt, tiny_net, alpha):
+    rgba = img8(12, 10, 4)
+    rgba[..., 3] = (np.arange(10) * 25)[None, :]  # a ramp, not constant
+    cv2.imwrite(str(tmp_path / 'icon.png'), rgba)
+    code, out, err = run(capsys, tmp_path / 'icon.png', tmp_path / 'out', ckpt, '--alpha', alpha)
+    assert code == 0, err
+    result = read(tmp_path / 'out' / 'icon_ASID_x2.png')
+    assert result.shape == (24, 20, 4)
+    expected = ASIDUpsampler(tiny_net, device='cpu', alpha=alpha).upscale(bgr(rgba))
+    np.testing.assert_array_equal(result, bgr(expected))
+    if alpha == 'bicubic':
+        assert result[..., 3].min() < 60 and result[..., 3].max() > 180  # the ramp survives
+
+
+def test_alpha_into_a_format_without_alpha_is_written_as_png(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'icon.png'), img8(8, 8, 4))
+    code, out, err = run(capsys, tmp_path / 'icon.png', tmp_path / 'out', ckpt, '--ext', 'jpg')
+    assert code == 0, err
+    assert os.listdir(tmp_path / 'out') == ['icon_ASID_x2.png']
+    assert '.jpg has no alpha: written as .png' in err
+
+
+def test_greyscale_is_processed_as_rgb_and_written_back_as_greyscale(tmp_path, capsys, ckpt, api):
+    grey = img8(11, 13, 1)
+    for ext in ('png', 'jpg'):
+        cv2.imwrite(str(tmp_path / f'g.{ext}'), grey)
+    code, out, err = run(capsys, tmp_path, tmp_path / 'out', ckpt)
+    assert code == 0, err
+    png = read(tmp_path / 'out' / 'g_ASID_x2.png')
+    assert png.shape == (22, 26) and png.dtype == np.uint8
+    np.testing.assert_array_equal(png, api.upscale(grey))
+    assert read(tmp_path / 'out' / 'g_ASID_x2.jpg').ndim == 2
+
+
+@pytest.mark.parametrize('ext', ['png', 'tif', 'tiff'])
+def test_16_bit_images_are_computed_in_float_and_written_back_16_bit(tmp_path, capsys, ckpt, api, ext):
+    deep = (smooth(10, 9) * 65535).round().astype(np.uint16)
+    cv2.imwrite(str(tmp_path / f'deep.{ext}'), deep)
+    code, out, err = run(capsys, tmp_path / f'deep.{ext}', tmp_path / 'out', ckpt)
+    assert code == 0, err
+    result = read(tmp_path / 'out' / f'deep_ASID_x2.{ext}')
+    assert result.dtype == np.uint16 and result.shape == (20, 18, 3)
+    np.testing.assert_array_equal(result, bgr(api.upscale(bgr(deep))))
+    if ext == 'png':
+        with Image.open(tmp_path / 'out' / 'deep_ASID_x2.png') as im:
+            im.load()
+        assert open(tmp_path / 'out' / 'deep_ASID_x2.png', 'rb').read()[24] == 16  # IHDR bit depth
+
+
+def test_16_bit_greyscale_png_stays_16_bit_greyscale(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'g16.png'), (smooth(8, 8, 1)[..., 0] * 65535).astype(np.uint16))
+    code, out, err = run(capsys, tmp_path / 'g16.png', tmp_path / 'out', ckpt)
+    assert code == 0, err
+    result = read(tmp_path / 'out' / 'g16_ASID_x2.png')
+    assert result.dtype == np.uint16 and result.shape == (16, 16)
+
+
+def test_16_bit_into_an_8_bit_format_is_written_8_bit_with_a_note(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'deep.png'), (smooth(8, 8) * 65535).astype(np.uint16))
+    code, out, err = run(capsys, tmp_path / 'deep.png', tmp_path / 'out', ckpt, '--ext', 'jpg')
+    assert code == 0, err
+    assert read(tmp_path / 'out' / 'deep_ASID_x2.jpg').dtype == np.uint8
+    assert '.jpg holds 8 bits per sample' in err
+
+
+@pytest.mark.parametrize('orientation', range(1, 9))
+def test_exif_orientation_is_applied_like_pil(orientation):
+    pil = Image.fromarray(img8(5, 7))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    pil.save(buf, 'PNG', exif=exif)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))))
+    decoded = infer.decode(buf.getvalue())  # RGB, as stored
+    _, _, found = infer.probe(buf.getvalue())
+    assert found == orientation
+    np.testing.assert_array_equal(infer.apply_orientation(decoded, found), upright)
+
+
+def test_exif_rotated_jpeg_and_png_come_out_upright(tmp_path, capsys, ckpt, api):
+    stored = img8(10, 16)[..., ::-1]  # RGB for PIL, 16 wide, 10 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / 'cam.jpg', exif=exif, quality=95)
+    Image.fromarray(stored).save(tmp_path / 'cam2.png', exif=exif)
+    code, out, err = run(capsys, tmp_path, tmp_path / 'out', ckpt)
+    assert code == 0, err
+    assert read(tmp_path / 'out' / 'cam_ASID_x2.jpg').shape == (32, 20, 3)  # upright: 10 wide, 16 high
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / 'cam2.png')))
+    np.testing.assert_array_equal(read(tmp_path / 'out' / 'cam2_ASID_x2.png'), bgr(api.upscale(upright)))
+
+
+def test_a_1x1_image_is_upscaled_like_any_other(tmp_path, capsys, ckpt, api):
+    cv2.imwrite(str(tmp_path / 'dot.png'), np.array([[[10, 200, 90]]], np.uint8))
+    code, out, err = run(capsys, tmp_path / 'dot.png', tmp_path / 'out', ckpt)
+    assert code == 0, err
+    result = read(tmp_path / 'out' / 'dot_ASID_x2.png')
+    assert result.shape == (2, 2, 3)
+    np.testing.assert_array_equal(result, bgr(api.upscale(np.array([[[90, 200, 10]]], np.uint8))))
+
+
+# ----------------------------------------------------------------------------------------
+# folders and naming
+# ----------------------------------------------------------------------------------------
+def test_folder_run_skips_non_images_with_a_note(tmp_path, capsys, ckpt):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.png'), img8(8, 8))
+    cv2.imwrite(str(folder / 'b.JPG'), img8(8, 8, seed=1))
+    (folder / 'readme.txt').write_text('not an image')
+    (folder / 'sub').mkdir()
+    code, out, err = run(capsys, folder, tmp_path / 'out', ckpt)
+    assert code == 0, err
+    assert summary(out) == (2, 2, 0)
+    assert sorted(os.listdir(tmp_path / 'out')) == ['a_ASID_x2.png', 'b_ASID_x2.jpg']
+    assert re.search(r'skipped .*readme\.txt: not an image file', err)
+    assert re.search(r'skipped .*sub: a folder', err)
+
+
+def test_ext_and_suffix_choose_the_output_name_and_format(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', ckpt, '--ext', '.JPG', '--suffix', '_big')
+    assert code == 0, err
+    assert os.listdir(tmp_path / 'out') == ['a_big.jpg']
+    assert open(tmp_path / 'out' / 'a_big.jpg', 'rb').read()[:2] == b'\xff\xd8'
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+    target = tmp_path / 'out' / 'a_ASID_x2.png'
+    assert run(capsys, tmp_path / 'a.png', tmp_path / 'out', ckpt)[0] == 0
+    target.write_bytes(b'user data')
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', ckpt)
+    assert code == 0 and summary(out) == (0, 1, 0)
+    assert 'use --overwrite' in err and target.read_bytes() == b'user data'
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', ckpt, '--overwrite')
+    assert code == 0 and summary(out) == (1, 0, 0)
+    assert read(target).shape == (16, 16, 3)
+
+
+def test_two_inputs_with_one_output_name_fail_the_second(tmp_path, capsys, ckpt):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.jpg'), img8(8, 8))
+    cv2.imwrite(str(folder / 'a.png'), img8(8, 8, seed=1))
+    code, out, err = run(capsys, folder, tmp_path / 'out', ckpt, '--ext', 'png')
+    assert code == 1 and summary(out) == (1, 0, 1)
+    assert re.search(r'^FAILED .*a\.png: output .*a_ASID_x2\.png was already written from .*a\.jpg', err, re.M)
+
+
+# ----------------------------------------------------------------------------------------
+# tiling
+# ----------------------------------------------------------------------------------------
+def test_tile_option_matches_the_api_and_is_logged(tmp_path, capsys, ckpt, tiny_net):
+    src = img8(40, 36)
+    cv2.imwrite(str(tmp_path / 'a.png'), src)
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', ckpt, '--tile', '24', '--tile-overlap', '8')
+    assert code == 0, err
+    assert 'a.png: 36x40 -> 72x80, tiles of 24 px, overlap 8 px (4 tiles)' in err
+    expected = ASIDUpsampler(tiny_net, device='cpu', tile=24, tile_overlap=8).upscale(bgr(src))
+    np.testing.assert_array_equal(read(tmp_path / 'out' / 'a_ASID_x2.png'), bgr(expected))
+
+
+def test_default_is_the_whole_image_and_tiles_when_it_would_not_fit(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(72, 70))
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', ckpt)
+    assert code == 0 and 'a.png: 70x72 -> 140x144, whole image' in err
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out2', ckpt, '--max-memory', '0.0001')
+    assert code == 0 and 'a.png: 70x72 -> 140x144, tiles of 64 px, overlap 24 px (4 tiles)' in err
+
+
+# ----------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------
+def _release_like_checkpoint(path):
+    """Random weights in the exact key layout of the authors' ASID x4 release (a raw state_dict)."""
+    shapes = json.load(open(os.path.join(DATA, 'keys-asid-x4.json')))
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(shape, generator=gen) * 0.05 for k, shape in shapes.items()}
+    torch.save(state, path)
+    return state
+
+
+def test_authors_raw_release_runs_in_value_range_minus_one_to_one(tmp_path, capsys):
+    state = _release_like_checkpoint(tmp_path / 'ASID_x4.pth')
+    src = img8(12, 10)
+    cv2.imwrite(str(tmp_path / 'a.png'), src)
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', tmp_path / 'ASID_x4.pth')
+    assert code == 0, err
+    assert 'ASID x4 (3 groups, 48 features, value range [-1, 1])' in err
+    result = read(tmp_path / 'out' / 'a_ASID_x4.png')
+    nets = {}
+    for vr in ((-1, 1), (0, 1)):
+        nets[vr] = ASID(upscale=4, num_groups=3, value_range=vr)
+        nets[vr].load_state_dict(state, strict=True)
+    expected = ASIDUpsampler(nets[(-1, 1)], device='cpu').upscale(bgr(src))
+    np.testing.assert_array_equal(result, bgr(expected))
+    assert not np.array_equal(expected, ASIDUpsampler(nets[(0, 1)], device='cpu').upscale(bgr(src)))
+
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out2', tmp_path / 'ASID_x4.pth',
+                         '--value-range', '0,1')
+    assert code == 0 and 'value range [0, 1]' in err
+
+
+def test_scale_or_groups_that_contradict_the_weights_are_one_error(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+    for extra in (['--scale', '4'], ['--num-groups', '3']):
+        code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', ckpt, *extra)
+        assert code == 2
+        assert len(err.strip().splitlines()) == 1 and err.startswith('basicsr infer: error:'), err
+
+
+def test_checkpoint_of_another_network_is_one_error_before_any_image_is_read(tmp_path, capsys, monkeypatch):
+    from basicsr.archs.srresnet_arch import MSRResNet
+    torch.save({'params': MSRResNet(num_feat=8, num_block=1, upscale=4).state_dict()}, tmp_path / 'srresnet.pth')
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError('an image was read')
+
+    monkeypatch.setattr(infer, 'read_bytes', no_reading)
+    monkeypatch.setattr(infer, 'list_inputs', no_reading)
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', tmp_path / 'srresnet.pth')
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and 'srresnet.pth' in lines[0] and 'not an ASID' in lines[0], err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_missing_input_is_one_error(tmp_path, capsys, ckpt):
+    code, out, err = run(capsys, tmp_path / 'nope', tmp_path / 'out', ckpt)
+    assert code == 2 and 'does not exist' in err
+
+
+# ----------------------------------------------------------------------------------------
+# bad images
+# ----------------------------------------------------------------------------------------
+def test_bad_files_are_reported_by_name_and_the_others_still_processed(tmp_path, capsys, ckpt):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'good.png'), img8(8, 8))
+    png = cv2.imencode('.png', img8(16, 16))[1].tobytes()
+    jpg = cv2.imencode('.jpg', img8(16, 16))[1].tobytes()
+    (folder / 'cut.png').write_bytes(png[:len(png) // 2])
+    (folder / 'cut.jpg').write_bytes(jpg[:len(jpg) * 3 // 4])
+    (folder / 'fake.png').write_bytes(b'this is text, not a PNG')
+    (folder / 'empty.jpg').write_bytes(b'')
+    cv2.imwrite(str(folder / 'huge.png'), img8(40, 30))
+    code, out, err = run(capsys, folder, tmp_path / 'out', ckpt, '--max-pixels', str(50 * 50))
+    assert code == 1
+    assert summary(out) == (1, 0, 5)
+    for name in ('cut.png', 'cut.jpg', 'fake.png', 'empty.jpg'):
+        assert re.search(rf'^FAILED .*{re.escape(name)}: not a readable image', err, re.M), err
+    assert re.search(r'^FAILED .*huge\.png: output would be 60x80 = 4800 pixels, more than --max-pixels 2500$',
+                     err, re.M), err
+    assert os.listdir(tmp_path / 'out') == ['good_ASID_x2.png']
+
+
+def test_unreadable_file_is_reported_and_the_others_still_processed(tmp_path, capsys, ckpt, monkeypatch):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.png'), img8(8, 8))
+    cv2.imwrite(str(folder / 'secret.png'), img8(8, 8))
+    os.chmod(folder / 'secret.png', 0)
+    if os.access(folder / 'secret.png', os.R_OK):  # root reads anything: make open() refuse as the OS would
+        real_open = builtins.open
+
+        def refusing_open(file, *args, **kwargs):
+            if os.fspath(file).endswith('secret.png'):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(infer, 'open', refusing_open, raising=False)
+    try:
+        code, out, err = run(capsys, folder, tmp_path / 'out', ckpt)
+    finally:
+        os.chmod(folder / 'secret.png', 0o644)
+    assert code == 1 and summary(out) == (1, 0, 1)
+    assert re.search(r'^FAILED .*secret\.png: cannot read: Permission denied$', err, re.M), err
+
+
+# ----------------------------------------------------------------------------------------
+# progress and summary
+# ----------------------------------------------------------------------------------------
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bars_over_images_and_tiles_on_a_terminal(tmp_path, capsys, ckpt, monkeypatch):
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(40, 36))
+    cv2.imwrite(str(tmp_path / 'b.png'), img8(8, 8))
+    terminal = FakeTerminal()
+    monkeypatch.setattr('sys.stderr', terminal)
+    code = main(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'out'), '--model-path', ckpt, '--tile', '24',
+                 '--tile-overlap', '8'])
+    shown = terminal.getvalue()
+    assert code == 0
+    assert re.search(r'images: 100%\|.*\| 2/2', shown), shown
+    assert re.search(r'a\.png: +\d+%\|.*\| \d/4 ', shown), shown  # the tiles of the large one
+    assert summary(capsys.readouterr().out) == (2, 0, 0)
+
+
+def test_quiet_prints_only_problems_and_the_summary(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+    (tmp_path / 'b.png').write_bytes(b'junk')
+    code, out, err = run(capsys, tmp_path, tmp_path / 'out', ckpt, '--quiet')
+    assert code == 1 and summary(out) == (1, 0, 1)
+    assert err.strip().splitlines() == [f'FAILED {tmp_path / "b.png"}: not a readable image (truncated, corrupt, '
+                                        'or not an image file)']
