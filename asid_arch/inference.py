@@ -30,6 +30,7 @@ every output pixel depend on the whole input. Tiled output is therefore close to
 bit-identical with, whole-image output, even far from tile seams; for networks whose
 receptive field is smaller than the overlap it is identical there.
 """
+import copy
 import math
 import os
 import warnings
@@ -156,8 +157,9 @@ class ASIDUpsampler:
             net = build_asid(model, upscale=scale, num_groups=num_groups, value_range=value_range)
         self.scale = _model_scale(net, scale)
         self.cast = self.dtype != torch.float32 and not amp
-        net = net.eval().requires_grad_(False).to(self.device)
-        self.net = net.to(self.dtype) if self.cast else net
+        if self.cast:  # nn.Module.to() works in place: leave the caller's network alone
+            net = copy.deepcopy(net).to(self.dtype)
+        self.net = net.eval().requires_grad_(False).to(self.device)
         self._bytes_per_pixel = BYTES_PER_PIXEL * getattr(net, 'num_feat', 48) / 48
 
     def __repr__(self):

@@ -51,7 +51,7 @@ def api(tiny_net):
 
 
 def run(capsys, inp, out, ckpt, *extra):
-    code = main(['infer', '-i', str(inp), '-o', str(out), '--model-path', str(ckpt), *extra])
+    code = main(['infer', '-i', str(inp), '-o', str(out), '--model-path', str(ckpt), '--device', 'cpu', *extra])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -391,7 +391,7 @@ def test_progress_bars_over_images_and_tiles_on_a_terminal(tmp_path, capsys, ckp
     terminal = FakeTerminal()
     monkeypatch.setattr('sys.stderr', terminal)
     code = main(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'out'), '--model-path', ckpt, '--tile', '24',
-                 '--tile-overlap', '8'])
+                 '--tile-overlap', '8', '--device', 'cpu'])
     shown = terminal.getvalue()
     assert code == 0
     assert re.search(r'images: 100%\|.*\| 2/2', shown), shown

@@ -133,6 +133,14 @@ def test_precision_auto_is_fp32_on_cpu_and_reduced_precisions_warn_there(tiny_ne
         resolve_precision('fp8', torch.device('cpu'))
 
 
+def test_cast_mode_leaves_the_callers_network_in_fp32(tiny_net):
+    with pytest.warns(UserWarning):
+        up = ASIDUpsampler(tiny_net, device='cpu', precision='bf16', amp=False)
+    assert next(up.net.parameters()).dtype == torch.bfloat16
+    assert next(tiny_net.parameters()).dtype == torch.float32
+    assert up.upscale_tensor(torch.rand(1, 3, 8, 8)).dtype == torch.float32
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
 def test_cuda_without_a_gpu_is_a_clear_error(tiny_net):
     with pytest.raises(ValueError, match='CUDA is not available'):
