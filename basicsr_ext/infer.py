@@ -345,22 +345,34 @@ def cmd_infer(args):
     cv2_level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # decode warnings: we report FAILED
     try:
-        for path in tqdm(images, desc="images", unit="img", disable=True if args.quiet else None, file=sys.stderr):
-            try:
-                run.process(path)
-            except Skipped as e:
-                run.note_skipped(f'skipped {path}: {e}')
-            except ImageError as e:
-                run.fail(path, str(e))
-            except MemoryError:
-                run.fail(path, 'out of memory (try --tile)')
-            except Exception as e:  # one image's problem must not stop the others
-                first = str(e).strip().splitlines()
-                reason = f'{type(e).__name__}: {first[0] if first else ""}'
-                if 'out of memory' in str(e).lower():
-                    reason += ' (try --tile)'
-                run.fail(path, reason)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line each (e.g. an fp16 overflow redone in fp32)
+            for path in tqdm(images, desc='images', unit='img', disable=True if args.quiet else None,
+                             file=sys.stderr):
+                _process_one(run, path)
     finally:
         cv2.utils.logging.setLogLevel(cv2_level)
     print(f'done {run.done}, skipped {run.skipped}, failed {run.failed} in {time.perf_counter() - start:.1f} s')
     return 1 if run.failed else 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    tqdm.write(f'basicsr infer: warning: {message}', file=sys.stderr)
+
+
+def _process_one(run, path):
+    """Process one image; whatever goes wrong with it is counted and reported, never raised."""
+    try:
+        run.process(path)
+    except Skipped as e:
+        run.note_skipped(f'skipped {path}: {e}')
+    except ImageError as e:
+        run.fail(path, str(e))
+    except MemoryError:
+        run.fail(path, 'out of memory (try --tile)')
+    except Exception as e:  # one image's problem must not stop the others
+        first = str(e).strip().splitlines()
+        reason = f'{type(e).__name__}: {first[0] if first else ""}'
+        if 'out of memory' in str(e).lower():
+            reason += ' (try --tile)'
+        run.fail(path, reason)

@@ -6,9 +6,9 @@
     python -m basicsr_ext.precision_check --hr-dir ../shared/datasets/Set5 --train-dir ../shared/datasets/Set14 \
         --train-steps 2000          # no trained weights at hand: a briefly trained random ASID
 
-For every precision (fp32, bf16, fp16) and way of running it (``amp``: autocast with fp32
-weights, what :class:`asid_arch.inference.ASIDUpsampler` does by default; ``cast``: weights
-and inputs cast), it upscales the MATLAB-bicubic LR of each HR image (as ``basicsr prepare
+For every precision (fp32, bf16, fp16) and way of running it (``cast``: weights and inputs
+cast, what :class:`asid_arch.inference.ASIDUpsampler` does by default; ``amp``: autocast with
+fp32 weights), it upscales the MATLAB-bicubic LR of each HR image (as ``basicsr prepare
 benchmark`` makes them) and prints the Y-channel PSNR against HR (border ``scale`` cropped,
 8-bit output, as BasicSR's validation), its difference to fp32's, the PSNR of the output
 against fp32's output (how far the numbers moved), and the time of one

@@ -406,3 +406,20 @@ def test_quiet_prints_only_problems_and_the_summary(tmp_path, capsys, ckpt):
     assert code == 1 and summary(out) == (1, 0, 1)
     assert err.strip().splitlines() == [f'FAILED {tmp_path / "b.png"}: not a readable image (truncated, corrupt, '
                                         'or not an image file)']
+
+
+def test_out_of_memory_on_one_image_fails_that_image_only(tmp_path, capsys, ckpt, monkeypatch):
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+    cv2.imwrite(str(tmp_path / 'big.png'), img8(9, 9))
+    real = ASIDUpsampler.upscale
+
+    def upscale(self, img, on_tile=None):
+        if img.shape[0] == 9:
+            raise RuntimeError('CUDA out of memory. Tried to allocate 20.00 GiB\nmore details')
+        return real(self, img, on_tile)
+
+    monkeypatch.setattr(ASIDUpsampler, 'upscale', upscale)
+    code, out, err = run(capsys, tmp_path, tmp_path / 'out', ckpt)
+    assert code == 1 and summary(out) == (1, 0, 1)
+    assert re.search(r'^FAILED .*big\.png: RuntimeError: CUDA out of memory\. Tried to allocate 20\.00 GiB '
+                     r'\(try --tile\)$', err, re.M), err

@@ -135,10 +135,35 @@ def test_precision_auto_is_fp32_on_cpu_and_reduced_precisions_warn_there(tiny_ne
 
 def test_cast_mode_leaves_the_callers_network_in_fp32(tiny_net):
     with pytest.warns(UserWarning):
-        up = ASIDUpsampler(tiny_net, device='cpu', precision='bf16', amp=False)
+        up = ASIDUpsampler(tiny_net, device='cpu', precision='bf16')
     assert next(up.net.parameters()).dtype == torch.bfloat16
     assert next(tiny_net.parameters()).dtype == torch.float32
     assert up.upscale_tensor(torch.rand(1, 3, 8, 8)).dtype == torch.float32
+
+
+class OverflowsInHalf(nn.Module):
+    """Nearest x2 (an identity 1x1 conv, then repeat); inf when its conv runs in fp16, as an overflow."""
+
+    upscale = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+        nn.init.dirac_(self.conv.weight)
+
+    def forward(self, x):
+        out = F.interpolate(self.conv(x), scale_factor=2, mode='nearest')
+        return out + float('inf') if out.dtype == torch.float16 else out
+
+
+@pytest.mark.parametrize('amp', [False, True])
+def test_fp16_overflow_is_recomputed_in_fp32_with_a_warning(amp):
+    with pytest.warns(UserWarning, match='slower'):
+        up = ASIDUpsampler(OverflowsInHalf(), device='cpu', precision='fp16', amp=amp, tile=8, tile_overlap=2)
+    x = torch.rand(1, 3, 12, 12)
+    with pytest.warns(UserWarning, match='fp16 overflowed'):
+        out = up.upscale_tensor(x)
+    torch.testing.assert_close(out, F.interpolate(x, scale_factor=2, mode='nearest'), rtol=0, atol=0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
