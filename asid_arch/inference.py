@@ -53,7 +53,8 @@ PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat
 #: within 0.01 dB of fp32 (``python -m basicsr_ext.precision_check``). Measured on an H100
 #: (torch 2.11, ASID x4 trained briefly, Set5 x4 Y-PSNR 29.18 dB, one 512x512 LR image):
 #: fp32 38.6 ms; fp16 cast 25.4 ms, -0.0001 dB; fp16 autocast 32.1 ms, -0.0003 dB;
-#: bf16 cast 28.6 ms, -0.012 dB; bf16 autocast 35.2 ms, -0.012 dB. So fp16, cast.
+#: bf16 cast 28.6 ms, -0.012 dB; bf16 autocast 35.2 ms, -0.012 dB. So fp16, cast. A second
+#: run (other seed) agreed: fp16 cast 23.9 ms, -0.0002 dB; bf16 -0.010 dB.
 #: On the CPU 'auto' is fp32.
 GPU_AUTO_PRECISION = 'fp16'
 #: Peak memory per LR input pixel of ASID (48 features, fp32, no grad), with some margin:
