@@ -7,5 +7,6 @@ import basicsr_ext  # noqa: F401  (must come first: patches BasicSR before it is
 
 from .asid_arch import ASID, ASID_D8  # noqa: E402
 from .checkpoint import CheckpointError, build_asid, infer_config, load_state_dict  # noqa: E402
+from .inference import ASIDUpsampler  # noqa: E402
 
-__all__ = ['ASID', 'ASID_D8', 'CheckpointError', 'load_state_dict', 'infer_config', 'build_asid']
+__all__ = ['ASID', 'ASID_D8', 'ASIDUpsampler', 'CheckpointError', 'load_state_dict', 'infer_config', 'build_asid']
