@@ -1,0 +1,89 @@
+"""Fast paths (``fast_path='compile'``, ``precision='bf16'|'fp16'``) compute the plain path's function.
+
+The plain eager path is the definition; the switches change how it runs, never what it
+computes, the parameters or the state_dict.
+"""
+import copy
+import os
+
+import pytest
+import torch
+
+from asid_arch import ASID  # first: patches BasicSR for this stack before it is imported
+from basicsr.archs import build_network  # noqa: I001
+
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+
+
+def psnr(a, b):
+    mse = (a.clamp(0, 1) - b.clamp(0, 1)).square().mean()
+    return float(10 * torch.log10(1 / mse))
+
+
+@pytest.fixture(scope='module')
+def golden():
+    return torch.load(os.path.join(DATA, 'golden-asid-x4.pt'), weights_only=True)
+
+
+@pytest.fixture(scope='module')
+def golden_net(golden):
+    net = ASID(upscale=golden['upscale'], num_groups=golden['num_groups'])
+    net.load_state_dict(golden['state_dict'], strict=True)
+    return net.eval()
+
+
+def test_compiled_forward_and_gradients_equal_the_plain_path():
+    # a small network with a sharing group, an odd-sized input (padding and cropping inside)
+    torch.manual_seed(0)
+    net = ASID(upscale=2, num_groups=2, num_feat=16)
+    x = torch.rand(2, 3, 21, 13)
+
+    def run(fast_path):
+        model = copy.deepcopy(net).set_fast_path(fast_path)
+        out = model(x)
+        out.square().mean().backward()
+        return out.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    plain_out, plain_grads = run('none')
+    fast_out, fast_grads = run('compile')
+    assert fast_out.shape == plain_out.shape == (2, 3, 42, 26)
+    assert (fast_out - plain_out).abs().max() <= 1e-4
+    for name, grad in plain_grads.items():
+        assert torch.allclose(fast_grads[name], grad, rtol=1e-3, atol=1e-5), name
+
+
+@pytest.mark.parametrize('precision, min_psnr', [('bf16', 40.0), ('fp16', 50.0)])
+def test_reduced_precision_output_is_close_to_fp32_by_psnr_and_keeps_the_input_dtype(golden, golden_net,
+                                                                                      precision, min_psnr):
+    x = golden['input']
+    with torch.no_grad():
+        ref = golden_net(x)
+        out = copy.deepcopy(golden_net).set_fast_path(precision=precision)(x)
+    assert out.dtype == torch.float32
+    assert psnr(out, ref) >= min_psnr, psnr(out, ref)
+
+
+def test_bf16_autocast_trains_the_fp32_parameters():
+    torch.manual_seed(0)
+    net = ASID(upscale=2, num_groups=2, num_feat=16, precision='bf16')
+    net(torch.rand(1, 3, 16, 16)).mean().backward()
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in net.parameters())
+
+
+def test_switches_leave_parameters_and_state_dict_keys_alone(golden):
+    plain = ASID().state_dict()
+    fast = ASID(fast_path='compile', precision='bf16').state_dict()
+    assert list(fast) == list(plain)
+    assert sorted(fast) == sorted(golden['state_dict'])
+
+
+def test_option_file_switches_reach_the_network():
+    net = build_network({'type': 'ASID', 'upscale': 4, 'fast_path': 'compile', 'precision': 'bf16'})
+    assert (net.fast_path, net.precision) == ('compile', 'bf16')
+
+
+def test_unknown_switch_values_are_refused_with_the_choices():
+    with pytest.raises(ValueError, match="fast_path must be one of none, compile; got 'turbo'"):
+        ASID(fast_path='turbo')
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16; got 'fp8'"):
+        ASID().set_fast_path(precision='fp8')
