@@ -8,3 +8,4 @@ from basicsr_ext import compat
 compat.apply()
 
 import asid_arch  # noqa: E402,F401  (registers ASID and ASID_D8 in ARCH_REGISTRY)
+from basicsr_ext import models  # noqa: E402,F401  (registers TiledSRModel in MODEL_REGISTRY)

@@ -11,6 +11,7 @@ import os
 import sys
 
 from basicsr_ext import infer
+from basicsr_ext import prepare
 from basicsr_ext.options import OptionError, load_and_check
 
 
@@ -86,6 +87,8 @@ def build_parser():
     test = commands.add_parser('test', help='test with an option file (BasicSR test_pipeline)')
     _add_pipeline_arguments(test)
     test.set_defaults(func=cmd_test)
+
+    prepare.add_parser(commands)
 
     infer.add_parser(commands)
     return parser

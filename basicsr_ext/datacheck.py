@@ -1,0 +1,185 @@
+"""Checks of paired image data sets on disk, before BasicSR reads them.
+
+BasicSR finds a missing LR partner, an LR of the wrong size or an unreadable file only when a
+data loader reaches it, possibly hours into training, with an assertion or a cv2 error that
+does not name the file. :func:`check_paired` looks at every file first, reading only image
+headers (a few thousand files take a second or two), and raises :class:`DataError` with one
+line naming the path and what is wrong.
+"""
+import os
+import struct
+
+from basicsr.utils import scandir
+
+
+class DataError(ValueError):
+    """A problem with a data set, in one line naming the path."""
+
+
+def _png_size(head):
+    # signature (8 bytes), IHDR length and type (8), width, height (4 + 4)
+    if len(head) >= 24 and head[:8] == b'\x89PNG\r\n\x1a\n' and head[12:16] == b'IHDR':
+        return struct.unpack('>II', head[16:24])
+    return None
+
+
+def image_size(path):
+    """(width, height) of an image from its header; raises DataError if it is not a readable image."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(32)
+    except OSError as e:
+        raise DataError(f'{path}: cannot read: {e.strerror or e}') from None
+    size = _png_size(head)
+    if size is not None:
+        return size
+    try:
+        from PIL import Image
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: BLE001  (PIL raises many kinds; fall back to OpenCV's full decoder)
+        pass
+    import cv2
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f'{path}: not a readable image (unknown format or corrupt)')
+    return img.shape[1], img.shape[0]
+
+
+def _size(path, where):
+    try:
+        return image_size(path)
+    except DataError as e:
+        raise DataError(f'{where}: {e}') from None
+
+
+def _plural(n, word):
+    return f'{n} {word}' if n == 1 else f'{n} {word}s'
+
+
+def _names(folder, where):
+    names = sorted(scandir(folder))  # BasicSR's own listing: files only, hidden ones skipped
+    if not names:
+        raise DataError(f'{where}: no images in {folder}')
+    return names
+
+
+def _lmdb_meta(folder, where):
+    """Names and (h, w, c) shapes from an LMDB's meta_info.txt, as BasicSR reads them."""
+    meta = os.path.join(folder, 'meta_info.txt')
+    if not os.path.isfile(meta):
+        raise DataError(f'{where}: {meta} is missing (not an LMDB written by BasicSR\'s tools or basicsr prepare)')
+    entries = {}
+    with open(meta, encoding='utf-8') as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            try:
+                shape = tuple(int(v) for v in parts[1].strip('()').split(','))
+            except (IndexError, ValueError):
+                raise DataError(f'{where}: {meta} line {number}: expected "name (h,w,c) level", '
+                                f'found {line.strip()!r}') from None
+            entries[parts[0].split('.')[0]] = shape
+    if not entries:
+        raise DataError(f'{where}: no images in {folder} (its meta_info.txt is empty)')
+    return entries
+
+
+def _check_sizes(pairs, scale, exact, gt_size, where):
+    """pairs: (hr_path, (w, h), lr_path, (w, h)). Raise for the first LR that is not HR / scale."""
+    for hr_path, (hw, hh), lr_path, (lw, lh) in pairs:
+        ok = (lw * scale == hw and lh * scale == hh) if exact else (lw == hw // scale and lh == hh // scale)
+        if not ok:
+            raise DataError(f'{where}: LR {lr_path} is {lw}x{lh} but HR {hr_path} is {hw}x{hh}: expected '
+                            f'{hw // scale}x{hh // scale} (HR / scale {scale})')
+        if gt_size and (hw < gt_size or hh < gt_size):
+            raise DataError(f'{where}: HR {hr_path} is {hw}x{hh}, smaller than gt_size {gt_size}')
+
+
+def check_paired(dataset, scale, where, is_train_phase):
+    """Check a PairedImageDataset's files: present, partnered, readable, LR = HR / scale.
+
+    Args:
+        dataset (dict): the dataset's options (dataroot_gt, dataroot_lq, io_backend, ...).
+        scale (int | None): the option file's ``scale``; sizes are not compared without it.
+        where (str): prefix of messages, e.g. ``options/x.yml: datasets.train``.
+        is_train_phase (bool): training crops patches, so LR * scale must equal HR exactly and
+            HR must hold a ``gt_size`` patch; validation crops HR to LR * scale, so there
+            LR = floor(HR / scale) is enough.
+    """
+    gt_dir = os.path.expanduser(str(dataset['dataroot_gt']))
+    lq_dir = os.path.expanduser(str(dataset['dataroot_lq']))
+    backend = (dataset.get('io_backend') or {}).get('type', 'disk')
+    scale = int(scale) if scale else None
+    gt_size = dataset.get('gt_size') if is_train_phase else None
+
+    if backend == 'lmdb':
+        gt, lq = _lmdb_meta(gt_dir, where), _lmdb_meta(lq_dir, where)
+        _report_unpartnered(sorted(set(gt) - set(lq)), 'HR', 'LR', lq_dir, where, suffix=' key')
+        _report_unpartnered(sorted(set(lq) - set(gt)), 'LR', 'HR', gt_dir, where, suffix=' key')
+        if scale:
+            _check_sizes([(f'{gt_dir}:{k}', gt[k][1::-1], f'{lq_dir}:{k}', lq[k][1::-1]) for k in sorted(gt)],
+                         scale, is_train_phase, gt_size, where)
+        return len(gt)
+
+    if backend != 'disk':
+        return None
+    tmpl = dataset.get('filename_tmpl') or '{}'
+    meta_file = dataset.get('meta_info_file')
+    if meta_file:
+        with open(os.path.expanduser(str(meta_file)), encoding='utf-8') as f:
+            gt_names = [line.strip().split(' ')[0] for line in f if line.strip()]
+        if not gt_names:
+            raise DataError(f'{where}: no images listed in {meta_file}')
+        missing = [n for n in gt_names if not os.path.isfile(os.path.join(gt_dir, n))]
+        if missing:
+            raise DataError(f'{where}: {_plural(len(missing), "image")} listed in {meta_file} are not in {gt_dir} '
+                            f'(first: {missing[0]})')
+        lq_names = None
+    else:
+        gt_names = _names(gt_dir, where)
+        lq_names = _names(lq_dir, where)
+
+    def partner(gt_name):
+        base, ext = os.path.splitext(gt_name)
+        return f'{tmpl.format(base)}{ext}'
+
+    wanted = {partner(n): n for n in gt_names}
+    if lq_names is None:
+        lonely = [n for n, p in zip(gt_names, wanted) if not os.path.isfile(os.path.join(lq_dir, p))]
+    else:
+        present = set(lq_names)
+        lonely = [n for n in gt_names if partner(n) not in present]
+    _report_unpartnered(lonely, 'HR', 'LR', lq_dir, where,
+                        hint='' if tmpl == '{}' else f' named by filename_tmpl {tmpl!r}')
+    if lq_names is not None:
+        _report_unpartnered([n for n in lq_names if n not in wanted], 'LR', 'HR', gt_dir, where)
+
+    pairs = []
+    for lq_name, gt_name in wanted.items():
+        hr_path, lr_path = os.path.join(gt_dir, gt_name), os.path.join(lq_dir, lq_name)
+        pairs.append((hr_path, _size(hr_path, where), lr_path, _size(lr_path, where)))
+    if scale:
+        _check_sizes(pairs, scale, is_train_phase, gt_size, where)
+    return len(pairs)
+
+
+def _report_unpartnered(names, have, lack, folder, where, suffix='', hint=''):
+    if names:
+        count = f'1 {have} image{suffix} has' if len(names) == 1 else f'{len(names)} {have} image{suffix}s have'
+        raise DataError(f'{where}: {count} no {lack} partner{hint} in {folder} (first: {names[0]})')
+
+
+def check_single(dataset, where):
+    """Check a SingleImageDataset's LR folder: not empty, every image readable."""
+    backend = (dataset.get('io_backend') or {}).get('type', 'disk')
+    lq_dir = os.path.expanduser(str(dataset['dataroot_lq']))
+    if backend == 'lmdb':
+        return len(_lmdb_meta(lq_dir, where))
+    if backend != 'disk' or dataset.get('meta_info_file'):
+        return None
+    names = _names(lq_dir, where)
+    for name in names:
+        _size(os.path.join(lq_dir, name), where)
+    return len(names)

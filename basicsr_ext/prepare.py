@@ -1,0 +1,776 @@
+"""``basicsr prepare``: training and benchmark data in the layouts BasicSR's option files expect.
+
+``basicsr prepare div2k``
+    HR sub-images (BasicSR's usual 480 px crops every 240 px, as its
+    ``scripts/data_preparation/extract_subimages.py``) and their MATLAB-bicubic LR partners at
+    each scale, a meta-info file, and, with ``--lmdb``, LMDB copies written by BasicSR's
+    ``make_lmdb_from_imgs``. Works on DIV2K or any folder of HR images::
+
+        datasets/DIV2K/DIV2K_train_HR_sub/0001_s001.png
+        datasets/DIV2K/DIV2K_train_LR_bicubic/X4_sub/0001_s001.png
+        datasets/DIV2K/meta_info_DIV2K_train_HR_sub.txt
+        datasets/DIV2K/DIV2K_train_HR_sub.lmdb, DIV2K_train_LR_bicubic_X4_sub.lmdb   (--lmdb)
+
+``basicsr prepare benchmark``
+    A test set: each HR image cropped to a multiple of the scale (``GTmod4``) and its bicubic
+    LR (``LRbicx4``), the layout of BasicSR's own option files::
+
+        datasets/Set5/GTmod4/baby.png  datasets/Set5/LRbicx4/baby.png
+
+``basicsr prepare demo``
+    A small paired x4 train/validation set made from the photographs scikit-image ships
+    (no download), for ``options/train_ASID_x4_demo.yml``.
+
+LR images are BasicSR's MATLAB-compatible ``imresize(HR / 255, 1 / scale)``, rounded to uint8,
+of the whole HR image (cropped to a multiple of the scales first), exactly as the official
+DIV2K and benchmark LR images are made; sub-images of HR and LR are cut at matching places.
+
+Every command is resumable and idempotent: each finished source image is recorded in a ledger
+(``<output>/.prepare/<name>.jsonl``) with its size, modification time and the parameters used,
+and outputs are written atomically. A second run redoes only what changed (nothing, usually),
+and outputs of source images that disappeared are removed. An unreadable image is reported on
+one line and skipped; the others are processed, and the command exits non-zero at the end.
+"""
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+#: Extensions read as images (what BasicSR's data preparation scripts read, and more).
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+#: PNG compression of written images (lossless; 3 is OpenCV's default and fast).
+PNG_COMPRESSION = 3
+
+
+class PrepareError(Exception):
+    """Raised for problems that stop a preparation; reported as one line."""
+
+
+# ----------------------------------------------------------------------------------------
+# image helpers
+# ----------------------------------------------------------------------------------------
+def read_image(path):
+    """Read an image as 3-channel 8-bit BGR (as BasicSR's datasets read it); None if unreadable.
+
+    OpenCV decodes (as BasicSR does), but it returns a truncated JPEG as an image, grey where
+    the data ends, and prints its complaints about broken files to stderr. So the file is
+    first decoded by Pillow, which refuses truncated and corrupt files quietly; formats Pillow
+    does not know are left to OpenCV alone, with its log silenced.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        pass  # not a format Pillow knows (or not an image), or too large for its guard: OpenCV decides
+    except (OSError, ValueError, SyntaxError):
+        return None
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imread(path, cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    finally:
+        logging.setLogLevel(level)
+
+
+def modcrop(img, modulus):
+    """Crop the bottom and right of ``img`` so that its height and width are multiples of ``modulus``."""
+    h, w = img.shape[:2]
+    return img[:h - h % modulus, :w - w % modulus]
+
+
+def bicubic_downscale(img, scale):
+    """MATLAB-compatible bicubic downscaling of a uint8 image by ``1 / scale``, rounded to uint8.
+
+    This is ``basicsr.utils.matlab_functions.imresize(img / 255, 1 / scale)`` (antialiased,
+    as MATLAB's ``imresize``) scaled back to [0, 255], rounded and clipped.
+    """
+    from basicsr.utils.matlab_functions import imresize
+    h, w = img.shape[:2]
+    if h % scale or w % scale:
+        raise ValueError(f'image size {w}x{h} is not a multiple of the scale {scale}')
+    out = imresize(img.astype(np.float32) / 255., 1 / scale)
+    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
+
+
+def bicubic_upscale(img, scale):
+    """MATLAB-compatible bicubic upscaling of a uint8 image (the 'bicubic' baseline of SR papers)."""
+    from basicsr.utils.matlab_functions import imresize
+    out = imresize(img.astype(np.float32) / 255., scale)
+    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
+
+
+def _temp_path(path):
+    """A hidden name next to ``path``: an interrupted write leaves nothing BasicSR would list."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f'.{name}.tmp{os.getpid()}')
+
+
+def write_image(path, img):
+    """Write ``img`` as PNG atomically: readers never see a half-written file."""
+    ok, data = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if not ok:
+        raise OSError(f'{path}: cannot encode image')
+    tmp = _temp_path(path)
+    with open(tmp, 'wb') as f:
+        f.write(data.tobytes())
+    os.replace(tmp, path)
+
+
+def write_text(path, text):
+    """Write ``text`` atomically, and only when it differs from what is there; True if written."""
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            if f.read() == text:
+                return False
+    tmp = _temp_path(path)
+    with open(tmp, 'w', encoding='utf-8') as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+def crop_starts(size, crop, step, thresh=0):
+    """Top/left offsets of the sub-images along one side, as BasicSR's extract_subimages.py.
+
+    Crops of ``crop`` px every ``step`` px, plus one ending at the border when more than
+    ``thresh`` px would be left over. A side shorter than ``crop`` gives one crop of the whole side.
+    """
+    if size <= crop:
+        return [0]
+    starts = list(range(0, size - crop + 1, step))
+    if size - (starts[-1] + crop) > thresh:
+        starts.append(size - crop)
+    return starts
+
+
+def list_images(folder):
+    """Sorted names of the image files directly in ``folder`` (hidden files skipped, as BasicSR's scandir)."""
+    if not os.path.isdir(folder):
+        raise PrepareError(f'{folder}: input folder does not exist' if not os.path.exists(folder) else
+                           f'{folder}: not a folder')
+    names = sorted(name for name in os.listdir(folder)
+                   if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
+                   and os.path.isfile(os.path.join(folder, name)))
+    if not names:
+        raise PrepareError(f'{folder}: no images found (looked for {", ".join(IMAGE_EXTENSIONS)})')
+    stems = {}
+    for name in names:
+        stem = os.path.splitext(name)[0]
+        if stem in stems:
+            raise PrepareError(f'{folder}: {stems[stem]} and {name} would both be written as {stem}.png')
+        stems[stem] = name
+    return names
+
+
+# ----------------------------------------------------------------------------------------
+# the ledger: which source images are done, with which parameters and outputs
+# ----------------------------------------------------------------------------------------
+class Ledger:
+    """Records finished work units in ``<output>/.prepare/<name>.jsonl`` (one JSON object a line).
+
+    A unit (one source image, or one source image at one scale) is up to date when its record
+    has the same signature (source size and mtime, parameters) and all its outputs exist.
+    Records are appended as units finish, so an interrupted run resumes where it stopped.
+    Outputs are recorded relative to ``output``, so a run from another working directory (or
+    with the output folder given another way) finds them.
+    """
+
+    def __init__(self, output, name):
+        self.root = output
+        self.path = os.path.join(output, '.prepare', f'{name}.jsonl')
+        self.records = {}
+        if os.path.isfile(self.path):
+            with open(self.path, encoding='utf-8') as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                        self.records[record['unit']] = record
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line cut short by an interruption
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._file = None
+
+    def outputs(self, unit):
+        """The output paths recorded for ``unit`` (as paths usable from the working directory)."""
+        record = self.records.get(unit) or {}
+        return [os.path.join(self.root, p) for p in record.get('outputs', ())]
+
+    def up_to_date(self, unit, signature):
+        record = self.records.get(unit)
+        return (record is not None and record.get('signature') == signature
+                and all(os.path.isfile(p) for p in self.outputs(unit)))
+
+    def add(self, unit, signature, outputs, info=None):
+        """Record a finished unit; outputs of an earlier version of it that it no longer has are removed."""
+        outputs = [os.path.relpath(p, self.root) for p in outputs]
+        old = {os.path.relpath(p, self.root) for p in self.outputs(unit)}
+        for path in old - set(outputs):
+            if os.path.isfile(os.path.join(self.root, path)):
+                os.remove(os.path.join(self.root, path))
+        record = {'unit': unit, 'signature': signature, 'outputs': outputs, 'info': info or {}}
+        self.records[unit] = record
+        if self._file is None:
+            ends_cleanly = True
+            if os.path.isfile(self.path) and os.path.getsize(self.path):
+                with open(self.path, 'rb') as f:
+                    f.seek(-1, os.SEEK_END)
+                    ends_cleanly = f.read(1) == b'\n'
+            self._file = open(self.path, 'a', encoding='utf-8')
+            if not ends_cleanly:  # a line cut short by an interruption: start a new one
+                self._file.write('\n')
+        self._file.write(json.dumps(record, sort_keys=True) + '\n')
+        self._file.flush()
+
+    def forget_all_but(self, units):
+        """Remove the outputs of recorded units not in ``units`` (their sources are gone); returns them."""
+        stale = [u for u in self.records if u not in units]
+        for unit in stale:
+            for path in self.outputs(unit):
+                if os.path.isfile(path):
+                    os.remove(path)
+            del self.records[unit]
+        return stale
+
+    def close(self):
+        """Rewrite the ledger compactly (one line per unit, sorted)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        text = ''.join(json.dumps(self.records[u], sort_keys=True) + '\n' for u in sorted(self.records))
+        write_text(self.path, text)
+
+
+def source_signature(path, params):
+    st = os.stat(path)
+    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns, 'params': params}
+
+
+# ----------------------------------------------------------------------------------------
+# running work units, in worker processes when there are several
+# ----------------------------------------------------------------------------------------
+def _init_worker():
+    import torch
+    torch.set_num_threads(1)
+
+
+def _run_units(function, jobs, workers, desc):
+    """Yield ``function(job)`` for each job, with a progress bar; in a process pool if workers > 1."""
+    if not jobs:
+        return
+    workers = max(1, min(workers, len(jobs)))
+    # disable=None: a progress bar on a terminal only, not in logs and captured output
+    with tqdm(total=len(jobs), desc=desc, unit='image', dynamic_ncols=True, disable=None) as pbar:
+        if workers == 1:
+            for job in jobs:
+                yield function(job)
+                pbar.update(1)
+            return
+        method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
+        with multiprocessing.get_context(method).Pool(workers, initializer=_init_worker) as pool:
+            for result in pool.imap_unordered(function, jobs):
+                yield result
+                pbar.update(1)
+
+
+def _default_workers():
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+# ----------------------------------------------------------------------------------------
+# DIV2K (and any folder of HR images): sub-images, LR, meta info, LMDB
+# ----------------------------------------------------------------------------------------
+def _div2k_unit(job):
+    """Cut one HR image into sub-images and write its LR sub-images at each scale."""
+    src, stem, out_hr, out_lr, scales, modulus, crop, step, thresh = job
+    img = read_image(src)
+    if img is None:
+        return {'src': src, 'error': 'cannot read image (not an image, or corrupt)'}
+    img = modcrop(img, modulus)
+    h, w = img.shape[:2]
+    if h == 0 or w == 0:
+        return {'src': src, 'error': f'image is smaller than {modulus}x{modulus} px (a multiple of every scale)'}
+    tops, lefts = crop_starts(h, crop, step, thresh), crop_starts(w, crop, step, thresh)
+    boxes = [(top, left) for top in tops for left in lefts]
+    names = [f'{stem}_s{i:03d}.png' for i in range(1, len(boxes) + 1)]
+    ch, cw = min(crop, h), min(crop, w)
+    result = {'src': src, 'names': names, 'shape': [ch, cw, img.shape[2]], 'outputs': {}}
+    if out_hr is not None:
+        paths = []
+        for name, (top, left) in zip(names, boxes):
+            paths.append(os.path.join(out_hr, name))
+            write_image(paths[-1], img[top:top + ch, left:left + cw])
+        result['outputs']['HR'] = paths
+    for scale in scales:
+        lr = bicubic_downscale(img, scale)
+        paths = []
+        for name, (top, left) in zip(names, boxes):
+            paths.append(os.path.join(out_lr[scale], name))
+            write_image(paths[-1], lr[top // scale:(top + ch) // scale, left // scale:(left + cw) // scale])
+        result['outputs'][f'X{scale}'] = paths
+    return result
+
+
+def _lmdb_stamp(paths):
+    """A digest of the images an LMDB is made of: their names, sizes and modification times."""
+    digest = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        digest.update(f'{os.path.basename(path)} {st.st_size} {st.st_mtime_ns}\n'.encode())
+    return digest.hexdigest()
+
+
+STAMP_FILE = 'prepare_stamp.txt'
+
+
+def make_lmdb(folder, names, lmdb_path):
+    """Write ``folder``'s images ``names`` to ``lmdb_path`` with BasicSR's make_lmdb_from_imgs.
+
+    Skipped when the LMDB there was made from exactly these files (same names, sizes, times).
+    Written to a temporary folder first and renamed, so an interrupted run leaves no half LMDB.
+    Returns True if written.
+    """
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+    stamp = _lmdb_stamp([os.path.join(folder, n) for n in names])
+    stamp_path = os.path.join(lmdb_path, STAMP_FILE)
+    if os.path.isfile(stamp_path):
+        with open(stamp_path) as f:
+            if f.read().strip() == stamp:
+                return False
+    tmp = os.path.join(os.path.dirname(lmdb_path), f'.tmp_{os.path.basename(lmdb_path)}')  # ends with .lmdb
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    total = sum(os.path.getsize(os.path.join(folder, n)) for n in names)
+    map_size = total * 10 + (64 << 20)  # PNG level 1 in the LMDB is larger than the files; sparse anyway
+    keys = [os.path.splitext(n)[0] for n in names]
+    make_lmdb_from_imgs(folder, tmp, list(names), keys, map_size=map_size)
+    with open(os.path.join(tmp, STAMP_FILE), 'w') as f:
+        f.write(stamp + '\n')
+    if os.path.exists(lmdb_path):
+        shutil.rmtree(lmdb_path)
+    os.replace(tmp, lmdb_path)
+    return True
+
+
+def div2k_layout(output, name, scales):
+    """Paths that ``prepare div2k`` writes (and the train option files read)."""
+    return {
+        'hr': os.path.join(output, f'{name}_HR_sub'),
+        'lr': {s: os.path.join(output, f'{name}_LR_bicubic', f'X{s}_sub') for s in scales},
+        'meta_info': os.path.join(output, f'meta_info_{name}_HR_sub.txt'),
+        'hr_lmdb': os.path.join(output, f'{name}_HR_sub.lmdb'),
+        'lr_lmdb': {s: os.path.join(output, f'{name}_LR_bicubic_X{s}_sub.lmdb') for s in scales},
+    }
+
+
+def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), crop_size=480, step=240,
+                      thresh_size=0, lmdb=False, workers=None, log=print):
+    """Sub-images, LR, meta info and (optionally) LMDB for a folder of HR images.
+
+    Returns a dict: ``done`` (source images processed now), ``skipped`` (already up to date),
+    ``errors`` (list of (path, message)), ``subimages`` (number of HR sub-images).
+    """
+    scales = sorted(set(int(s) for s in scales))
+    if not scales or min(scales) < 1:
+        raise PrepareError(f'scales must be positive integers, got {scales}')
+    for s in scales:
+        if crop_size % s or step % s:
+            raise PrepareError(f'--crop-size {crop_size} and --step {step} must be multiples of the scale {s}')
+    if step < 1 or crop_size < 1:
+        raise PrepareError('--crop-size and --step must be positive')
+    modulus = math.lcm(2, 3, 4, *scales)  # one HR crop for every scale, so one HR folder serves all
+    names = list_images(input_dir)
+    layout = div2k_layout(output, name, scales)
+    for folder in [layout['hr'], *layout['lr'].values()]:
+        os.makedirs(folder, exist_ok=True)
+    ledger = Ledger(output, name)
+    geometry = {'modulus': modulus, 'crop': crop_size, 'step': step, 'thresh': thresh_size}
+
+    jobs, units, skipped, wanted_all = [], set(), 0, {}
+    for src_name in names:
+        src = os.path.join(input_dir, src_name)
+        stem = os.path.splitext(src_name)[0]
+        wanted = {'HR': source_signature(src, geometry)}
+        for s in scales:
+            wanted[f'X{s}'] = source_signature(src, {**geometry, 'scale': s})
+        wanted_all[stem] = wanted
+        units.update(f'{stem}|{k}' for k in wanted)
+        todo = [k for k, sig in wanted.items() if not ledger.up_to_date(f'{stem}|{k}', sig)]
+        if not todo:
+            skipped += 1
+            continue
+        todo_scales = [s for s in scales if f'X{s}' in todo]
+        jobs.append((src, stem, layout['hr'] if 'HR' in todo else None, layout['lr'], todo_scales, modulus,
+                     crop_size, step, thresh_size))
+    # Units of scales not asked for this time stay, as long as they still match the HR sub-images
+    # (same source file, same geometry): they share the HR folder and the meta info file.
+    # Those of removed images, or made from another version or geometry, go.
+    sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
+    for unit, record in ledger.records.items():
+        stem, kind = unit.rsplit('|', 1)
+        if unit not in units and stem in sources and kind.startswith('X') and kind[1:].isdigit():
+            if record.get('signature') == source_signature(sources[stem], {**geometry, 'scale': int(kind[1:])}):
+                units.add(unit)
+    removed = ledger.forget_all_but(units)
+    gone = len({u.rsplit('|', 1)[0] for u in removed})
+    log(f'{name}: {len(names)} HR images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
+        + (f', outdated outputs of {gone} images deleted' if gone else ''))
+
+    errors = []
+    try:
+        for result in _run_units(_div2k_unit, jobs, workers or _default_workers(), f'{name} sub-images'):
+            if 'error' in result:
+                errors.append((result['src'], result['error']))
+                tqdm.write(f'{result["src"]}: {result["error"]}', file=sys.stderr)
+                continue
+            stem = os.path.splitext(os.path.basename(result['src']))[0]
+            for key, outputs in result['outputs'].items():
+                params = geometry if key == 'HR' else {**geometry, 'scale': int(key[1:])}
+                ledger.add(f'{stem}|{key}', source_signature(result['src'], params), outputs,
+                           {'names': result['names'], 'shape': result['shape']})
+    finally:
+        ledger.close()
+
+    # meta info: the HR sub-images of every source image that is complete and current at all scales
+    # (not those of an image that changed and could not be read this time)
+    complete, meta_lines = [], []
+    for src_name in names:
+        stem = os.path.splitext(src_name)[0]
+        if not all(ledger.up_to_date(f'{stem}|{k}', sig) for k, sig in wanted_all[stem].items()):
+            continue
+        info = ledger.records[f'{stem}|HR']['info']
+        h, w, c = info['shape']
+        for sub in info['names']:
+            complete.append(sub)
+            meta_lines.append(f'{sub} ({h},{w},{c})\n')
+    write_text(layout['meta_info'], ''.join(meta_lines))
+    log(f'{name}: {len(complete)} HR sub-images in {layout["hr"]}; LR in '
+        f'{", ".join(layout["lr"][s] for s in scales)}; meta info {layout["meta_info"]}')
+
+    if lmdb:
+        if not complete:
+            raise PrepareError(f'{input_dir}: no image could be prepared, so no LMDB was written')
+        for folder, lmdb_path in [(layout['hr'], layout['hr_lmdb'])] + [(layout['lr'][s], layout['lr_lmdb'][s])
+                                                                         for s in scales]:
+            if make_lmdb(folder, complete, lmdb_path):
+                log(f'{name}: wrote {lmdb_path}')
+            else:
+                log(f'{name}: {lmdb_path} is up to date')
+    return {'done': len(jobs) - len(errors), 'skipped': skipped, 'errors': errors, 'subimages': len(complete)}
+
+
+# ----------------------------------------------------------------------------------------
+# benchmark sets: HR cropped to a multiple of the scale, and its bicubic LR
+# ----------------------------------------------------------------------------------------
+def benchmark_layout(output, name, scale):
+    """The folders ``prepare benchmark`` writes for ``scale`` (and the test option files read)."""
+    return os.path.join(output, name, f'GTmod{scale}'), os.path.join(output, name, f'LRbicx{scale}')
+
+
+def _pair_unit(job):
+    """HR cropped to a multiple of each scale and its bicubic LR, for one image."""
+    src, stem, targets = job  # targets: list of (scale, hr_path, lr_path)
+    img = read_image(src)
+    if img is None:
+        return {'src': src, 'error': 'cannot read image (not an image, or corrupt)'}
+    outputs = {}
+    for scale, hr_path, lr_path in targets:
+        hr = modcrop(img, scale)
+        if hr.shape[0] == 0 or hr.shape[1] == 0:
+            return {'src': src, 'error': f'image is smaller than the scale {scale}'}
+        write_image(hr_path, hr)
+        write_image(lr_path, bicubic_downscale(hr, scale))
+        outputs[scale] = [hr_path, lr_path]
+    return {'src': src, 'outputs': outputs}
+
+
+def prepare_pairs(input_dir, names, folders, ledger_name, ledger_root, workers=1, desc='pairs', log=print):
+    """Write HR/LR pairs for ``names`` (files in ``input_dir``); ``folders[scale] = (hr_dir, lr_dir)``."""
+    for hr_dir, lr_dir in folders.values():
+        os.makedirs(hr_dir, exist_ok=True)
+        os.makedirs(lr_dir, exist_ok=True)
+    ledger = Ledger(ledger_root, ledger_name)
+    jobs, units, skipped = [], set(), 0
+    for src_name in names:
+        src = os.path.join(input_dir, src_name)
+        stem = os.path.splitext(src_name)[0]
+        targets = []
+        for scale, (hr_dir, lr_dir) in folders.items():
+            unit = f'{stem}|X{scale}'
+            units.add(unit)
+            if not ledger.up_to_date(unit, source_signature(src, {'scale': scale})):
+                targets.append((scale, os.path.join(hr_dir, f'{stem}.png'), os.path.join(lr_dir, f'{stem}.png')))
+        if targets:
+            jobs.append((src, stem, targets))
+        else:
+            skipped += 1
+    # units of other scales stay; those of removed images go
+    removed = ledger.forget_all_but(units | {u for u in ledger.records if int(u.rsplit('|X', 1)[1]) not in folders})
+    log(f'{ledger_name}: {len(names)} images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
+        + (f', outputs of {len(removed)} removed images deleted' if removed else ''))
+    errors = []
+    try:
+        for result in _run_units(_pair_unit, jobs, workers, desc):
+            if 'error' in result:
+                errors.append((result['src'], result['error']))
+                tqdm.write(f'{result["src"]}: {result["error"]}', file=sys.stderr)
+                continue
+            stem = os.path.splitext(os.path.basename(result['src']))[0]
+            for scale, outputs in result['outputs'].items():
+                ledger.add(f'{stem}|X{scale}', source_signature(result['src'], {'scale': scale}), outputs)
+    finally:
+        ledger.close()
+    return {'done': len(jobs) - len(errors), 'skipped': skipped, 'errors': errors}
+
+
+def prepare_benchmark(input_dir, name=None, scales=(2, 3, 4), output='datasets', workers=None, log=print):
+    """``datasets/<name>/GTmod<s>`` and ``datasets/<name>/LRbicx<s>`` for each scale."""
+    name = name or os.path.basename(os.path.normpath(input_dir))
+    scales = sorted(set(int(s) for s in scales))
+    if not scales or min(scales) < 1:
+        raise PrepareError(f'scales must be positive integers, got {scales}')
+    names = list_images(input_dir)
+    folders = {s: benchmark_layout(output, name, s) for s in scales}
+    result = prepare_pairs(input_dir, names, folders, name, os.path.join(output, name),
+                           workers=workers or _default_workers(), desc=name, log=log)
+    for s in scales:
+        log(f'{name} x{s}: HR in {folders[s][0]}, LR in {folders[s][1]}')
+    return result
+
+
+# ----------------------------------------------------------------------------------------
+# the demo data set: photographs bundled with scikit-image
+# ----------------------------------------------------------------------------------------
+#: Photographs that scikit-image ships inside its package (no download needed), by its
+#: ``skimage.data`` names. Training: colour photographs and a few grey ones (textures, text);
+#: validation: three held-out colour photographs.
+SKIMAGE_FILES = {
+    'astronaut': 'astronaut.png', 'chelsea': 'chelsea.png', 'coffee': 'coffee.png',
+    'immunohistochemistry': 'ihc.png',
+    'motorcycle_left': 'motorcycle_left.png', 'motorcycle_right': 'motorcycle_right.png', 'rocket': 'rocket.jpg', 'camera': 'camera.png', 'brick': 'brick.png',
+    'grass': 'grass.png', 'gravel': 'gravel.png', 'moon': 'moon.png', 'coins': 'coins.png', 'page': 'page.png',
+    'text': 'text.png', 'cell': 'cell.png',
+}
+#: (retina and hubble_deep_field are bundled too, but mostly flat: they slowed the demo's learning.)
+DEMO_TRAIN = ('astronaut', 'immunohistochemistry', 'motorcycle_left', 'motorcycle_right', 'camera', 'brick',
+              'grass', 'gravel', 'moon', 'coins', 'page', 'text', 'cell')
+DEMO_VAL = ('chelsea', 'coffee', 'rocket')
+DEMO_SCALE = 4
+#: HR side of the training sub-images (LR 32 px), every DEMO_STEP px.
+DEMO_CROP, DEMO_STEP = 128, 96
+#: Validation images are the centre DEMO_VAL_SIZE x DEMO_VAL_SIZE px (HR) of their photograph,
+#: which keeps validation on a CPU to a second or two.
+DEMO_VAL_SIZE = 256
+
+
+def skimage_data_dir():
+    """The folder inside the installed scikit-image that holds its bundled images."""
+    try:
+        import skimage
+    except ImportError:
+        raise PrepareError('scikit-image is not installed: pip install scikit-image') from None
+    return os.path.join(os.path.dirname(skimage.__file__), 'data')
+
+
+def demo_layout(output):
+    return {
+        'train': (os.path.join(output, 'train', 'HR'), os.path.join(output, 'train', 'LR_bicubic', f'X{DEMO_SCALE}')),
+        'val': (os.path.join(output, 'val', 'HR'), os.path.join(output, 'val', 'LR_bicubic', f'X{DEMO_SCALE}')),
+    }
+
+
+def bicubic_psnr(hr_dir, lr_dir, scale):
+    """Mean Y-channel PSNR of MATLAB-bicubic upscaled LR against HR (crop border = scale), as BasicSR measures."""
+    from basicsr.metrics import calculate_psnr
+    values = []
+    for name in sorted(os.listdir(hr_dir)):
+        if name.startswith('.') or not name.endswith('.png'):
+            continue
+        hr = cv2.imread(os.path.join(hr_dir, name), cv2.IMREAD_COLOR)
+        lr = cv2.imread(os.path.join(lr_dir, name), cv2.IMREAD_COLOR)
+        sr = bicubic_upscale(lr, scale)
+        values.append(calculate_psnr(sr, hr, crop_border=scale, test_y_channel=True))
+    return float(np.mean(values))
+
+
+def _demo_unit(job):
+    """One photograph: training sub-images (HR + LR) or a whole validation pair."""
+    unit, src, stem, split, hr_dir, lr_dir = job
+    img = read_image(src)
+    if img is None:
+        return {'unit': unit, 'src': src, 'error': 'cannot read image'}
+    # one bicubic LR of the whole photograph, then matching crops (as for DIV2K)
+    if split == 'val':
+        h, w = img.shape[:2]
+        top, left = max(0, (h - DEMO_VAL_SIZE) // 2), max(0, (w - DEMO_VAL_SIZE) // 2)
+        img = img[top:top + DEMO_VAL_SIZE, left:left + DEMO_VAL_SIZE]
+    img = modcrop(img, DEMO_SCALE)
+    lr = bicubic_downscale(img, DEMO_SCALE)
+    h, w = img.shape[:2]
+    if split == 'val':
+        boxes, (ch, cw), names = [(0, 0)], (h, w), [f'{stem}.png']
+    else:
+        boxes = [(t, l) for t in crop_starts(h, DEMO_CROP, DEMO_STEP, DEMO_CROP // 2)
+                 for l in crop_starts(w, DEMO_CROP, DEMO_STEP, DEMO_CROP // 2)]
+        ch, cw = min(DEMO_CROP, h), min(DEMO_CROP, w)
+        names = [f'{stem}_s{i:03d}.png' for i in range(1, len(boxes) + 1)]
+    outputs = []
+    for name, (top, left) in zip(names, boxes):
+        hr_path, lr_path = os.path.join(hr_dir, name), os.path.join(lr_dir, name)
+        write_image(hr_path, img[top:top + ch, left:left + cw])
+        write_image(lr_path, lr[top // DEMO_SCALE:(top + ch) // DEMO_SCALE, left // DEMO_SCALE:(left + cw) // DEMO_SCALE])
+        outputs += [hr_path, lr_path]
+    return {'unit': unit, 'src': src, 'outputs': outputs}
+
+
+def prepare_demo(output=os.path.join('datasets', 'demo'), train=DEMO_TRAIN, val=DEMO_VAL, workers=None, log=print):
+    """``datasets/demo/{train,val}/{HR,LR_bicubic/X4}`` from scikit-image's bundled photographs."""
+    data_dir = skimage_data_dir()
+    layout = demo_layout(output)
+    for hr_dir, lr_dir in layout.values():
+        os.makedirs(hr_dir, exist_ok=True)
+        os.makedirs(lr_dir, exist_ok=True)
+    ledger = Ledger(output, 'demo')
+    geometry = {'scale': DEMO_SCALE, 'crop': DEMO_CROP, 'step': DEMO_STEP, 'val_size': DEMO_VAL_SIZE}
+    jobs, units, signatures, skipped = [], set(), {}, 0
+    for split, photos in (('train', train), ('val', val)):
+        for photo in photos:
+            src = os.path.join(data_dir, SKIMAGE_FILES[photo])
+            if not os.path.isfile(src):
+                raise PrepareError(f'{src}: this scikit-image does not bundle {photo!r}; the demo needs its '
+                                   f'bundled photographs ({", ".join(SKIMAGE_FILES.values())})')
+            unit = f'{photo}|{split}'
+            units.add(unit)
+            signatures[unit] = source_signature(src, {**geometry, 'split': split})
+            if ledger.up_to_date(unit, signatures[unit]):
+                skipped += 1
+            else:
+                jobs.append((unit, src, photo, split, *layout[split]))
+    ledger.forget_all_but(units)
+    log(f'demo: {len(train)} training and {len(val)} validation photographs from {data_dir}: '
+        f'{len(jobs)} to process, {skipped} up to date')
+    errors = []
+    try:
+        for result in _run_units(_demo_unit, jobs, workers or _default_workers(), 'demo'):
+            if 'error' in result:
+                errors.append((result['src'], result['error']))
+                tqdm.write(f'{result["src"]}: {result["error"]}', file=sys.stderr)
+            else:
+                ledger.add(result['unit'], signatures[result['unit']], result['outputs'])
+    finally:
+        ledger.close()
+    psnr = bicubic_psnr(*layout['val'], DEMO_SCALE)
+    count = len(os.listdir(layout['train'][0]))
+    log(f'demo: {count} training pairs (HR {DEMO_CROP}x{DEMO_CROP}) in {os.path.dirname(layout["train"][0])}, '
+        f'{len(val)} validation pairs in {os.path.dirname(layout["val"][0])}')
+    log(f'demo: bicubic x{DEMO_SCALE} PSNR on the validation set (Y channel, crop border {DEMO_SCALE}): '
+        f'{psnr:.2f} dB; compare with the PSNR the demo training logs')
+    return {'done': len(jobs) - len(errors), 'skipped': skipped, 'errors': errors, 'bicubic_psnr': psnr}
+
+
+# ----------------------------------------------------------------------------------------
+# the command
+# ----------------------------------------------------------------------------------------
+def _finish(result, input_dir):
+    """Exit status of a preparation: 0, or a one-line error when some images failed.
+
+    Each failed image was already reported on its own line, naming it; this line counts them.
+    """
+    errors = result['errors']
+    if errors:
+        from basicsr_ext.cli import CommandError
+        total = result['done'] + len(errors) + result['skipped']
+        raise CommandError(f'{input_dir}: {len(errors)} of {total} images could not be prepared (named above); '
+                           f'the other {total - len(errors)} were')
+    return 0
+
+
+def _error(e):
+    from basicsr_ext.cli import CommandError
+    return CommandError(str(e))
+
+
+def cmd_div2k(args):
+    try:
+        result = prepare_subimages(args.input, args.output, name=args.name, scales=args.scales,
+                                   crop_size=args.crop_size, step=args.step, thresh_size=args.thresh_size,
+                                   lmdb=args.lmdb, workers=args.workers)
+    except PrepareError as e:
+        raise _error(e) from None
+    return _finish(result, args.input)
+
+
+def cmd_benchmark(args):
+    try:
+        result = prepare_benchmark(args.input, name=args.name, scales=args.scales, output=args.output,
+                                   workers=args.workers)
+    except PrepareError as e:
+        raise _error(e) from None
+    return _finish(result, args.input)
+
+
+def cmd_demo(args):
+    try:
+        result = prepare_demo(args.output, workers=args.workers)
+    except PrepareError as e:
+        raise _error(e) from None
+    return _finish(result, 'scikit-image data')
+
+
+def add_parser(commands):
+    """Register ``basicsr prepare`` (with its sub-commands) on the ``commands`` subparsers."""
+    prepare = commands.add_parser('prepare', help='prepare training and test data (DIV2K, benchmarks, demo)',
+                                  description='Prepare data sets in the layouts the option files in options/ read. '
+                                  'Every sub-command can be re-run: it only does what is not done yet.')
+    sub = prepare.add_subparsers(dest='what', metavar='WHAT', required=True)
+
+    div2k = sub.add_parser('div2k', help='HR sub-images, bicubic LR, meta info and LMDB from a folder of HR images',
+                           description='Cut HR images (DIV2K_train_HR, or any folder) into sub-images and make '
+                           'their MATLAB-bicubic LR at each scale, as BasicSR\'s extract_subimages.py.')
+    div2k.add_argument('--input', required=True, metavar='DIR', help='folder of HR images, e.g. DIV2K_train_HR')
+    div2k.add_argument('--output', default=os.path.join('datasets', 'DIV2K'), metavar='DIR',
+                       help='output folder (default: datasets/DIV2K)')
+    div2k.add_argument('--name', default='DIV2K_train',
+                       help='prefix of the output folders: <name>_HR_sub, <name>_LR_bicubic/X4_sub (default: '
+                       'DIV2K_train)')
+    div2k.add_argument('--scales', type=int, nargs='+', default=[2, 3, 4], metavar='S', help='default: 2 3 4')
+    div2k.add_argument('--crop-size', type=int, default=480, help='HR sub-image size (default: 480)')
+    div2k.add_argument('--step', type=int, default=240, help='HR sub-image stride (default: 240)')
+    div2k.add_argument('--thresh-size', type=int, default=0,
+                       help='add a crop at the border when more than this is left over (default: 0)')
+    div2k.add_argument('--lmdb', action='store_true', help='also write LMDB copies (BasicSR\'s make_lmdb_from_imgs)')
+    div2k.add_argument('--workers', type=int, default=None, help='processes (default: CPU count, at most 8)')
+    div2k.set_defaults(func=cmd_div2k)
+
+    bench = sub.add_parser('benchmark', help='a test set: HR cropped to a multiple of the scale, and its bicubic LR',
+                           description='Write <output>/<name>/GTmod<s> and <output>/<name>/LRbicx<s> for each scale.')
+    bench.add_argument('--input', required=True, metavar='DIR', help='folder of HR images, e.g. Set5')
+    bench.add_argument('--name', default=None, help='data set name (default: the input folder\'s name)')
+    bench.add_argument('--scales', type=int, nargs='+', default=[2, 3, 4], metavar='S', help='default: 2 3 4')
+    bench.add_argument('--output', default='datasets', metavar='DIR', help='default: datasets')
+    bench.add_argument('--workers', type=int, default=None, help='processes (default: CPU count, at most 8)')
+    bench.set_defaults(func=cmd_benchmark)
+
+    demo = sub.add_parser('demo', help='a small x4 train/validation set from scikit-image\'s bundled photographs',
+                          description='Write datasets/demo/{train,val}/{HR,LR_bicubic/X4} for '
+                          'options/train_ASID_x4_demo.yml, and print the bicubic PSNR on the validation set.')
+    demo.add_argument('--output', default=os.path.join('datasets', 'demo'), metavar='DIR',
+                      help='default: datasets/demo')
+    demo.add_argument('--workers', type=int, default=None, help='processes (default: CPU count, at most 8)')
+    demo.set_defaults(func=cmd_demo)
+    return prepare
