@@ -22,6 +22,7 @@ connection and :class:`EnhancedSpatialAttention`.
 """
 import math
 import numbers
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -713,7 +714,7 @@ class ASID(nn.Module):
 
         body = compiled_body(x.device.type) if self.fast_path == 'compile' else ASID.body
         dtype = PRECISIONS[self.precision]
-        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        with nullcontext() if dtype is None else torch.autocast(x.device.type, dtype=dtype):
             out = body(self, x)
         if self.fast_path == 'compile' and x.device.type == 'cuda':
             out = out.clone()  # CUDA-graph outputs are overwritten by the next replay

@@ -10,8 +10,7 @@ import logging
 import os
 import sys
 
-from basicsr_ext import infer
-from basicsr_ext import prepare
+from basicsr_ext import benchmark, infer, prepare
 from basicsr_ext.options import OptionError, load_and_check
 
 
@@ -89,8 +88,8 @@ def build_parser():
     test.set_defaults(func=cmd_test)
 
     prepare.add_parser(commands)
-
     infer.add_parser(commands)
+    benchmark.add_parser(commands)
     return parser
 
 

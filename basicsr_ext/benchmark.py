@@ -1,0 +1,338 @@
+"""``basicsr benchmark``: ASID, ASID-D8 and SwinIR-light side by side, plain vs fast paths.
+
+::
+
+    basicsr benchmark                       # inference table on whatever device is there
+    basicsr benchmark --train               # + training iterations/s through `basicsr train`
+    basicsr benchmark --json results.json   # the same figures for machines
+
+Inference rows: parameters, multiply-adds for the frame (``--size``, default 320x180 -> 1280x720
+on a GPU, 128x128 on a CPU), latency (median of ``--repeat`` warm runs; CUDA events on a GPU),
+throughput in output megapixels/s, peak memory (GPU), and the largest deviation from the plain
+fp32 output of the same network. Paths: ``plain`` (eager, the definition), ``compile``
+(``fast_path='compile'``), and on a GPU ``fp16`` (network and input cast to half, what
+``basicsr infer`` does by default) and ``compile fp16`` (both).
+
+``--train`` runs BasicSR's own ``train_pipeline`` (``basicsr train``) on a generated paired
+data set at batch 16, LR patch 64 (data loading, prefetching and the optimizer included), once
+plain and once with ``fast_path: compile`` (+ ``precision: bf16`` on a GPU), and reports
+iterations/s between ``--train-warmup`` and the last iteration. ``--large`` measures a
+960x540 -> 3840x2160 frame through :class:`asid_arch.ASIDUpsampler` (whole image or tiles).
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from asid_arch import ASID, ASIDUpsampler
+
+
+class SwinIRLight(torch.nn.Module):
+    """BasicSR's SwinIR, lightweight configuration (embed 60, depths 6x4, pixelshuffledirect).
+
+    BasicSR's SwinIR needs sides that are multiples of its window (8); as SwinIR's own test
+    script does, the input is reflect-padded to one and the output cropped.
+    """
+
+    def __init__(self, upscale=4):
+        super().__init__()
+        from basicsr.archs.swinir_arch import SwinIR
+        self.upscale = upscale
+        self.net = SwinIR(upscale=upscale, in_chans=3, img_size=64, window_size=8, img_range=1.,
+                          depths=[6, 6, 6, 6], embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2,
+                          upsampler='pixelshuffledirect', resi_connection='1conv')
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        x = torch.nn.functional.pad(x, (0, -w % 8, 0, -h % 8), mode='reflect')
+        return self.net(x)[..., :h * self.upscale, :w * self.upscale]
+
+
+NETWORKS = {
+    'ASID': lambda: ASID(upscale=4, num_groups=3),
+    'ASID-D8': lambda: ASID(upscale=4, num_groups=8),
+    'SwinIR-light': SwinIRLight,
+}
+
+
+#: Ways of running measured: inference ('plain', 'compile', and on a GPU 'fp16', 'compile fp16')
+#: and training ('plain', 'compile', and on a GPU 'compile bf16').
+PATHS = ('plain', 'compile', 'fp16', 'compile fp16', 'compile bf16')
+
+
+def parse_size(text):
+    w, h = (int(v) for v in text.lower().split('x'))
+    return w, h
+
+
+def multiply_adds(net, x):
+    """Multiply-adds of one forward (matrix products and convolutions), counted on the meta device."""
+    meta = copy.deepcopy(net).to('meta')
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        meta(x.to('meta'))
+    return counter.get_total_flops() / 2
+
+
+def time_forward(fn, x, device, repeat, warmup):
+    """Median seconds of ``fn(x)`` over ``repeat`` warm runs, and peak GPU memory in bytes (None on CPU)."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(x)
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(repeat):
+            if device.type == 'cuda':
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1000)
+            else:
+                t0 = time.perf_counter()
+                fn(x)
+                times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else None
+    return statistics.median(times), peak
+
+
+def inference_paths(name, net, device):
+    """(path name, callable) pairs to time for one network."""
+    paths = [('plain', net)]
+    if name.startswith('ASID'):
+        paths.append(('compile', copy.deepcopy(net).set_fast_path('compile')))
+        if device.type == 'cuda':
+            half = copy.deepcopy(net).half()
+            paths.append(('fp16', lambda x, m=half: m(x.half())))
+            half_compiled = copy.deepcopy(net).half().set_fast_path('compile')
+            paths.append(('compile fp16', lambda x, m=half_compiled: m(x.half())))
+    return paths
+
+
+def bench_inference(args, device, log):
+    w, h = args.size
+    x = torch.rand(1, 3, h, w, device=device)
+    rows = []
+    for name in args.networks:
+        torch.manual_seed(0)
+        net = NETWORKS[name]().eval().to(device)
+        params = sum(p.numel() for p in net.parameters())
+        macs = multiply_adds(net, x)
+        with torch.no_grad():
+            reference = net(x).float()
+        repeat = args.repeat if name != 'SwinIR-light' or device.type == 'cuda' else max(3, args.repeat // 3)
+        for path, fn in inference_paths(name, net, device):
+            if path not in args.paths:
+                continue
+            log(f'{name} {path}: timing ({"compiling first, " if "compile" in path else ""}{repeat} runs)')
+            seconds, peak = time_forward(fn, x, device, repeat, args.warmup)
+            with torch.no_grad():
+                deviation = float((fn(x).float() - reference).abs().max())
+            rows.append({'network': name, 'path': path, 'params': params, 'gmacs': macs / 1e9,
+                         'input': f'{w}x{h}', 'output': f'{w * 4}x{h * 4}', 'latency_ms': seconds * 1000,
+                         'mpix_per_s': (w * 4) * (h * 4) / seconds / 1e6,
+                         'peak_mem_gb': None if peak is None else peak / 2**30, 'max_abs_diff': deviation})
+    return rows
+
+
+def bench_large(device, log):
+    """ASID x4 on a 960x540 frame (-> 3840x2160) through ASIDUpsampler, as ``basicsr infer`` runs it."""
+    rows = []
+    for tile in (None, 256):
+        up = ASIDUpsampler(ASID(upscale=4), device=device, tile=tile, tile_overlap=24)
+        img = (np.random.default_rng(0).random((540, 960, 3)) * 255).astype(np.uint8)
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        up.upscale(img)  # warm
+        t0 = time.perf_counter()
+        up.upscale(img)
+        seconds = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None
+        plan = up.describe_plan(540, 960)
+        log(f'ASID 960x540 -> 3840x2160, {up.precision}, {plan}: {seconds * 1000:.0f} ms')
+        rows.append({'network': 'ASID', 'precision': up.precision, 'plan': plan, 'latency_ms': seconds * 1000,
+                     'peak_mem_gb': peak})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# training through `basicsr train`
+# ----------------------------------------------------------------------------------------
+def make_train_data(root, count=64, hr_size=320, scale=4, seed=0):
+    """``root/HR`` and ``root/LR``: smooth random colour images and their x4 area-downscaled partners."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    for sub in ('HR', 'LR'):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for i in range(count):
+        low = rng.random((hr_size // 16, hr_size // 16, 3)).astype(np.float32)
+        hr = cv2.resize(low, (hr_size, hr_size), interpolation=cv2.INTER_CUBIC)
+        hr = np.clip((hr + rng.normal(0, 0.03, hr.shape)) * 255, 0, 255).astype(np.uint8)
+        cv2.imwrite(os.path.join(root, 'HR', f'{i:04d}.png'), hr)
+        lr = cv2.resize(hr, (hr_size // scale, hr_size // scale), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(os.path.join(root, 'LR', f'{i:04d}.png'), lr)
+
+
+def train_options(data, name, network, iters, device, workers):
+    cuda = device.type == 'cuda'
+    return {
+        'name': name, 'model_type': 'SRModel', 'scale': 4, 'num_gpu': 1 if cuda else 0, 'manual_seed': 0,
+        'datasets': {'train': {
+            'name': 'bench', 'type': 'PairedImageDataset', 'dataroot_gt': f'{data}/HR', 'dataroot_lq': f'{data}/LR',
+            'io_backend': {'type': 'disk'}, 'gt_size': 256, 'use_hflip': True, 'use_rot': True, 'use_shuffle': True,
+            'num_worker_per_gpu': workers, 'batch_size_per_gpu': 16, 'dataset_enlarge_ratio': 100,
+            'persistent_workers': workers > 0, 'pin_memory': cuda, 'prefetch_mode': 'cuda' if cuda else None}},
+        'network_g': network,
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {'optim_g': {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [iters], 'gamma': 0.5},
+                  'total_iter': iters, 'warmup_iter': -1,
+                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}},
+        'logger': {'print_freq': max(1, iters // 5), 'save_checkpoint_freq': 10**9, 'use_tb_logger': False},
+    }
+
+
+def time_training(opt_file, workdir, iters, warmup, device):
+    """Run ``basicsr train -opt opt_file`` in this process; iterations/s after ``warmup`` iterations.
+
+    Only measurement is added: ``SRModel.optimize_parameters`` is wrapped to read the clock
+    (after a device synchronisation) at the end of iteration ``warmup`` and of the last one.
+    """
+    from basicsr.models.sr_model import SRModel
+
+    from basicsr_ext.cli import main
+    stamps = {}
+    original = SRModel.optimize_parameters
+
+    def timed(self, current_iter):
+        original(self, current_iter)
+        if current_iter in (warmup, iters):
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            stamps[current_iter] = time.perf_counter()
+
+    cwd = os.getcwd()
+    SRModel.optimize_parameters = timed
+    try:
+        os.chdir(workdir)
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+        if main(['train', '-opt', opt_file]) != 0:
+            raise RuntimeError(f'basicsr train -opt {opt_file} failed')
+    finally:
+        SRModel.optimize_parameters = original
+        os.chdir(cwd)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None
+    return (iters - warmup) / (stamps[iters] - stamps[warmup]), peak
+
+
+def bench_training(args, device, log):
+    import yaml
+    rows = []
+    workdir = tempfile.mkdtemp(prefix='asid_bench_')
+    data = os.path.join(workdir, 'data')
+    make_train_data(data)
+    variants = [('plain', {}), ('compile', {'fast_path': 'compile'})]
+    if device.type == 'cuda':
+        variants.append(('compile bf16', {'fast_path': 'compile', 'precision': 'bf16'}))
+    for label, switches in variants:
+        if label not in args.paths:
+            continue
+        network = {'type': 'ASID', 'upscale': 4, 'num_groups': 3, **switches}
+        name = f'bench_{label.replace(" ", "_")}'
+        opt_file = os.path.join(workdir, f'{name}.yml')
+        with open(opt_file, 'w') as f:
+            yaml.safe_dump(train_options(data, name, network, args.train_iters, device, args.train_workers), f)
+        log(f'training ASID x4 ({label}) through basicsr train: {args.train_iters} iterations')
+        its, peak = time_training(opt_file, workdir, args.train_iters, args.train_warmup, device)
+        rows.append({'network': 'ASID', 'path': label, 'batch': 16, 'lr_patch': 64, 'iters_per_s': its,
+                     'peak_mem_gb': peak, 'workers': args.train_workers})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# output
+# ----------------------------------------------------------------------------------------
+def _fmt(value, spec):
+    return '-' if value is None else format(value, spec)
+
+
+def print_tables(result, out=None):
+    out = out or sys.stdout
+    print(f'\ndevice: {result["device"]}, torch {result["torch"]}', file=out)
+    rows = result['inference']
+    if rows:
+        print(f'\ninference, x4, {rows[0]["input"]} -> {rows[0]["output"]}, batch 1, fp32 input', file=out)
+        print(f'{"network":<13} {"path":<13} {"params":>9} {"GMACs":>7} {"ms":>9} {"Mpx/s":>8} {"peak GB":>8} '
+              f'{"max|diff|":>9}', file=out)
+        for r in rows:
+            print(f'{r["network"]:<13} {r["path"]:<13} {r["params"]:>9,} {r["gmacs"]:>7.1f} {r["latency_ms"]:>9.2f} '
+                  f'{r["mpix_per_s"]:>8.2f} {_fmt(r["peak_mem_gb"], ".3f"):>8} {r["max_abs_diff"]:>9.1e}', file=out)
+        swin = [r for r in rows if r['network'] == 'SwinIR-light' and r['path'] == 'plain']
+        if swin:
+            for r in rows:
+                if r['network'] == 'ASID':
+                    print(f'ASID {r["path"]}: {r["latency_ms"] / swin[0]["latency_ms"]:.3f}x SwinIR-light\'s time',
+                          file=out)
+    for r in result.get('large', []):
+        print(f'\nASID x4 960x540 -> 3840x2160 ({r["precision"]}, {r["plan"]}): {r["latency_ms"]:.0f} ms, '
+              f'peak {_fmt(r["peak_mem_gb"], ".2f")} GB', file=out)
+    if result.get('training'):
+        print('\ntraining through basicsr train, ASID x4, batch 16, LR patch 64', file=out)
+        for r in result['training']:
+            print(f'{r["path"]:<13} {r["iters_per_s"]:>7.2f} it/s   peak {_fmt(r["peak_mem_gb"], ".2f")} GB   '
+                  f'{r["workers"]} loader workers', file=out)
+
+
+def add_parser(commands):
+    p = commands.add_parser('benchmark', help='params, MACs, latency, memory: ASID vs SwinIR-light, plain vs fast',
+                            description=__doc__.split('\n\n')[0])
+    p.add_argument('--device', default='auto', help='cpu, cuda or auto (default)')
+    p.add_argument('--size', type=parse_size, default=None, metavar='WxH',
+                   help='LR input size (default: 320x180 on a GPU, 128x128 on a CPU)')
+    p.add_argument('--networks', nargs='+', choices=list(NETWORKS), default=list(NETWORKS))
+    p.add_argument('--paths', nargs='+', choices=PATHS, default=list(PATHS),
+                   help='which ways of running to measure (default: all that the device supports)')
+    p.add_argument('--repeat', type=int, default=None, help='timed runs (default: 50 on a GPU, 9 on a CPU)')
+    p.add_argument('--warmup', type=int, default=3, help='untimed runs first (default: 3)')
+    p.add_argument('--large', action='store_true', help='also a 960x540 -> 3840x2160 frame (memory)')
+    p.add_argument('--train', action='store_true', help='also training iterations/s through basicsr train')
+    p.add_argument('--train-iters', type=int, default=300, help='default: 300')
+    p.add_argument('--train-warmup', type=int, default=100, help='iterations before the clock starts (default 100)')
+    p.add_argument('--train-workers', type=int, default=6, help='data loader workers (default: 6)')
+    p.add_argument('--json', default=None, metavar='FILE', help='also write the figures as JSON')
+    p.set_defaults(func=run)
+
+
+def run(args):
+    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
+                          'cpu' if args.device == 'auto' else args.device)
+    args.size = args.size or ((320, 180) if device.type == 'cuda' else (128, 128))
+    args.repeat = args.repeat or (50 if device.type == 'cuda' else 9)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
+    result = {'device': name, 'torch': torch.__version__, 'inference': bench_inference(args, device, log)}
+    if args.large:
+        result['large'] = bench_large(device, log)
+    if args.train:
+        result['training'] = bench_training(args, device, log)
+    print_tables(result)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(result, f, indent=2)
+    return 0

@@ -1,0 +1,39 @@
+"""``basicsr benchmark``: the figures it prints are measured, and training goes through ``basicsr train``."""
+import json
+
+import torch
+
+from basicsr_ext.benchmark import NETWORKS, multiply_adds
+from basicsr_ext.cli import main
+
+
+def test_multiply_adds_of_a_720p_x4_frame_match_the_papers_21_g():
+    macs = multiply_adds(NETWORKS['ASID'](), torch.zeros(1, 3, 180, 320))
+    assert 20.0e9 < macs < 21.5e9
+
+
+def test_swinir_light_takes_sizes_that_are_not_window_multiples():
+    net = NETWORKS['SwinIR-light']().eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 13, 10)).shape == (1, 3, 52, 40)
+
+
+def test_benchmark_prints_the_table_and_json_with_inference_and_training_rows(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out_json = tmp_path / 'bench.json'
+    code = main(['benchmark', '--device', 'cpu', '--networks', 'ASID', 'SwinIR-light', '--paths', 'plain',
+                 '--size', '24x16', '--repeat', '2', '--warmup', '1', '--train', '--train-iters', '2',
+                 '--train-warmup', '1', '--train-workers', '0', '--json', str(out_json)])
+    assert code == 0
+    result = json.loads(out_json.read_text())
+    rows = {r['network']: r for r in result['inference']}
+    assert rows['ASID']['params'] == 313_104
+    assert rows['ASID']['output'] == '96x64'
+    assert rows['ASID']['latency_ms'] > 0 and rows['ASID']['max_abs_diff'] == 0
+    assert rows['SwinIR-light']['params'] > rows['ASID']['params']
+    (train,) = result['training']
+    assert train['path'] == 'plain' and train['batch'] == 16 and train['iters_per_s'] > 0
+    printed = capsys.readouterr().out
+    assert 'ASID plain:' in printed and "SwinIR-light's time" in printed
+    assert 'training through basicsr train' in printed
+    assert (tmp_path / 'experiments').exists() is False  # runs in its own temporary folder
