@@ -31,6 +31,7 @@ and outputs are written atomically. A second run redoes only what changed (nothi
 and outputs of source images that disappeared are removed. An unreadable image is reported on
 one line and skipped; the others are processed, and the command exits non-zero at the end.
 """
+import contextlib
 import hashlib
 import json
 import math
@@ -57,34 +58,92 @@ class PrepareError(Exception):
 # ----------------------------------------------------------------------------------------
 # image helpers
 # ----------------------------------------------------------------------------------------
-def read_image(path):
-    """Read an image as 3-channel 8-bit BGR (as BasicSR's datasets read it); None if unreadable.
+class UnreadableImage(Exception):
+    """An input file that is not an image, or a corrupt or truncated one; the message says which."""
 
-    OpenCV decodes (as BasicSR does), but it returns a truncated JPEG as an image, grey where
-    the data ends, and prints its complaints about broken files to stderr. So the file is
-    first decoded by Pillow, which refuses truncated and corrupt files quietly; formats Pillow
-    does not know are left to OpenCV alone, with its log silenced.
+
+def load_image(path):
+    """Read an image as 3-channel 8-bit BGR, as BasicSR's datasets read it (OpenCV).
+
+    OpenCV returns a truncated JPEG as an image, grey where the data ends, and prints its
+    complaints about broken files to stderr. So the file is first decoded by Pillow, which
+    refuses truncated and corrupt files quietly; formats Pillow does not know are left to
+    OpenCV alone. Raises UnreadableImage saying what is wrong.
     """
     import warnings
 
     from PIL import Image, UnidentifiedImageError
+    known = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        pass  # not a format Pillow knows (or not an image), or too large for its guard: OpenCV decides
-    except (OSError, ValueError, SyntaxError):
+    except UnidentifiedImageError:
+        known = False  # not a format Pillow knows, or not an image: OpenCV decides
+    except Image.DecompressionBombError:
+        pass  # larger than Pillow's guard allows: OpenCV decodes it
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as e:
+        raise UnreadableImage(f'cannot read the file ({e.strerror})') from None
+    except (OSError, ValueError, SyntaxError) as e:
+        kind = _image_kind(path)
+        raise UnreadableImage(f'corrupt or truncated {kind + " " if kind else ""}image ({e})') from None
+    try:
+        with _quiet_native_stderr():
+            img = cv2.imread(path, cv2.IMREAD_COLOR)
+    except cv2.error:
+        img = None
+    if img is None:
+        kind = _image_kind(path)
+        if kind == 'empty':
+            raise UnreadableImage('empty file')
+        if known or kind:
+            raise UnreadableImage(f'corrupt or truncated {kind + " " if kind else ""}image (cannot be decoded)')
+        raise UnreadableImage('not an image (no decoder recognises it)')
+    return img
+
+
+#: File signatures of image formats, to tell a broken image from a file that is no image.
+_SIGNATURES = ((b'\x89PNG\r\n\x1a\n', 'PNG'), (b'\xff\xd8\xff', 'JPEG'), (b'BM', 'BMP'), (b'II*\x00', 'TIFF'),
+               (b'MM\x00*', 'TIFF'), (b'GIF8', 'GIF'))
+
+
+def _image_kind(path):
+    """'PNG', 'JPEG', ... from the first bytes of the file, 'empty', or None."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(16)
+    except OSError:
         return None
+    if not head:
+        return 'empty'
+    if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
+        return 'WebP'
+    return next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence what OpenCV and the image libraries under it print to stderr themselves (its
+    log, libpng's warnings such as 'iCCP: ... invalid rendering intent' on scikit-image's
+    bundled photographs): the file was checked already, and a reported failure names it."""
     logging = cv2.utils.logging
     level = logging.getLogLevel()
     logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     try:
-        return cv2.imread(path, cv2.IMREAD_COLOR)
-    except cv2.error:
-        return None
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        saved = None
+    try:
+        if saved is not None:
+            with open(os.devnull, 'wb') as devnull:
+                os.dup2(devnull.fileno(), 2)
+        yield
     finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
         logging.setLogLevel(level)
 
 
@@ -298,9 +357,10 @@ def _default_workers():
 def _div2k_unit(job):
     """Cut one HR image into sub-images and write its LR sub-images at each scale."""
     src, stem, out_hr, out_lr, scales, modulus, crop, step, thresh = job
-    img = read_image(src)
-    if img is None:
-        return {'src': src, 'error': 'cannot read image (not an image, or corrupt)'}
+    try:
+        img = load_image(src)
+    except (UnreadableImage, OSError) as e:
+        return {'src': src, 'error': str(e)}
     img = modcrop(img, modulus)
     h, w = img.shape[:2]
     if h == 0 or w == 0:
@@ -485,9 +545,10 @@ def benchmark_layout(output, name, scale):
 def _pair_unit(job):
     """HR cropped to a multiple of each scale and its bicubic LR, for one image."""
     src, stem, targets = job  # targets: list of (scale, hr_path, lr_path)
-    img = read_image(src)
-    if img is None:
-        return {'src': src, 'error': 'cannot read image (not an image, or corrupt)'}
+    try:
+        img = load_image(src)
+    except (UnreadableImage, OSError) as e:
+        return {'src': src, 'error': str(e)}
     outputs = {}
     for scale, hr_path, lr_path in targets:
         hr = modcrop(img, scale)
@@ -611,9 +672,10 @@ def bicubic_psnr(hr_dir, lr_dir, scale):
 def _demo_unit(job):
     """One photograph: training sub-images (HR + LR) or a whole validation pair."""
     unit, src, stem, split, hr_dir, lr_dir = job
-    img = read_image(src)
-    if img is None:
-        return {'unit': unit, 'src': src, 'error': 'cannot read image'}
+    try:
+        img = load_image(src)
+    except (UnreadableImage, OSError) as e:
+        return {'unit': unit, 'src': src, 'error': str(e)}
     # one bicubic LR of the whole photograph, then matching crops (as for DIV2K)
     if split == 'val':
         h, w = img.shape[:2]
