@@ -23,13 +23,41 @@ def _png_size(head):
     return None
 
 
+#: How a complete PNG file ends: its IEND chunk.
+_PNG_END = b'\x00\x00\x00\x00IEND\xaeB`\x82'
+
+
+def _truncated_png(path, head):
+    """True when a PNG file lacks its IEND chunk near the end (a copy or download cut short).
+
+    (JPEG is not checked this way: files with data after the end marker, such as motion
+    photos, are valid and common.)
+    """
+    if not head.startswith(b'\x89PNG'):
+        return False
+    with open(path, 'rb') as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64))
+        return _PNG_END not in f.read()
+
+
 def image_size(path):
-    """(width, height) of an image from its header; raises DataError if it is not a readable image."""
+    """(width, height) of an image from its header; raises DataError if it is not a readable image.
+
+    Only the header and the last bytes are read (a few thousand files take a second or two), so
+    a file that is not an image, an empty one, and a PNG cut short are found; pixel data damaged
+    in the middle of a complete file is not.
+    """
     try:
         with open(path, 'rb') as f:
             head = f.read(32)
+        truncated = _truncated_png(path, head)
     except OSError as e:
         raise DataError(f'{path}: cannot read: {e.strerror or e}') from None
+    if not head:
+        raise DataError(f'{path}: empty file, not an image')
+    if truncated:
+        raise DataError(f'{path}: truncated PNG (the file ends before its IEND chunk)')
     size = _png_size(head)
     if size is not None:
         return size
@@ -40,7 +68,10 @@ def image_size(path):
     except Exception:  # noqa: BLE001  (PIL raises many kinds; fall back to OpenCV's full decoder)
         pass
     import cv2
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+
+    from basicsr_ext.prepare import quiet_native_stderr
+    with quiet_native_stderr():  # OpenCV's own complaints about the file would add lines
+        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DataError(f'{path}: not a readable image (unknown format or corrupt)')
     return img.shape[1], img.shape[0]
@@ -134,7 +165,8 @@ def check_paired(dataset, scale, where, is_train_phase):
             raise DataError(f'{where}: no images listed in {meta_file}')
         missing = [n for n in gt_names if not os.path.isfile(os.path.join(gt_dir, n))]
         if missing:
-            raise DataError(f'{where}: {_plural(len(missing), "image")} listed in {meta_file} are not in {gt_dir} '
+            verb = 'is' if len(missing) == 1 else 'are'
+            raise DataError(f'{where}: {_plural(len(missing), "image")} listed in {meta_file} {verb} not in {gt_dir} '
                             f'(first: {missing[0]})')
         lq_names = None
     else:
@@ -147,7 +179,7 @@ def check_paired(dataset, scale, where, is_train_phase):
 
     wanted = {partner(n): n for n in gt_names}
     if lq_names is None:
-        lonely = [n for n, p in zip(gt_names, wanted) if not os.path.isfile(os.path.join(lq_dir, p))]
+        lonely = [n for n in gt_names if not os.path.isfile(os.path.join(lq_dir, partner(n)))]
     else:
         present = set(lq_names)
         lonely = [n for n in gt_names if partner(n) not in present]

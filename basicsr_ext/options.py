@@ -3,7 +3,10 @@
 BasicSR reports a missing file, a typo in a network name or a dataset folder that does not
 exist as a long traceback from deep inside its pipeline, often after minutes of set-up.
 :func:`load_and_check` finds those mistakes first and raises :class:`OptionError` with one
-line naming the file and the key.
+line naming the file and the key. The files of PairedImageDataset and SingleImageDataset
+phases are checked too (:mod:`basicsr_ext.datacheck`): an empty folder, an HR image without
+its LR partner (or the reverse), an LR that is not HR / scale, an HR smaller than ``gt_size``
+or a file that is not a readable image is named, with what is wrong, before training starts.
 """
 import os
 from copy import deepcopy
@@ -13,6 +16,8 @@ from basicsr.archs import ARCH_REGISTRY
 from basicsr.data import DATASET_REGISTRY
 from basicsr.models import MODEL_REGISTRY
 from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
+
+from basicsr_ext.datacheck import DataError, check_paired, check_single
 
 
 class OptionError(ValueError):
@@ -87,6 +92,38 @@ def _check_dataset(name, dataset, path):
             raise OptionError(f'{path}: datasets.{name}.{key}: {kind} {value} does not exist')
 
 
+def _check_data(name, dataset, opt, path, is_train):
+    """The files of a PairedImageDataset / SingleImageDataset phase (after the folders exist)."""
+    kind = dataset.get('type')
+    where = f'{path}: datasets.{name}'
+    if kind not in ('PairedImageDataset', 'SingleImageDataset'):
+        return
+    for key in ('dataroot_gt', 'dataroot_lq') if kind == 'PairedImageDataset' else ('dataroot_lq',):
+        if dataset.get(key) is None:
+            raise OptionError(f'{path}: missing option datasets.{name}.{key}')
+    # BasicSR's phase is the name up to the first '_' (train, val, test)
+    train_phase = is_train and name.split('_')[0] == 'train'
+    try:
+        if kind == 'PairedImageDataset':
+            check_paired(dataset, opt.get('scale'), where, train_phase)
+        else:
+            check_single(dataset, where)
+    except DataError as e:
+        raise OptionError(str(e)) from None
+
+
+def _check_prefetch(opt, path):
+    train = (opt.get('datasets') or {}).get('train') or {}
+    if train.get('prefetch_mode') != 'cuda':
+        return
+    import torch
+    if opt.get('num_gpu') == 0 or not torch.cuda.is_available():
+        raise OptionError(f"{path}: datasets.train.prefetch_mode: 'cuda' needs a CUDA GPU and there is none here "
+                          f'(use --force_yml datasets:train:prefetch_mode=~)')
+    if train.get('pin_memory') is not True:
+        raise OptionError(f"{path}: datasets.train.pin_memory: prefetch_mode 'cuda' needs pin_memory: true")
+
+
 def check_options(opt, path, is_train=True):
     """Raise OptionError for the first problem BasicSR would otherwise hit later."""
     _require(opt, 'name', path)
@@ -105,6 +142,10 @@ def check_options(opt, path, is_train=True):
         if value and (key.startswith('pretrain_network') or key == 'resume_state'):
             if not os.path.isfile(os.path.expanduser(str(value))):
                 raise OptionError(f'{path}: path.{key}: file {value} does not exist')
+    if is_train:
+        _check_prefetch(opt, path)
+    for name, dataset in datasets.items():
+        _check_data(name, dataset, opt, path, is_train)
 
 
 def load_and_check(path, force_yml=None, is_train=True):

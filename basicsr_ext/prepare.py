@@ -89,7 +89,7 @@ def load_image(path):
         kind = _image_kind(path)
         raise UnreadableImage(f'corrupt or truncated {kind + " " if kind else ""}image ({e})') from None
     try:
-        with _quiet_native_stderr():
+        with quiet_native_stderr():
             img = cv2.imread(path, cv2.IMREAD_COLOR)
     except cv2.error:
         img = None
@@ -123,7 +123,7 @@ def _image_kind(path):
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr():
+def quiet_native_stderr():
     """Silence what OpenCV and the image libraries under it print to stderr themselves (its
     log, libpng's warnings such as 'iCCP: ... invalid rendering intent' on scikit-image's
     bundled photographs): the file was checked already, and a reported failure names it."""
