@@ -1,0 +1,252 @@
+"""The option files in options/: the recipe they state, and each one run through ``basicsr``.
+
+Every train file (disk and LMDB) builds its network and data sets and trains one iteration
+on a stub of the data laid out at the file's own relative paths, made by ``basicsr prepare``;
+every test file runs ``basicsr test`` on stubs of its five benchmark sets. ``--force_yml``
+keeps the runs small enough for a CPU (batch 2, no CUDA prefetch, no loader processes).
+"""
+import glob
+import os
+import re
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from basicsr_ext import prepare
+from basicsr_ext.cli import main
+from basicsr_ext.options import read_options
+from asid_arch.tiling import tiled_forward
+from basicsr.utils import img2tensor, tensor2img  # noqa: E402  (after basicsr_ext)
+from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+from conftest import REPO, make_image
+
+OPTIONS = os.path.join(REPO, 'options')
+VARIANTS = [('ASID', 'ASID', 3), ('ASID_D8', 'ASID_D8', 8)]  # file stem, network type, groups
+SCALES = (2, 3, 4)
+TRAIN_FILES = [f'train_{stem}_x{s}{lmdb}.yml' for stem, _, _ in VARIANTS for s in SCALES for lmdb in ('', '_lmdb')]
+TEST_FILES = [f'test_{stem}_x{s}.yml' for stem, _, _ in VARIANTS for s in SCALES]
+BENCHMARKS = ['Set5', 'Set14', 'B100', 'Urban100', 'Manga109']
+
+#: What makes a one-iteration run fast on a CPU (each key exists in every train file).
+FAST_TRAIN = ['train:total_iter=1', 'datasets:train:batch_size_per_gpu=2', 'datasets:train:num_worker_per_gpu=0',
+              'datasets:train:prefetch_mode=~', 'datasets:train:pin_memory=false', 'val:val_freq=1',
+              'logger:use_tb_logger=false', 'num_gpu=0']
+
+
+def load(name):
+    return read_options(os.path.join(OPTIONS, name))
+
+
+def file_facts(name):
+    """(network type, groups, scale, lmdb) from a file name such as train_ASID_D8_x4_lmdb.yml."""
+    m = re.fullmatch(r'(?:train|test)_(ASID(?:_D8)?)_x(\d)(_lmdb)?\.yml', name)
+    net, groups = {'ASID': ('ASID', 3), 'ASID_D8': ('ASID_D8', 8)}[m.group(1)]
+    return net, groups, int(m.group(2)), bool(m.group(3))
+
+
+def metrics_in(log_text):
+    """{dataset name: psnr} from a BasicSR train/test log."""
+    found = re.findall(r'Validation (\S+)\n\s+# psnr: ([\d.]+)', log_text)
+    return {name: float(psnr) for name, psnr in found}
+
+
+# ------------------------------------------------------------------------------------------
+# what the files say
+# ------------------------------------------------------------------------------------------
+def test_there_is_a_train_lmdb_and_test_file_for_each_variant_and_scale():
+    present = set(os.listdir(OPTIONS))
+    assert set(TRAIN_FILES) <= present and set(TEST_FILES) <= present
+
+
+@pytest.mark.parametrize('name', TRAIN_FILES)
+def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
+    opt = load(name)
+    net, groups, scale, lmdb = file_facts(name)
+    assert opt['name'] == name[:-4] and opt['model_type'] == 'SRModel' and opt['scale'] == scale
+    train = opt['datasets']['train']
+    layout = prepare.div2k_layout(os.path.join('datasets', 'DIV2K'), 'DIV2K_train', [scale])
+    assert train['type'] == 'PairedImageDataset'
+    if lmdb:
+        assert (train['dataroot_gt'], train['dataroot_lq']) == (layout['hr_lmdb'], layout['lr_lmdb'][scale])
+        assert train['io_backend'] == {'type': 'lmdb'} and 'meta_info_file' not in train
+    else:
+        assert (train['dataroot_gt'], train['dataroot_lq']) == (layout['hr'], layout['lr'][scale])
+        assert train['meta_info_file'] == layout['meta_info'] and train['io_backend'] == {'type': 'disk'}
+    assert train['gt_size'] == 64 * scale and train['use_hflip'] is True and train['use_rot'] is True
+    assert train['batch_size_per_gpu'] == 16 and train['num_worker_per_gpu'] == 6
+    assert train['prefetch_mode'] == 'cuda' and train['pin_memory'] is True
+    val = opt['datasets']['val']
+    assert (val['name'], val['type']) == ('Set5', 'PairedImageDataset')
+    assert (val['dataroot_gt'], val['dataroot_lq']) == prepare.benchmark_layout('datasets', 'Set5', scale)
+    assert opt['network_g'] == {'type': net, 'upscale': scale, 'num_groups': groups, 'num_feat': 48,
+                                'window_size': 8, 'value_range': [0, 1]}
+    recipe = opt['train']
+    assert recipe['optim_g'] == {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]}
+    total = recipe['total_iter']
+    assert recipe['scheduler'] == {'type': 'MultiStepLR', 'milestones': [total // 4, total // 2, total * 3 // 4],
+                                   'gamma': 0.5}
+    assert recipe['pixel_opt']['type'] == 'L1Loss'
+    assert opt['val']['val_freq'] == 5000 and opt['logger']['save_checkpoint_freq'] == 5000
+    assert opt['logger']['print_freq'] == 100 and opt['logger']['use_tb_logger'] is True
+    for metric in ('psnr', 'ssim'):
+        assert opt['val']['metrics'][metric] == {'type': f'calculate_{metric}', 'crop_border': scale,
+                                                 'test_y_channel': True}
+
+
+@pytest.mark.parametrize('name', [n for n in TRAIN_FILES if n.endswith('_lmdb.yml')])
+def test_lmdb_file_differs_from_its_disk_file_only_in_how_it_reads_div2k(name):
+    lmdb, disk = load(name), load(name.replace('_lmdb', ''))
+    for opt in (lmdb, disk):
+        opt.pop('name')
+        for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file', 'filename_tmpl', 'io_backend'):
+            opt['datasets']['train'].pop(key, None)
+    assert lmdb == disk
+
+
+@pytest.mark.parametrize('name', TEST_FILES)
+def test_test_file_evaluates_five_benchmarks_with_the_trained_checkpoint(name):
+    opt = load(name)
+    net, groups, scale, _ = file_facts(name)
+    assert opt['name'] == name[:-4] and opt['model_type'] == 'TiledSRModel' and opt['scale'] == scale
+    sets = list(opt['datasets'].values())
+    assert [d['name'] for d in sets] == BENCHMARKS
+    for dataset in sets:
+        assert (dataset['dataroot_gt'], dataset['dataroot_lq']) == prepare.benchmark_layout('datasets',
+                                                                                            dataset['name'], scale)
+    train = load(name.replace('test_', 'train_'))
+    assert opt['network_g'] == train['network_g']
+    assert opt['path']['pretrain_network_g'] == f'experiments/{train["name"]}/models/net_g_latest.pth'
+    assert opt['path']['param_key_g'] == 'params'
+    assert opt['val']['save_img'] is True
+    assert 'tile' in opt['val'] and opt['val']['tile'] is None and opt['val']['tile_overlap'] == 24
+    for metric in ('psnr', 'ssim'):
+        assert opt['val']['metrics'][metric] == {'type': f'calculate_{metric}', 'crop_border': scale,
+                                                 'test_y_channel': True}
+
+
+# ------------------------------------------------------------------------------------------
+# running them on stubs of the data sets
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def stub(tmp_path_factory):
+    """A folder holding ``datasets/`` as the option files expect it, made by ``basicsr prepare``:
+    DIV2K sub-images (disk and LMDB, x2/x3/x4) and the five benchmark sets, tiny."""
+    root = tmp_path_factory.mktemp('stub')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        os.makedirs('src/DIV2K_train_HR')
+        for i in range(2):  # one 264 px sub-image each: the largest patch (x4: 256 px) fits
+            cv2.imwrite(f'src/DIV2K_train_HR/{i:04d}.png', make_image(264, 264, i))
+        assert main(['prepare', 'div2k', '--input', 'src/DIV2K_train_HR', '--crop-size', '264', '--step', '264',
+                     '--lmdb', '--workers', '1']) == 0
+        for k, name in enumerate(BENCHMARKS):
+            os.makedirs(f'src/{name}')
+            cv2.imwrite(f'src/{name}/img{k}.png', make_image(38 + k, 41, k))  # not a multiple of any scale
+        # one Urban100 image of 66x66 px at x4: larger than the authors' 64 px tiles
+        cv2.imwrite('src/Urban100/big.png', make_image(264, 264, 7))
+        for name in BENCHMARKS:
+            assert main(['prepare', 'benchmark', '--input', f'src/{name}', '--workers', '1']) == 0
+    return root
+
+
+@pytest.mark.parametrize('name', TRAIN_FILES)
+def test_train_file_trains_one_iteration_through_basicsr_train(name, stub, monkeypatch):
+    monkeypatch.chdir(stub)
+    assert main(['train', '-opt', os.path.join(OPTIONS, name), '--force_yml', *FAST_TRAIN]) == 0
+    run = stub / 'experiments' / name[:-4]
+    assert (run / 'models' / 'net_g_latest.pth').is_file()
+    log = open(max(glob.glob(str(run / f'train_{name[:-4]}_*.log')))).read()
+    net, groups, scale, lmdb = file_facts(name)
+    assert f'Network [{net}] is created.' in log
+    assert 'Training statistics:\n\tNumber of train images: 2' in log
+    assert 'End of training' in log
+    assert 'Set5' in metrics_in(log)
+
+
+def _checkpoint(stub, name, raw=False):
+    """A freshly built network of the test file's network_g, saved as BasicSR saves it (or raw)."""
+    opt = load(name)
+    network = dict(opt['network_g'])
+    net = ARCH_REGISTRY.get(network.pop('type'))(**network)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # not only the initialisation
+    path = stub / 'checkpoints' / f'{name[:-4]}{"_raw" if raw else ""}.pth'
+    path.parent.mkdir(exist_ok=True)
+    torch.save(net.state_dict() if raw else {'params': net.state_dict()}, path)
+    return net, str(path)
+
+
+def run_test(stub, name, checkpoint, *force_yml):
+    assert main(['test', '-opt', os.path.join(OPTIONS, name), '--force_yml', f'path:pretrain_network_g={checkpoint}',
+                 'num_gpu=0', *force_yml]) == 0
+    run_name = next((f.split('=', 1)[1] for f in force_yml if f.startswith('name=')), name[:-4])
+    run = stub / 'results' / run_name
+    log = open(max(glob.glob(str(run / f'test_{run_name}_*.log')))).read()
+    images = {os.path.relpath(p, run / 'visualization'): cv2.imread(p, cv2.IMREAD_UNCHANGED)
+              for p in sorted(glob.glob(str(run / 'visualization' / '*' / '*.png')))}
+    return log, images
+
+
+@pytest.mark.parametrize('name', TEST_FILES)
+def test_test_file_reports_psnr_on_five_sets_and_saves_the_sr_images(name, stub, monkeypatch):
+    monkeypatch.chdir(stub)
+    _, ckpt = _checkpoint(stub, name)
+    log, images = run_test(stub, name, ckpt)
+    assert set(metrics_in(log)) == set(BENCHMARKS)
+    assert re.search(r'Validation Manga109\n\s+# psnr: [\d.]+.*\n\s+# ssim: [\d.]+', log)
+    scale = file_facts(name)[2]
+    gt = cv2.imread(str(stub / f'datasets/Urban100/GTmod{scale}/big.png'))
+    assert images[f'Urban100/big_{name[:-4]}.png'].shape == gt.shape
+    assert len(images) == 6
+
+
+def _lq(stub, scale, dataset, image):
+    lr = cv2.imread(str(stub / f'datasets/{dataset}/LRbicx{scale}/{image}.png')).astype(np.float32) / 255.
+    return img2tensor(lr, bgr2rgb=True, float32=True).unsqueeze(0)
+
+
+def test_tile_64_runs_the_authors_tiled_protocol_and_equals_whole_images_where_they_fit_a_tile(stub, monkeypatch):
+    monkeypatch.chdir(stub)
+    name = 'test_ASID_x4.yml'
+    net, ckpt = _checkpoint(stub, name)
+    _, whole = run_test(stub, name, ckpt, 'name=whole')
+    log, tiled = run_test(stub, name, ckpt, 'name=tiled', 'val:tile=64')
+    assert set(metrics_in(log)) == set(BENCHMARKS)
+    renamed = {k.replace('_tiled.png', '_whole.png'): v for k, v in tiled.items()}
+    assert renamed.keys() == whole.keys()
+    # every LR image but Urban100's big one (66x66) fits one 64 px tile: identical outputs
+    for key, img in renamed.items():
+        if key != 'Urban100/big_whole.png':
+            assert np.array_equal(img, whole[key]), key
+    # the big one was upscaled in 4 overlapping tiles, averaged: as tiled_forward computes it
+    net.eval()
+    with torch.no_grad():
+        expected = tensor2img(tiled_forward(net, _lq(stub, 4, 'Urban100', 'big'), 4, 64, 24))
+    assert np.array_equal(tiled['Urban100/big_tiled.png'], expected)
+    assert not np.array_equal(tiled['Urban100/big_tiled.png'], whole['Urban100/big_whole.png'])
+
+
+def test_tile_at_least_the_image_size_gives_the_whole_image_output(stub, monkeypatch):
+    monkeypatch.chdir(stub)
+    name = 'test_ASID_x4.yml'
+    _, ckpt = _checkpoint(stub, name)
+    _, whole = run_test(stub, name, ckpt, 'name=whole66')
+    _, tiled = run_test(stub, name, ckpt, 'name=tile66', 'val:tile=66')  # Urban100's big LR is 66x66
+    assert {k.replace('_tile66', '_whole66'): v for k, v in tiled.items()}.keys() == whole.keys()
+    for key, img in tiled.items():
+        assert np.array_equal(img, whole[key.replace('_tile66', '_whole66')]), key
+
+
+def test_authors_release_format_loads_with_the_overrides_the_test_file_documents(stub, monkeypatch):
+    """A raw state_dict trained on [-1, 1]: param_key_g ~ and value_range [-1, 1], as the comment says."""
+    monkeypatch.chdir(stub)
+    name = 'test_ASID_x4.yml'
+    net, ckpt = _checkpoint(stub, name, raw=True)
+    log, images = run_test(stub, name, ckpt, 'name=release', 'path:param_key_g=~', 'network_g:value_range=[-1,1]')
+    assert 'with param key: [None]' in log
+    assert set(metrics_in(log)) == set(BENCHMARKS)
+    assert "'value_range': [-1, 1]" in log or 'value_range: [-1, 1]' in log
