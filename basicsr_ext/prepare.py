@@ -455,6 +455,10 @@ def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), c
         raise PrepareError('--crop-size and --step must be positive')
     modulus = math.lcm(2, 3, 4, *scales)  # one HR crop for every scale, so one HR folder serves all
     names = list_images(input_dir)
+    dotted = [n for n in names if '.' in os.path.splitext(n)[0]]
+    if lmdb and dotted:  # BasicSR's paths_from_lmdb takes the key as the name up to its first '.'
+        raise PrepareError(f'{os.path.join(input_dir, dotted[0])}: BasicSR\'s LMDB datasets cut names at the first '
+                           f'".", so this name cannot be an LMDB key; rename the {len(dotted)} such file(s)')
     layout = div2k_layout(output, name, scales)
     for folder in [layout['hr'], *layout['lr'].values()]:
         os.makedirs(folder, exist_ok=True)

@@ -314,6 +314,15 @@ def test_lmdb_is_read_by_basicsr_paired_image_dataset_with_the_same_pixels_as_th
         close_lmdb(train)
 
 
+def test_lmdb_refuses_names_basicsr_would_cut_at_a_dot(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_hr_images('hr', [(48, 48)])
+    os.rename('hr/0000.png', 'hr/img.v2.png')
+    assert div2k('--lmdb') == 2
+    assert capsys.readouterr().err.startswith("basicsr prepare: error: hr/img.v2.png: BasicSR's LMDB datasets cut")
+    assert div2k() == 0  # without --lmdb the name is fine
+
+
 def test_lmdb_is_rewritten_when_an_image_changes(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_hr_images('hr', [(48, 48), (48, 48)])
