@@ -573,7 +573,7 @@ def _check_value_range(value_range):
 
 
 #: Values of ``ASID(fast_path=...)``.
-FAST_PATHS = ('none', 'compile')
+FAST_PATHS = ('none', 'compile', 'compile_train')
 #: Values of ``ASID(precision=...)`` and their autocast dtypes (None: no autocast).
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 _compiled_bodies = {}
@@ -628,8 +628,10 @@ class ASID(nn.Module):
             'compile': the same modules through ``torch.compile`` (Inductor, which fuses the
             element-wise work, norms and window regrouping into few kernels; on CUDA
             replayed as CUDA graphs). Compiled on the first call for each input shape
-            (a minute or more), so it pays off for repeated shapes: training, video,
-            benchmarks. Agrees with 'none' to about 1e-5 in fp32 (tested).
+            (a minute or more), so it pays off for repeated shapes: video, benchmarks.
+            Agrees with 'none' to about 1e-5 in fp32 (tested);
+            'compile_train': compiled in training mode (fixed-size patches), eager in eval
+            mode, so that validation on images of many sizes does not compile for each.
         precision (str): 'fp32' (default: compute in the input's dtype), 'bf16' or 'fp16':
             run under ``torch.autocast`` with that dtype (matrix products and convolutions
             in it, norms and softmaxes in fp32, parameters stay fp32, so it trains);
@@ -666,7 +668,13 @@ class ASID(nn.Module):
         self.set_fast_path(fast_path, precision)
 
     def set_fast_path(self, fast_path='none', precision='fp32'):
-        """Choose how :meth:`forward` runs (see the class docstring); returns the network."""
+        """Choose how :meth:`forward` runs (see the class docstring); returns the network.
+
+        None (``~`` in an option file, or ``none`` through BasicSR's ``--force_yml``) means
+        the default of each.
+        """
+        fast_path = fast_path or 'none'
+        precision = precision or 'fp32'
         if fast_path not in FAST_PATHS:
             raise ValueError(f'fast_path must be one of {", ".join(FAST_PATHS)}; got {fast_path!r}')
         if precision not in PRECISIONS:
@@ -712,11 +720,12 @@ class ASID(nn.Module):
         if (ph, pw) != (h, w):
             x = F.pad(x, (0, pw - w, 0, ph - h))
 
-        body = compiled_body(x.device.type) if self.fast_path == 'compile' else ASID.body
+        compiled = self.fast_path == 'compile' or (self.fast_path == 'compile_train' and self.training)
+        body = compiled_body(x.device.type) if compiled else ASID.body
         dtype = PRECISIONS[self.precision]
         with nullcontext() if dtype is None else torch.autocast(x.device.type, dtype=dtype):
             out = body(self, x)
-        if self.fast_path == 'compile' and x.device.type == 'cuda':
+        if compiled and x.device.type == 'cuda':
             out = out.clone()  # CUDA-graph outputs are overwritten by the next replay
 
         s = self.upscale

@@ -244,9 +244,9 @@ def bench_training(args, device, log):
     workdir = tempfile.mkdtemp(prefix='asid_bench_')
     data = os.path.join(workdir, 'data')
     make_train_data(data)
-    variants = [('plain', {}), ('compile', {'fast_path': 'compile'})]
+    variants = [('plain', {}), ('compile', {'fast_path': 'compile_train'})]
     if device.type == 'cuda':
-        variants.append(('compile bf16', {'fast_path': 'compile', 'precision': 'bf16'}))
+        variants.append(('compile bf16', {'fast_path': 'compile_train', 'precision': 'bf16'}))
     for label, switches in variants:
         if label not in args.paths:
             continue

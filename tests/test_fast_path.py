@@ -83,7 +83,24 @@ def test_option_file_switches_reach_the_network():
 
 
 def test_unknown_switch_values_are_refused_with_the_choices():
-    with pytest.raises(ValueError, match="fast_path must be one of none, compile; got 'turbo'"):
+    with pytest.raises(ValueError, match="fast_path must be one of none, compile, compile_train; got 'turbo'"):
         ASID(fast_path='turbo')
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16; got 'fp8'"):
         ASID().set_fast_path(precision='fp8')
+
+
+def test_compile_train_compiles_training_steps_and_validates_eagerly(monkeypatch):
+    import asid_arch.asid_arch as arch
+    calls = []
+
+    def fake_compiled_body(device_type):
+        calls.append(device_type)
+        return ASID.body  # stands in for the compiled function: same signature, same math
+
+    monkeypatch.setattr(arch, 'compiled_body', fake_compiled_body)
+    net = ASID(upscale=2, num_groups=1, num_feat=8, fast_path='compile_train')
+    net.train()(torch.rand(1, 3, 16, 16))
+    assert calls == ['cpu']
+    with torch.no_grad():
+        net.eval()(torch.rand(1, 3, 20, 12))  # validation: images of any size, no compilation
+    assert calls == ['cpu']

@@ -261,3 +261,19 @@ def test_demo_file_trains_on_what_prepare_demo_writes(tmp_path, monkeypatch):
     log = open(glob.glob(str(tmp_path / 'experiments/train_ASID_x4_demo/train_*.log'))[0]).read()
     assert 'Number of train images: 291\n\tDataset enlarge ratio: 10' in log
     assert 'demo_val' in metrics_in(log)
+
+
+def test_bsds200_gpu_file_trains_one_iteration_on_a_cpu_with_its_gpu_switches_overridden(stub, monkeypatch):
+    """options/train_ASID_x4_BSDS200.yml (the short GPU run) reads what `prepare benchmark` writes."""
+    monkeypatch.chdir(stub)
+    if not os.path.isdir('datasets/BSDS200'):
+        os.makedirs('src/BSDS200')
+        for i in range(2):
+            cv2.imwrite(f'src/BSDS200/{i}.png', make_image(264, 264, i))
+        assert main(['prepare', 'benchmark', '--input', 'src/BSDS200', '--scales', '4', '--workers', '1']) == 0
+    cpu = ['network_g:fast_path=~', 'network_g:precision=~', 'train:optim_g:fused=false',
+           'datasets:train:persistent_workers=false']
+    assert main(['train', '-opt', os.path.join(OPTIONS, 'train_ASID_x4_BSDS200.yml'), '--force_yml', *FAST_TRAIN,
+                 *cpu]) == 0
+    log = open(max(glob.glob(str(stub / 'experiments/train_ASID_x4_BSDS200/train_*.log')))).read()
+    assert 'End of training' in log and set(metrics_in(log)) == {'Set5', 'Set14'}
