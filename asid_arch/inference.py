@@ -19,7 +19,7 @@ re-attached; a constant alpha (fully opaque images saved with an alpha channel) 
 exactly constant either way.
 
 Precision: fp32 on the CPU; on a GPU fp16 by default (:data:`GPU_AUTO_PRECISION`: as
-accurate as fp32 on Set5 to 0.0001 dB and about 1.5x faster on an H100).
+accurate as fp32 on Set5 to 0.0001 dB and about 1.4x faster on an H100 for a 512 px input).
 
 Large images: by default the whole image goes through the network at once when its
 estimated memory fits (half the free GPU memory, or half the available RAM), otherwise it
@@ -51,10 +51,11 @@ from .tiling import tile_starts, tiled_forward
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 #: What ``precision='auto'`` picks on a GPU: the fastest precision whose Set5 PSNR stays
 #: within 0.01 dB of fp32 (``python -m basicsr_ext.precision_check``). Measured on an H100
-#: (torch 2.11, ASID x4 trained briefly, Set5 x4 Y-PSNR 29.18 dB, one 512x512 LR image):
-#: fp32 38.6 ms; fp16 cast 25.4 ms, -0.0001 dB; fp16 autocast 32.1 ms, -0.0003 dB;
-#: bf16 cast 28.6 ms, -0.012 dB; bf16 autocast 35.2 ms, -0.012 dB. So fp16, cast. A second
-#: run (other seed) agreed: fp16 cast 23.9 ms, -0.0002 dB; bf16 -0.010 dB.
+#: (torch 2.11, ASID x4 trained briefly on BSDS200, Set5 x4 Y-PSNR 28.23 dB, one 512x512 LR
+#: image): fp32 38.1 ms; fp16 cast 27.2 ms, -0.0001 dB; fp16 autocast 30.7 ms, +0.0000 dB;
+#: bf16 cast 31.8 ms, -0.0073 dB; bf16 autocast 35.0 ms, -0.0074 dB. So fp16, cast. (On a
+#: 256x256 LR image the eager network is launch-bound and fp32 was the fastest, 20.9 vs
+#: 29.1 ms for fp16: precision only pays off on images large enough to keep the GPU busy.)
 #: On the CPU 'auto' is fp32.
 GPU_AUTO_PRECISION = 'fp16'
 #: Peak memory per LR input pixel of ASID (48 features, fp32, no grad), with some margin:
@@ -142,10 +143,14 @@ class ASIDUpsampler:
         amp (bool): False (default): fp16/bf16 by casting a copy of the network and the
             inputs (the fastest on an H100, as accurate). True: run under ``torch.autocast``
             with fp32 weights instead.
+        fast_path (str | None): ``'compile'`` runs the network through ``torch.compile``
+            (:class:`asid_arch.ASID`'s ``fast_path``): the same function, faster for many
+            images of one size (video frames), a compilation for each new size. None
+            (default): as the network is set (eager for checkpoints).
     """
 
     def __init__(self, model, device='auto', precision='auto', tile=None, tile_overlap=24, alpha='asid',
-                 scale=None, num_groups=None, value_range=None, max_memory=None, amp=False):
+                 scale=None, num_groups=None, value_range=None, max_memory=None, amp=False, fast_path=None):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.dtype = PRECISIONS[self.precision]
@@ -172,6 +177,8 @@ class ASIDUpsampler:
         self.net_fp32 = net
         # nn.Module.to() works in place: cast a copy, leave the caller's network alone
         self.net = copy.deepcopy(net).to(self.dtype) if self.cast else net
+        if fast_path is not None:  # on a shallow copy: the caller's network keeps its setting
+            self.net = copy.copy(self.net).set_fast_path(fast_path)
         self._warned_overflow = False
         self._bytes_per_pixel = BYTES_PER_PIXEL * getattr(net, 'num_feat', 48) / 48
 

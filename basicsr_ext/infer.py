@@ -185,6 +185,9 @@ def add_parser(commands):
     p.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto (default: auto)')
     p.add_argument('--precision', choices=['auto', 'fp32', 'fp16', 'bf16'], default='auto',
                    help='default auto: fp32 on the CPU, the measured best on a GPU')
+    p.add_argument('--fast-path', choices=['none', 'compile'], default='none',
+                   help='compile: torch.compile the network (faster for many images of one size, e.g. video '
+                   'frames; compiles once per size). Default: none')
     p.add_argument('--alpha', choices=['asid', 'bicubic'], default='asid',
                    help='how the alpha channel is upscaled (default asid)')
     p.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
@@ -304,7 +307,8 @@ def build_upsampler(args):
             warnings.simplefilter('always')
             up = ASIDUpsampler(args.model_path, device=args.device, precision=args.precision, tile=args.tile,
                                tile_overlap=args.tile_overlap, alpha=args.alpha, scale=args.scale,
-                               num_groups=args.num_groups, value_range=value_range, max_memory=max_memory)
+                               num_groups=args.num_groups, value_range=value_range, max_memory=max_memory,
+                               fast_path=args.fast_path)
     except (CheckpointError, ValueError, RuntimeError) as e:
         raise CommandError(str(e)) from None
     for w in caught:

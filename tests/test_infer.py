@@ -423,3 +423,18 @@ def test_out_of_memory_on_one_image_fails_that_image_only(tmp_path, capsys, ckpt
     assert code == 1 and summary(out) == (1, 0, 1)
     assert re.search(r'^FAILED .*big\.png: RuntimeError: CUDA out of memory\. Tried to allocate 20\.00 GiB '
                      r'\(try --tile\)$', err, re.M), err
+
+
+def infer_args(tmp_path, ckpt, *extra):
+    """The parsed arguments of ``basicsr infer -i IN -o OUT --model-path CKPT --device cpu EXTRA``."""
+    from basicsr_ext.cli import build_parser
+    return build_parser().parse_args(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'out'), '--model-path', ckpt,
+                                      '--device', 'cpu', *extra])
+
+
+def test_fast_path_option_reaches_the_network_and_leaves_the_callers_network_alone(tiny_net, ckpt, tmp_path):
+    args = infer_args(tmp_path, ckpt, '--fast-path', 'compile')
+    assert infer.build_upsampler(args).net.fast_path == 'compile'
+    up = ASIDUpsampler(tiny_net, device='cpu', fast_path='compile')
+    assert up.net.fast_path == 'compile' and tiny_net.fast_path == 'none'
+    assert up.net.input.weight is tiny_net.input.weight  # the same weights, not a copy
