@@ -32,7 +32,7 @@ BENCHMARKS = ['Set5', 'Set14', 'B100', 'Urban100', 'Manga109']
 #: What makes a one-iteration run fast on a CPU (each key exists in every train file).
 FAST_TRAIN = ['train:total_iter=1', 'datasets:train:batch_size_per_gpu=2', 'datasets:train:num_worker_per_gpu=0',
               'datasets:train:prefetch_mode=~', 'datasets:train:pin_memory=false', 'val:val_freq=1',
-              'logger:use_tb_logger=false', 'num_gpu=0']
+              'logger:use_tb_logger=false', 'num_gpu=0', 'network_g:fast_path=~']
 
 
 def load(name):
@@ -81,7 +81,8 @@ def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
     assert (val['name'], val['type']) == ('Set5', 'PairedImageDataset')
     assert (val['dataroot_gt'], val['dataroot_lq']) == prepare.benchmark_layout('datasets', 'Set5', scale)
     assert opt['network_g'] == {'type': net, 'upscale': scale, 'num_groups': groups, 'num_feat': 48,
-                                'window_size': 8, 'value_range': [0, 1]}
+                                'window_size': 8, 'value_range': [0, 1], 'fast_path': 'compile_train',
+                                'precision': 'fp32'}
     recipe = opt['train']
     assert recipe['optim_g'] == {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]}
     total = recipe['total_iter']
