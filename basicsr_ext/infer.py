@@ -105,7 +105,9 @@ def decode(data):
     """Decode bytes with OpenCV (all depths, alpha kept) into RGB(A) / grey, EXIF-upright."""
     if not data:
         raise ImageError('not a readable image (empty file)')
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    from basicsr_ext.prepare import quiet_native_stderr
+    with quiet_native_stderr():  # a failure is reported on one line naming the file, not by OpenCV's log
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageError('not a readable image (truncated, corrupt, or not an image file)')
     if img.dtype not in (np.uint8, np.uint16, np.float32):

@@ -438,3 +438,15 @@ def test_fast_path_option_reaches_the_network_and_leaves_the_callers_network_alo
     up = ASIDUpsampler(tiny_net, device='cpu', fast_path='compile')
     assert up.net.fast_path == 'compile' and tiny_net.fast_path == 'none'
     assert up.net.input.weight is tiny_net.input.weight  # the same weights, not a copy
+
+
+def test_a_corrupt_png_is_one_line_naming_it_without_opencvs_own_log(ckpt, tmp_path, capfd):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    (folder / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'garbage' * 10)
+    cv2.imwrite(str(folder / 'good.png'), img8(8, 8)[..., ::-1])
+    assert main(['infer', '-i', str(folder), '-o', str(tmp_path / 'out'), '--model-path', ckpt, '--device', 'cpu',
+                 '-q']) == 1
+    err = capfd.readouterr().err
+    assert 'broken.png' in err and 'IHDR' not in err and 'ERROR' not in err
+    assert (tmp_path / 'out' / 'good_ASID_x2.png').is_file()
