@@ -347,6 +347,23 @@ def _run_units(function, jobs, workers, desc):
                 pbar.update(1)
 
 
+def _run_recorded(function, jobs, workers, desc, ledger, record):
+    """Run ``jobs`` (:func:`_run_units`): a failed one is reported on one line naming its file and
+    collected, a finished one is passed to ``record`` (which adds it to ``ledger``). The ledger
+    is closed at the end, also when interrupted. Returns the failures as [(path, why)]."""
+    errors = []
+    try:
+        for result in _run_units(function, jobs, workers, desc):
+            if 'error' in result:
+                errors.append((result['src'], result['error']))
+                tqdm.write(f'{result["src"]}: {result["error"]}', file=sys.stderr)
+            else:
+                record(result)
+    finally:
+        ledger.close()
+    return errors
+
+
 def _default_workers():
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -495,20 +512,14 @@ def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), c
     log(f'{name}: {len(names)} HR images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
         + (f', outdated outputs of {gone} images deleted' if gone else ''))
 
-    errors = []
-    try:
-        for result in _run_units(_div2k_unit, jobs, workers or _default_workers(), f'{name} sub-images'):
-            if 'error' in result:
-                errors.append((result['src'], result['error']))
-                tqdm.write(f'{result["src"]}: {result["error"]}', file=sys.stderr)
-                continue
-            stem = os.path.splitext(os.path.basename(result['src']))[0]
-            for key, outputs in result['outputs'].items():
-                params = geometry if key == 'HR' else {**geometry, 'scale': int(key[1:])}
-                ledger.add(f'{stem}|{key}', source_signature(result['src'], params), outputs,
-                           {'names': result['names'], 'shape': result['shape']})
-    finally:
-        ledger.close()
+    def record(result):
+        stem = os.path.splitext(os.path.basename(result['src']))[0]
+        for key, outputs in result['outputs'].items():
+            params = geometry if key == 'HR' else {**geometry, 'scale': int(key[1:])}
+            ledger.add(f'{stem}|{key}', source_signature(result['src'], params), outputs,
+                       {'names': result['names'], 'shape': result['shape']})
+
+    errors = _run_recorded(_div2k_unit, jobs, workers or _default_workers(), f'{name} sub-images', ledger, record)
 
     # meta info: the HR sub-images of every source image that is complete and current at all scales
     # (not those of an image that changed and could not be read this time)
@@ -588,18 +599,12 @@ def prepare_pairs(input_dir, names, folders, ledger_name, ledger_root, workers=1
     removed = ledger.forget_all_but(units | {u for u in ledger.records if int(u.rsplit('|X', 1)[1]) not in folders})
     log(f'{ledger_name}: {len(names)} images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
         + (f', outputs of {len(removed)} removed images deleted' if removed else ''))
-    errors = []
-    try:
-        for result in _run_units(_pair_unit, jobs, workers, desc):
-            if 'error' in result:
-                errors.append((result['src'], result['error']))
-                tqdm.write(f'{result["src"]}: {result["error"]}', file=sys.stderr)
-                continue
-            stem = os.path.splitext(os.path.basename(result['src']))[0]
-            for scale, outputs in result['outputs'].items():
-                ledger.add(f'{stem}|X{scale}', source_signature(result['src'], {'scale': scale}), outputs)
-    finally:
-        ledger.close()
+    def record(result):
+        stem = os.path.splitext(os.path.basename(result['src']))[0]
+        for scale, outputs in result['outputs'].items():
+            ledger.add(f'{stem}|X{scale}', source_signature(result['src'], {'scale': scale}), outputs)
+
+    errors = _run_recorded(_pair_unit, jobs, workers, desc, ledger, record)
     return {'done': len(jobs) - len(errors), 'skipped': skipped, 'errors': errors}
 
 
@@ -730,16 +735,8 @@ def prepare_demo(output=os.path.join('datasets', 'demo'), train=DEMO_TRAIN, val=
     ledger.forget_all_but(units)
     log(f'demo: {len(train)} training and {len(val)} validation photographs from {data_dir}: '
         f'{len(jobs)} to process, {skipped} up to date')
-    errors = []
-    try:
-        for result in _run_units(_demo_unit, jobs, workers or _default_workers(), 'demo'):
-            if 'error' in result:
-                errors.append((result['src'], result['error']))
-                tqdm.write(f'{result["src"]}: {result["error"]}', file=sys.stderr)
-            else:
-                ledger.add(result['unit'], signatures[result['unit']], result['outputs'])
-    finally:
-        ledger.close()
+    errors = _run_recorded(_demo_unit, jobs, workers or _default_workers(), 'demo', ledger,
+                           lambda result: ledger.add(result['unit'], signatures[result['unit']], result['outputs']))
     psnr = bicubic_psnr(*layout['val'], DEMO_SCALE)
     count = len(os.listdir(layout['train'][0]))
     log(f'demo: {count} training pairs (HR {DEMO_CROP}x{DEMO_CROP}) in {os.path.dirname(layout["train"][0])}, '
