@@ -12,12 +12,14 @@ carries code or arbitrary objects is refused, never executed. Every problem is r
 a :class:`CheckpointError` with one line naming the checkpoint, what was expected and what
 was found.
 """
+import glob
 import math
 import os
 import pickle
 import re
 
 import torch
+import yaml
 
 from .asid_arch import ASID
 
@@ -168,6 +170,31 @@ def infer_config(state_dict, name='<state_dict>'):
     return config
 
 
+def training_value_range(path):
+    """``network_g.value_range`` of the run that wrote a BasicSR checkpoint, or None.
+
+    BasicSR copies a run's option file into ``experiments/<name>/``, beside the ``models/``
+    folder its checkpoints are saved in. The value range is not in the weights, and a
+    network trained on [-1, 1] (as ``options/train_ASID_x4_demo.yml``) gives wrong colours
+    when run on [0, 1], so it is read from there when exactly one option file is found.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if os.path.basename(os.path.dirname(os.path.abspath(path))) != 'models':
+        return None
+    ranges = set()
+    for option_file in glob.glob(os.path.join(glob.escape(run_dir), '*.yml')):
+        try:
+            with open(option_file, encoding='utf-8') as f:
+                network = (yaml.safe_load(f) or {}).get('network_g') or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if str(network.get('type', '')).startswith('ASID'):
+            ranges.add(tuple(network.get('value_range', (0, 1))))
+    return ranges.pop() if len(ranges) == 1 else None
+
+
 def build_asid(path_or_state, upscale=None, num_groups=None, value_range=None):
     """Build an :class:`ASID` in eval mode with a checkpoint's weights, loaded strictly.
 
@@ -178,8 +205,9 @@ def build_asid(path_or_state, upscale=None, num_groups=None, value_range=None):
         num_groups (int, optional): Expected number of groups (3: ASID, 8: ASID-D8);
             checked against the weights.
         value_range (tuple, optional): (0, 1) or (-1, 1). Default: (-1, 1) for raw
-            state_dicts (the authors' release was trained on [-1, 1]), (0, 1) for BasicSR
-            checkpoints (BasicSR trains on [0, 1]).
+            state_dicts (the authors' release was trained on [-1, 1]); for BasicSR
+            checkpoints the ``network_g.value_range`` of the training run's option file
+            (:func:`training_value_range`), else (0, 1) (BasicSR trains on [0, 1]).
 
     Returns:
         ASID: the network, in eval mode, on the CPU.
@@ -198,7 +226,7 @@ def build_asid(path_or_state, upscale=None, num_groups=None, value_range=None):
         raise CheckpointError(f'checkpoint {name} has {config["num_groups"]} groups, but num_groups={num_groups!r} '
                               f'was requested')
     if value_range is None:
-        value_range = (0, 1) if is_basicsr else (-1, 1)
+        value_range = (training_value_range(path_or_state) or (0, 1)) if is_basicsr else (-1, 1)
     model = ASID(value_range=value_range, **config)
 
     expected = model.state_dict()

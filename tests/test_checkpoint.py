@@ -181,3 +181,17 @@ def test_partial_or_mismatched_weights_are_never_loaded_silently(state_dict):
 
     reshaped = {**state_dict, 'output.bias': torch.zeros(47)}
     assert "wrong shape 1: 'output.bias' is (47,) in the file, (48,) in the model" in error_of(build_asid, reshaped)
+
+
+def test_basicsr_checkpoint_takes_value_range_from_the_option_file_basicsr_copied_beside_models(tmp_path,
+                                                                                              state_dict):
+    # experiments/<run>/<run>.yml and experiments/<run>/models/net_g_latest.pth, as BasicSR lays them out
+    run = tmp_path / 'experiments' / 'run'
+    (run / 'models').mkdir(parents=True)
+    path = run / 'models' / 'net_g_latest.pth'
+    torch.save({'params': state_dict}, path)
+    assert build_asid(str(path)).value_range == (0, 1)  # no option file: BasicSR's range
+    (run / 'run.yml').write_text('# CMD: basicsr train\nname: run\nnetwork_g:\n  type: ASID\n  upscale: 4\n'
+                                 '  value_range: [-1, 1]\n')
+    assert build_asid(str(path)).value_range == (-1, 1)
+    assert build_asid(str(path), value_range=(0, 1)).value_range == (0, 1)  # an explicit choice wins
