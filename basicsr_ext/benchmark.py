@@ -14,7 +14,7 @@ fp32 output of the same network. Paths: ``plain`` (eager, the definition), ``com
 ``basicsr infer`` does by default) and ``compile fp16`` (both).
 
 ``--train`` runs BasicSR's own ``train_pipeline`` (``basicsr train``) on a generated paired
-data set at batch 16, LR patch 64 (data loading, prefetching and the optimizer included), once
+data set at the recipe's batch 16, LR patch 64 (data loading, prefetching and the optimizer included), once
 plain and once with ``fast_path: compile`` (+ ``precision: bf16`` on a GPU), and reports
 iterations/s between ``--train-warmup`` and the last iteration. ``--large`` measures a
 960x540 -> 3840x2160 frame through :class:`asid_arch.ASIDUpsampler` (whole image or tiles).
@@ -192,14 +192,15 @@ def make_train_data(root, count=64, hr_size=320, scale=4, seed=0):
         cv2.imwrite(os.path.join(root, 'LR', f'{i:04d}.png'), lr)
 
 
-def train_options(data, name, network, iters, device, workers):
+def train_options(data, name, network, iters, device, workers, batch=16, lr_patch=64):
     cuda = device.type == 'cuda'
     return {
         'name': name, 'model_type': 'SRModel', 'scale': 4, 'num_gpu': 1 if cuda else 0, 'manual_seed': 0,
         'datasets': {'train': {
             'name': 'bench', 'type': 'PairedImageDataset', 'dataroot_gt': f'{data}/HR', 'dataroot_lq': f'{data}/LR',
-            'io_backend': {'type': 'disk'}, 'gt_size': 256, 'use_hflip': True, 'use_rot': True, 'use_shuffle': True,
-            'num_worker_per_gpu': workers, 'batch_size_per_gpu': 16, 'dataset_enlarge_ratio': 100,
+            'io_backend': {'type': 'disk'}, 'gt_size': lr_patch * 4, 'use_hflip': True, 'use_rot': True,
+            'use_shuffle': True,
+            'num_worker_per_gpu': workers, 'batch_size_per_gpu': batch, 'dataset_enlarge_ratio': 100,
             'persistent_workers': workers > 0, 'pin_memory': cuda, 'prefetch_mode': 'cuda' if cuda else None}},
         'network_g': network,
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
@@ -261,10 +262,12 @@ def bench_training(args, device, log):
         name = f'bench_{label.replace(" ", "_")}'
         opt_file = os.path.join(workdir, f'{name}.yml')
         with open(opt_file, 'w') as f:
-            yaml.safe_dump(train_options(data, name, network, args.train_iters, device, args.train_workers), f)
+            yaml.safe_dump(train_options(data, name, network, args.train_iters, device, args.train_workers,
+                                         args.train_batch, args.train_patch), f)
         log(f'training ASID x4 ({label}) through basicsr train: {args.train_iters} iterations')
         its, peak = time_training(opt_file, workdir, args.train_iters, args.train_warmup, device)
-        rows.append({'network': 'ASID', 'path': label, 'batch': 16, 'lr_patch': 64, 'iters_per_s': its,
+        rows.append({'network': 'ASID', 'path': label, 'batch': args.train_batch, 'lr_patch': args.train_patch,
+                     'iters_per_s': its,
                      'peak_mem_gb': peak, 'workers': args.train_workers})
     return rows
 
@@ -297,7 +300,9 @@ def print_tables(result, out=None):
         print(f'\nASID x4 960x540 -> 3840x2160 ({r["precision"]}, {r["plan"]}): {r["latency_ms"]:.0f} ms, '
               f'peak {_fmt(r["peak_mem_gb"], ".2f")} GB', file=out)
     if result.get('training'):
-        print('\ntraining through basicsr train, ASID x4, batch 16, LR patch 64', file=out)
+        first = result['training'][0]
+        print(f'\ntraining through basicsr train, ASID x4, batch {first["batch"]}, LR patch {first["lr_patch"]}',
+              file=out)
         for r in result['training']:
             print(f'{r["path"]:<13} {r["iters_per_s"]:>7.2f} it/s   peak {_fmt(r["peak_mem_gb"], ".2f")} GB   '
                   f'{r["workers"]} loader workers', file=out)
@@ -318,6 +323,8 @@ def add_parser(commands):
     p.add_argument('--train', action='store_true', help='also training iterations/s through basicsr train')
     p.add_argument('--train-iters', type=int, default=300, help='default: 300')
     p.add_argument('--train-warmup', type=int, default=100, help='iterations before the clock starts (default 100)')
+    p.add_argument('--train-batch', type=int, default=16, help='batch size (default: 16, the recipe\'s)')
+    p.add_argument('--train-patch', type=int, default=64, help='LR patch size (default: 64, the recipe\'s)')
     p.add_argument('--train-workers', type=int, default=6, help='data loader workers (default: 6)')
     p.add_argument('--json', default=None, metavar='FILE', help='also write the figures as JSON')
     p.set_defaults(func=run)

@@ -23,7 +23,8 @@ def test_benchmark_prints_the_table_and_json_with_inference_and_training_rows(tm
     out_json = tmp_path / 'bench.json'
     code = main(['benchmark', '--device', 'cpu', '--networks', 'ASID', 'SwinIR-light', '--paths', 'plain',
                  '--size', '24x16', '--repeat', '2', '--warmup', '1', '--train', '--train-iters', '2',
-                 '--train-warmup', '1', '--train-workers', '0', '--json', str(out_json)])
+                 '--train-warmup', '1', '--train-workers', '0', '--train-batch', '2', '--train-patch', '16',
+                 '--json', str(out_json)])
     assert code == 0
     result = json.loads(out_json.read_text())
     rows = {r['network']: r for r in result['inference']}
@@ -32,8 +33,8 @@ def test_benchmark_prints_the_table_and_json_with_inference_and_training_rows(tm
     assert rows['ASID']['latency_ms'] > 0 and rows['ASID']['max_abs_diff'] == 0
     assert rows['SwinIR-light']['params'] > rows['ASID']['params']
     (train,) = result['training']
-    assert train['path'] == 'plain' and train['batch'] == 16 and train['iters_per_s'] > 0
+    assert train['path'] == 'plain' and (train['batch'], train['lr_patch']) == (2, 16) and train['iters_per_s'] > 0
     printed = capsys.readouterr().out
     assert 'ASID plain:' in printed and "SwinIR-light's time" in printed
-    assert 'training through basicsr train' in printed
+    assert 'training through basicsr train, ASID x4, batch 2, LR patch 16' in printed
     assert (tmp_path / 'experiments').exists() is False  # runs in its own temporary folder
