@@ -160,7 +160,8 @@ def patch_optimizers():
 
 
 #: In order: the first two must run before anything imports ``basicsr``.
-PATCHES = (patch_functional_tensor, patch_distutils, patch_safe_loader, patch_cpu_resume, patch_cpu_distributed, patch_optimizers)
+PATCHES = (patch_functional_tensor, patch_distutils, patch_safe_loader, patch_cpu_resume, patch_cpu_distributed,
+           patch_optimizers)
 
 
 _checked = False

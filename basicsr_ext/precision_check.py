@@ -195,7 +195,8 @@ def main(argv=None):
     for r in rows:
         flag = '' if r['finite'] else '  non-finite output!'
         print(f'{r["precision"]:<9} {r["mode"]:<5} {r["psnr"]:8.4f} {r["delta"]:+8.4f} '
-              f'{r["max_abs_delta_per_image"]:10.4f} {r["psnr_vs_fp32_output"]:16.2f} {r["seconds"] * 1000:11.2f}{flag}')
+              f'{r["max_abs_delta_per_image"]:10.4f} {r["psnr_vs_fp32_output"]:16.2f} '
+              f'{r["seconds"] * 1000:11.2f}{flag}')
     print(f'\nfastest within {args.tolerance} dB of fp32: {best["precision"]} ({best["mode"]})')
     if args.json:
         with open(args.json, 'w') as f:

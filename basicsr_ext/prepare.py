@@ -632,7 +632,8 @@ def prepare_benchmark(input_dir, name=None, scales=(2, 3, 4), output='datasets',
 SKIMAGE_FILES = {
     'astronaut': 'astronaut.png', 'chelsea': 'chelsea.png', 'coffee': 'coffee.png',
     'immunohistochemistry': 'ihc.png',
-    'motorcycle_left': 'motorcycle_left.png', 'motorcycle_right': 'motorcycle_right.png', 'rocket': 'rocket.jpg', 'camera': 'camera.png', 'brick': 'brick.png',
+    'motorcycle_left': 'motorcycle_left.png', 'motorcycle_right': 'motorcycle_right.png', 'rocket': 'rocket.jpg',
+    'camera': 'camera.png', 'brick': 'brick.png',
     'grass': 'grass.png', 'gravel': 'gravel.png', 'moon': 'moon.png', 'coins': 'coins.png', 'page': 'page.png',
     'text': 'text.png', 'cell': 'cell.png',
 }
@@ -704,7 +705,8 @@ def _demo_unit(job):
     for name, (top, left) in zip(names, boxes):
         hr_path, lr_path = os.path.join(hr_dir, name), os.path.join(lr_dir, name)
         write_image(hr_path, img[top:top + ch, left:left + cw])
-        write_image(lr_path, lr[top // DEMO_SCALE:(top + ch) // DEMO_SCALE, left // DEMO_SCALE:(left + cw) // DEMO_SCALE])
+        s = DEMO_SCALE
+        write_image(lr_path, lr[top // s:(top + ch) // s, left // s:(left + cw) // s])
         outputs += [hr_path, lr_path]
     return {'unit': unit, 'src': src, 'outputs': outputs}
 

@@ -161,7 +161,8 @@ def test_meta_info_lists_every_hr_sub_image_with_its_shape_in_basicsr_format(tmp
     assert sorted(os.listdir('datasets/DIV2K/DIV2K_train_HR_sub')) == [line.split()[0] for line in lines]
     # BasicSR pairs it with the LR sub-images
     dataset = PairedImageDataset({
-        'dataroot_gt': 'datasets/DIV2K/DIV2K_train_HR_sub', 'dataroot_lq': 'datasets/DIV2K/DIV2K_train_LR_bicubic/X4_sub',
+        'dataroot_gt': 'datasets/DIV2K/DIV2K_train_HR_sub',
+        'dataroot_lq': 'datasets/DIV2K/DIV2K_train_LR_bicubic/X4_sub',
         'meta_info_file': 'datasets/DIV2K/meta_info_DIV2K_train_HR_sub.txt', 'filename_tmpl': '{}',
         'io_backend': {'type': 'disk'}, 'phase': 'train', 'scale': 4, 'gt_size': 48, 'use_hflip': False,
         'use_rot': False})
