@@ -588,7 +588,9 @@ def compiled_body(device_type):
     """
     if device_type not in _compiled_bodies:
         mode = 'reduce-overhead' if device_type == 'cuda' else None
-        _compiled_bodies[device_type] = torch.compile(ASID.body, mode=mode)
+        # dynamic=False: one static graph per input shape (training patches, video frames)
+        # rather than a slower dynamic-shape one after the second shape
+        _compiled_bodies[device_type] = torch.compile(ASID.body, mode=mode, dynamic=False)
     return _compiled_bodies[device_type]
 
 

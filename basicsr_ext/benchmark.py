@@ -258,6 +258,7 @@ def bench_training(args, device, log):
     for label, switches in variants:
         if label not in args.paths:
             continue
+        torch._dynamo.reset()  # each run compiles afresh, as a `basicsr train` process does
         network = {'type': 'ASID', 'upscale': 4, 'num_groups': 3, **switches}
         name = f'bench_{label.replace(" ", "_")}'
         opt_file = os.path.join(workdir, f'{name}.yml')
