@@ -575,7 +575,7 @@ def _check_value_range(value_range):
 #: Values of ``ASID(fast_path=...)``.
 FAST_PATHS = ('none', 'compile', 'compile_train')
 #: Values of ``ASID(precision=...)`` and their autocast dtypes (None: no autocast).
-PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+AUTOCAST_DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 _compiled_bodies = {}
 
 
@@ -679,8 +679,8 @@ class ASID(nn.Module):
         precision = precision or 'fp32'
         if fast_path not in FAST_PATHS:
             raise ValueError(f'fast_path must be one of {", ".join(FAST_PATHS)}; got {fast_path!r}')
-        if precision not in PRECISIONS:
-            raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}; got {precision!r}')
+        if precision not in AUTOCAST_DTYPES:
+            raise ValueError(f'precision must be one of {", ".join(AUTOCAST_DTYPES)}; got {precision!r}')
         self.fast_path = fast_path
         self.precision = precision
         return self
@@ -724,7 +724,7 @@ class ASID(nn.Module):
 
         compiled = self.fast_path == 'compile' or (self.fast_path == 'compile_train' and self.training)
         body = compiled_body(x.device.type) if compiled else ASID.body
-        dtype = PRECISIONS[self.precision]
+        dtype = AUTOCAST_DTYPES[self.precision]
         with nullcontext() if dtype is None else torch.autocast(x.device.type, dtype=dtype):
             out = body(self, x)
         if compiled and x.device.type == 'cuda':

@@ -180,9 +180,10 @@ def training_value_range(path):
     """
     if not isinstance(path, (str, os.PathLike)):
         return None
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if os.path.basename(os.path.dirname(os.path.abspath(path))) != 'models':
+    models_dir = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(models_dir) != 'models':
         return None
+    run_dir = os.path.dirname(models_dir)
     ranges = set()
     for option_file in glob.glob(os.path.join(glob.escape(run_dir), '*.yml')):
         try:

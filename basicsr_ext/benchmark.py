@@ -128,14 +128,12 @@ def bench_inference(args, device, log):
         net = NETWORKS[name]().eval().to(device)
         with torch.no_grad():
             reference = net(x).float()
-        nets.append((name, net, reference))
+        nets.append((name, net, reference, sum(p.numel() for p in net.parameters()), multiply_adds(net, x)))
     rows = []
     # eager paths first: compiling leaves the process changed (on a CPU, eager SwinIR-light ran
     # 1.5x faster after a compilation), which would flatter the eager rows measured after it
     for compiled_phase in (False, True):
-        for name, net, reference in nets:
-            params = sum(p.numel() for p in net.parameters())
-            macs = multiply_adds(net, x)
+        for name, net, reference, params, macs in nets:
             repeat = args.repeat if name != 'SwinIR-light' or device.type == 'cuda' else max(3, args.repeat // 3)
             for path, fn in inference_paths(name, net, device):
                 if path not in args.paths or ('compile' in path) != compiled_phase:

@@ -33,6 +33,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from basicsr_ext.prepare import quiet_native_stderr
+
 #: Files taken from a folder: what OpenCV reads, by extension (case-insensitive).
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.jpe', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.ppm', '.pgm',
                     '.pnm', '.pbm')
@@ -105,7 +107,6 @@ def decode(data):
     """Decode bytes with OpenCV (all depths, alpha kept) into RGB(A) / grey, EXIF-upright."""
     if not data:
         raise ImageError('not a readable image (empty file)')
-    from basicsr_ext.prepare import quiet_native_stderr
     with quiet_native_stderr():  # a failure is reported on one line naming the file, not by OpenCV's log
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:

@@ -23,7 +23,6 @@ release recipe), which takes a minute or two on a GPU.
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -36,6 +35,7 @@ import basicsr_ext  # noqa: F401  (compatibility patches before BasicSR is impor
 from asid_arch import ASID
 from asid_arch.checkpoint import build_asid
 from asid_arch.inference import PRECISIONS, ASIDUpsampler, resolve_device
+from basicsr_ext.benchmark import time_forward
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
@@ -100,24 +100,10 @@ def train_briefly(net, pairs, steps, device, scale, patch=48, batch=16, seed=0, 
     return net.eval()
 
 
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def time_one(up, size, repeats):
     """Median seconds of one whole-image upscale of a ``size`` x ``size`` LR image."""
     x = torch.rand(1, 3, size, size, device=up.device)
-    for _ in range(2):
-        up.upscale_tensor(x)
-    times = []
-    for _ in range(repeats):
-        _sync(up.device)
-        start = time.perf_counter()
-        up.upscale_tensor(x)
-        _sync(up.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time_forward(up.upscale_tensor, x, up.device, repeats, warmup=2)[0]
 
 
 def compare(net, pairs, scale, device, precisions, modes, bench_size, repeats, tolerance):
