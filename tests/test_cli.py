@@ -3,6 +3,7 @@ import glob
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,11 +110,18 @@ def test_auto_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path, 
     assert (states / '300.state').is_file()
 
 
+def free_port():
+    """A TCP port nobody listens on now (a fixed one can still be held by an earlier run)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def test_two_process_ddp_run_with_gloo_trains_logs_and_validates_once(tmp_path, tiny_data):
     opt = tiny_options(tiny_data, name='ddp', total_iter=4, checkpoint_freq=2, val_freq=2)
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': REPO}
     result = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29561', '-m',
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
          'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'ddp.yml', opt), '--launcher', 'pytorch'],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
