@@ -19,7 +19,6 @@ plain and once with ``fast_path: compile`` (+ ``precision: bf16`` on a GPU), and
 iterations/s between ``--train-warmup`` and the last iteration. ``--large`` measures a
 960x540 -> 3840x2160 frame through :class:`asid_arch.ASIDUpsampler` (whole image or tiles).
 """
-import argparse
 import copy
 import json
 import os
