@@ -1,5 +1,37 @@
 """asid-basicsr: the ASID super-resolution network (AAAI 2025) as a BasicSR plugin."""
+import os
+import zipfile
+
 from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
+
+#: One line that site.py runs at every interpreter start-up: it installs the import hook of
+#: basicsr_ext.hook, which patches BasicSR when (and only when) a process imports it. This is how
+#: DataLoader workers started with 'spawn' (BasicSR's choice under DDP) get the patches too.
+PTH_NAME = 'asid_basicsr.pth'
+PTH_LINE = ("import importlib.util as u; u.find_spec('basicsr_ext') and "
+            "__import__('basicsr_ext.hook').hook.install()\n")
+
+
+class BuildPyWithPth(build_py):
+    """Puts the start-up line beside the packages (a regular install: site-packages)."""
+
+    def run(self):
+        super().run()
+        with open(os.path.join(self.build_lib, PTH_NAME), 'w') as f:
+            f.write(PTH_LINE)
+
+
+class EditableWheelWithPth(editable_wheel):
+    """The same for ``pip install -e .``, whose wheel holds no build_py output."""
+
+    def _create_wheel_file(self, bdist_wheel):
+        wheel_path = super()._create_wheel_file(bdist_wheel)
+        with zipfile.ZipFile(wheel_path, 'a') as wheel:
+            wheel.writestr(PTH_NAME, PTH_LINE)
+        return wheel_path
+
 
 setup(
     name='asid-basicsr',
@@ -22,6 +54,7 @@ setup(
         'tqdm',
     ],
     extras_require={'test': ['pytest>=7']},
+    cmdclass={'build_py': BuildPyWithPth, 'editable_wheel': EditableWheelWithPth},
     entry_points={'console_scripts': ['basicsr = basicsr_ext.cli:main']},
     classifiers=[
         'Programming Language :: Python :: 3',

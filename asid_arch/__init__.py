@@ -1,9 +1,9 @@
 """ASID super-resolution network for BasicSR.
 
-Importing this package patches BasicSR for today's stack (``basicsr_ext``) and registers
-``ASID`` and ``ASID_D8`` in BasicSR's ``ARCH_REGISTRY``.
+Importing this package registers ``ASID`` and ``ASID_D8`` in BasicSR's ``ARCH_REGISTRY``
+(and, through :mod:`basicsr_ext.hook`, patches BasicSR for today's stack when it is imported).
 """
-import basicsr_ext  # noqa: F401  (must come first: patches BasicSR before it is imported)
+import basicsr_ext.hook  # noqa: F401  (must come first: BasicSR is patched as it is imported)
 
 from .asid_arch import ASID, ASID_D8  # noqa: E402
 from .checkpoint import CheckpointError, build_asid, infer_config, load_state_dict  # noqa: E402

@@ -1,11 +1,10 @@
-"""Makes PyPI BasicSR 1.4.2 work on today's stack and registers ASID with it.
+"""Makes PyPI BasicSR 1.4.2 work on today's stack, and the ``basicsr`` command.
 
-Importing this package (or ``asid_arch``) applies the patches in :mod:`basicsr_ext.compat`
-before BasicSR itself is imported, then registers the ASID networks.
+Importing this package only installs :mod:`basicsr_ext.hook`, which applies the patches in
+:mod:`basicsr_ext.compat` to BasicSR when a process imports it (installing the package makes
+every interpreter do this at start-up). ``import asid_arch`` registers the ASID networks;
+``import basicsr_ext.models`` registers ``TiledSRModel``; the ``basicsr`` command does both.
 """
-from basicsr_ext import compat
+from basicsr_ext import hook
 
-compat.apply()
-
-import asid_arch  # noqa: E402,F401  (registers ASID and ASID_D8 in ARCH_REGISTRY)
-from basicsr_ext import models  # noqa: E402,F401  (registers TiledSRModel in MODEL_REGISTRY)
+hook.install()

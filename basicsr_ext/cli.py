@@ -10,7 +10,8 @@ import logging
 import os
 import sys
 
-from basicsr_ext import benchmark, infer, prepare
+import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
+from basicsr_ext import benchmark, infer, models, prepare  # noqa: F401  (models registers TiledSRModel)
 from basicsr_ext.options import OptionError, load_and_check
 
 
@@ -24,13 +25,15 @@ def _add_pipeline_arguments(parser):
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
     parser.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
     parser.add_argument('--debug', action='store_true', help='debug mode: frequent logs, validation, checkpoints')
-    parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)
+    # BasicSR's own scripts take --local_rank (torch.distributed.launch's spelling before torch 2.0)
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
                         help='override options, e.g. train:total_iter=1000 datasets:train:batch_size_per_gpu=8')
 
 
 def _basicsr_argv(prog, args):
-    argv = [prog, '-opt', args.opt, '--launcher', args.launcher, '--local_rank', str(args.local_rank)]
+    local_rank = args.local_rank if args.launch_local_rank is None else args.launch_local_rank
+    argv = [prog, '-opt', args.opt, '--launcher', args.launcher, '--local_rank', str(local_rank)]
     if args.auto_resume:
         argv.append('--auto_resume')
     if args.debug:
@@ -51,9 +54,17 @@ def _fresh_basicsr_logger():
     basicsr_logger.initialized_logger.pop('basicsr', None)
 
 
+def _rank(launcher):
+    """This process's rank, from the variables the launcher sets (BasicSR reads the same ones)."""
+    variable = {'pytorch': 'RANK', 'slurm': 'SLURM_PROCID'}.get(launcher)
+    return int(os.environ.get(variable, 0)) if variable else 0
+
+
 def _run_pipeline(args, is_train):
     try:
-        load_and_check(args.opt, args.force_yml, is_train=is_train)
+        # Every rank checks the options; only rank 0 reads the data sets' files (the launcher
+        # stops the other ranks when rank 0 exits with an error).
+        load_and_check(args.opt, args.force_yml, is_train=is_train, check_data=_rank(args.launcher) == 0)
     except OptionError as e:
         raise CommandError(str(e)) from None
     if is_train:
@@ -77,6 +88,8 @@ def cmd_test(args):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='basicsr', description='BasicSR with ASID registered: train, test and use super-resolution networks.')
+    # torch.distributed.launch puts --local-rank=N before the command (python -m basicsr_ext --local-rank=0 train ...)
+    parser.add_argument('--local_rank', '--local-rank', dest='launch_local_rank', type=int, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
     train = commands.add_parser('train', help='train with an option file (BasicSR train_pipeline)')

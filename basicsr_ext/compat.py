@@ -4,7 +4,8 @@ Each patch is a small function whose docstring names the upstream breakage it wo
 It first checks whether the running stack needs it and returns ``False`` without touching
 anything when it does not. :func:`apply` runs them all once, in order, the import fixes
 before anything imports ``basicsr``, and records the names of those applied in
-:data:`APPLIED`. README.md has a section per patch for users who hit the same breakages.
+:data:`APPLIED`; :mod:`basicsr_ext.hook` runs it in every process that imports BasicSR.
+README.md has a section per patch for users who hit the same breakages.
 """
 import collections
 import functools
@@ -159,18 +160,29 @@ def patch_optimizers():
     return True
 
 
-#: In order: the first two must run before anything imports ``basicsr``.
-PATCHES = (patch_functional_tensor, patch_distutils, patch_safe_loader, patch_cpu_resume, patch_cpu_distributed,
-           patch_optimizers)
+#: Before anything imports ``basicsr``: without these, ``import basicsr`` fails.
+IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
+#: After: these change what BasicSR does.
+BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_resume, patch_cpu_distributed, patch_optimizers)
+PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
+
+_checked = set()
 
 
-_checked = False
+def _run(patches):
+    for patch in patches:
+        if patch not in _checked:
+            _checked.add(patch)
+            if patch():
+                APPLIED.append(patch.__name__)
+    return APPLIED
+
+
+def apply_import_fixes():
+    """Apply the patches ``import basicsr`` needs, once; returns the names of all patches applied so far."""
+    return _run(IMPORT_FIXES)
 
 
 def apply():
     """Apply every patch the running stack needs, once; returns the names of those applied."""
-    global _checked
-    if not _checked:
-        _checked = True
-        APPLIED.extend(patch.__name__ for patch in PATCHES if patch())
-    return APPLIED
+    return _run(PATCHES)

@@ -124,8 +124,12 @@ def _check_prefetch(opt, path):
         raise OptionError(f"{path}: datasets.train.pin_memory: prefetch_mode 'cuda' needs pin_memory: true")
 
 
-def check_options(opt, path, is_train=True):
-    """Raise OptionError for the first problem BasicSR would otherwise hit later."""
+def check_options(opt, path, is_train=True, check_data=True):
+    """Raise OptionError for the first problem BasicSR would otherwise hit later.
+
+    ``check_data=False`` leaves out the look at every image file (the expensive part: under DDP
+    only rank 0 does it).
+    """
     _require(opt, 'name', path)
     _check_registered(_require(opt, 'model_type', path), MODEL_REGISTRY, 'model', 'model_type', path)
     network = _require(opt, 'network_g', path)
@@ -144,12 +148,14 @@ def check_options(opt, path, is_train=True):
                 raise OptionError(f'{path}: path.{key}: file {value} does not exist')
     if is_train:
         _check_prefetch(opt, path)
+    if not check_data:
+        return
     for name, dataset in datasets.items():
         _check_data(name, dataset, opt, path, is_train)
 
 
-def load_and_check(path, force_yml=None, is_train=True):
+def load_and_check(path, force_yml=None, is_train=True, check_data=True):
     """Read, override and check an option file; returns the options BasicSR will see."""
     opt = apply_force_yml(read_options(path), force_yml, path)
-    check_options(opt, path, is_train=is_train)
+    check_options(opt, path, is_train=is_train, check_data=check_data)
     return opt

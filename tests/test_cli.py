@@ -10,7 +10,9 @@ import time
 
 import pytest
 
+from basicsr_ext import cli
 from basicsr_ext.cli import main
+from basicsr_ext.options import OptionError, load_and_check
 from conftest import REPO, run_basicsr, tiny_options, write_options
 
 
@@ -117,11 +119,23 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_run_with_gloo_trains_logs_and_validates_once(tmp_path, tiny_data):
+LAUNCHERS = {
+    'torchrun': ['-m', 'torch.distributed.run'],
+    # the deprecated launcher passes --local-rank=N on the command line
+    'torch.distributed.launch': ['-W', 'ignore::FutureWarning', '-m', 'torch.distributed.launch'],
+}
+
+
+@pytest.mark.parametrize('launcher', LAUNCHERS)
+def test_two_process_ddp_run_with_spawned_loader_workers_trains_validates_and_saves_once(launcher, tmp_path,
+                                                                                        tiny_data):
+    # As on GPUs: BasicSR's init_dist sets the 'spawn' start method, so each DataLoader worker is
+    # a fresh interpreter that imports BasicSR without anything this package imported first.
     opt = tiny_options(tiny_data, name='ddp', total_iter=4, checkpoint_freq=2, val_freq=2)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': REPO}
+    opt['datasets']['train'].update(num_worker_per_gpu=1, dataset_enlarge_ratio=4, persistent_workers=True)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     result = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
+        [sys.executable, *LAUNCHERS[launcher], '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
          'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'ddp.yml', opt), '--launcher', 'pytorch'],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -129,8 +143,31 @@ def test_two_process_ddp_run_with_gloo_trains_logs_and_validates_once(tmp_path, 
     assert len(logs) == 1  # only rank 0 writes the log
     log = open(logs[0]).read()
     assert 'World size (gpu number): 2' in log
+    assert 'num_worker_per_gpu: 1' in log
+    # the total batch is 2 x 2: 16 samples (4 images x 4) make 4 iterations an epoch
+    assert re.search(r'Dataset enlarge ratio: 4\n\s+Batch size per gpu: 2\n\s+World size \(gpu number\): 2\n'
+                     r'\s+Require iter number per epoch: 4\n', log)
     assert len(re.findall(r'Validation tiny_val', log)) == 3  # iterations 2 and 4, and after training
     assert sorted(os.listdir(tmp_path / 'experiments/ddp/training_states')) == ['2.state', '4.state']
+    assert sorted(os.listdir(tmp_path / 'experiments/ddp/models')) == ['net_g_2.pth', 'net_g_4.pth',
+                                                                       'net_g_latest.pth']
+
+
+def test_only_rank_zero_reads_the_data_files(tmp_path, tiny_data, monkeypatch):
+    open(os.path.join(tiny_data, 'train/HR/0001.png'), 'wb').close()  # an empty file: a data error
+    opt_file = write_options(tmp_path / 'bad.yml', tiny_options(tiny_data))
+    checked = []
+    monkeypatch.setattr(sys, 'argv', sys.argv[:])  # BasicSR reads its arguments from sys.argv
+    monkeypatch.setattr(cli, 'load_and_check', lambda *a, check_data, **k: checked.append(check_data))
+    monkeypatch.setattr('basicsr.train.train_pipeline', lambda root: None)
+    for rank in ('0', '1'):
+        monkeypatch.setenv('RANK', rank)
+        assert main(['train', '-opt', opt_file, '--launcher', 'pytorch']) == 0
+    assert checked == [True, False]
+    monkeypatch.undo()
+    with pytest.raises(OptionError, match='0001.png'):
+        load_and_check(opt_file, check_data=True)
+    load_and_check(opt_file, check_data=False)  # the option checks alone pass
 
 
 def test_console_script_runs_as_python_module(tmp_path):

@@ -2,6 +2,8 @@
 import collections
 import io
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -122,3 +124,38 @@ def test_loose_version_stand_in_orders_versions_as_basicsr_needs():
 def test_basicsr_arch_util_imports_on_this_python():
     from basicsr.archs import arch_util
     assert arch_util.LooseVersion('1.10') > arch_util.LooseVersion('1.9')
+
+
+def _fresh_python(code):
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize('first', ['basicsr', 'asid_arch'])
+def test_any_fresh_interpreter_imports_basicsr_patched_whatever_it_imports_first(first):
+    # The installed asid_basicsr.pth hooks the import of basicsr in every interpreter, so a
+    # user's script needs no particular import order (and a spawned worker needs no import of ours).
+    result = _fresh_python(f'import {first}, basicsr, asid_arch\n'
+                           'from basicsr.utils.registry import ARCH_REGISTRY\n'
+                           'from basicsr_ext import compat\n'
+                           'print("ASID" in ARCH_REGISTRY, sorted(compat.APPLIED) == sorted(set(compat.APPLIED)))')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ['True', 'True']
+
+
+def test_the_startup_hook_imports_nothing_until_basicsr_is_imported():
+    result = _fresh_python('import sys; from basicsr_ext import hook\n'
+                           'print(hook.installed() is not None, "torch" in sys.modules, "basicsr" in sys.modules)')
+    assert result.stdout.split() == ['True', 'False', 'False'], result.stderr[-2000:]
+
+
+@pytest.mark.parametrize('start_method', ['spawn', 'forkserver'])
+def test_dataloader_workers_started_fresh_load_basicsr_datasets(start_method, tiny_data):
+    # Such a worker is a new interpreter that unpickles the data set, importing BasicSR first thing.
+    from basicsr.data.paired_image_dataset import PairedImageDataset
+    dataset = PairedImageDataset({
+        'phase': 'train', 'scale': 4, 'gt_size': 32, 'use_hflip': True, 'use_rot': True,
+        'dataroot_gt': f'{tiny_data}/train/HR', 'dataroot_lq': f'{tiny_data}/train/LR',
+        'io_backend': {'type': 'disk'}})
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, multiprocessing_context=start_method)
+    batch = next(iter(loader))
+    assert batch['gt'].shape == (2, 3, 32, 32) and batch['lq'].shape == (2, 3, 8, 8)
