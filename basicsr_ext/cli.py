@@ -60,14 +60,25 @@ def _rank(launcher):
     return int(os.environ.get(variable, 0)) if variable else 0
 
 
+def keep_compile_cache_with_the_run(opt, debug):
+    """Point torch.compile's caches (Inductor, Triton) at ``experiments/NAME/compile_cache``.
+
+    A resumed run then starts from the code compiled by its first start, also where /tmp is
+    wiped between jobs or the job moves to another node; a user's TORCHINDUCTOR_CACHE_DIR wins.
+    """
+    name = opt['name'] if not debug or str(opt['name']).startswith('debug') else f'debug_{opt["name"]}'  # as BasicSR
+    os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', os.path.join(os.getcwd(), 'experiments', name, 'compile_cache'))
+
+
 def _run_pipeline(args, is_train):
     try:
         # Every rank checks the options; only rank 0 reads the data sets' files (the launcher
         # stops the other ranks when rank 0 exits with an error).
-        load_and_check(args.opt, args.force_yml, is_train=is_train, check_data=_rank(args.launcher) == 0)
+        opt = load_and_check(args.opt, args.force_yml, is_train=is_train, check_data=_rank(args.launcher) == 0)
     except OptionError as e:
         raise CommandError(str(e)) from None
     if is_train:
+        keep_compile_cache_with_the_run(opt, args.debug)
         from basicsr.train import train_pipeline as pipeline
     else:
         from basicsr.test import test_pipeline as pipeline

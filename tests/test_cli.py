@@ -158,7 +158,8 @@ def test_only_rank_zero_reads_the_data_files(tmp_path, tiny_data, monkeypatch):
     opt_file = write_options(tmp_path / 'bad.yml', tiny_options(tiny_data))
     checked = []
     monkeypatch.setattr(sys, 'argv', sys.argv[:])  # BasicSR reads its arguments from sys.argv
-    monkeypatch.setattr(cli, 'load_and_check', lambda *a, check_data, **k: checked.append(check_data))
+    monkeypatch.setattr(cli, 'load_and_check', lambda *a, check_data, **k: checked.append(check_data)
+                        or load_and_check(*a, check_data=False, **k))
     monkeypatch.setattr('basicsr.train.train_pipeline', lambda root: None)
     for rank in ('0', '1'):
         monkeypatch.setenv('RANK', rank)
@@ -168,6 +169,23 @@ def test_only_rank_zero_reads_the_data_files(tmp_path, tiny_data, monkeypatch):
     with pytest.raises(OptionError, match='0001.png'):
         load_and_check(opt_file, check_data=True)
     load_and_check(opt_file, check_data=False)  # the option checks alone pass
+
+
+@pytest.mark.parametrize('debug', [False, True])
+def test_train_keeps_torch_compile_caches_in_the_experiment_folder(debug, tmp_path, tiny_data, monkeypatch):
+    # so that a resumed run starts from the kernels its first start compiled, on any node
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR', raising=False)
+    monkeypatch.setattr(sys, 'argv', sys.argv[:])
+    seen = []
+    monkeypatch.setattr('basicsr.train.train_pipeline', lambda root: seen.append(os.environ['TORCHINDUCTOR_CACHE_DIR']))
+    opt_file = write_options(tmp_path / 'tiny.yml', tiny_options(tiny_data))
+    assert main(['train', '-opt', opt_file] + (['--debug'] if debug else [])) == 0
+    assert seen == [str(tmp_path / 'experiments' / ('debug_tiny' if debug else 'tiny') / 'compile_cache')]
+
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path / 'mine'))  # the user's choice wins
+    assert main(['train', '-opt', opt_file]) == 0
+    assert seen[-1] == str(tmp_path / 'mine')
 
 
 def test_console_script_runs_as_python_module(tmp_path):
