@@ -64,10 +64,14 @@ def keep_compile_cache_with_the_run(opt, debug):
     """Point torch.compile's caches (Inductor, Triton) at ``experiments/NAME/compile_cache``.
 
     A resumed run then starts from the code compiled by its first start, also where /tmp is
-    wiped between jobs or the job moves to another node; a user's TORCHINDUCTOR_CACHE_DIR wins.
+    wiped between jobs or the job moves to another node. A TORCHINDUCTOR_CACHE_DIR of the user's
+    wins; importing torch already set the variable to torch's default, which does not count.
     """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    if os.environ.get('TORCHINDUCTOR_CACHE_DIR', default_cache_dir()) != default_cache_dir():
+        return
     name = opt['name'] if not debug or str(opt['name']).startswith('debug') else f'debug_{opt["name"]}'  # as BasicSR
-    os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', os.path.join(os.getcwd(), 'experiments', name, 'compile_cache'))
+    os.environ['TORCHINDUCTOR_CACHE_DIR'] = os.path.join(os.getcwd(), 'experiments', name, 'compile_cache')
 
 
 def _run_pipeline(args, is_train):

@@ -172,20 +172,23 @@ def test_only_rank_zero_reads_the_data_files(tmp_path, tiny_data, monkeypatch):
 
 
 @pytest.mark.parametrize('debug', [False, True])
-def test_train_keeps_torch_compile_caches_in_the_experiment_folder(debug, tmp_path, tiny_data, monkeypatch):
-    # so that a resumed run starts from the kernels its first start compiled, on any node
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR', raising=False)
-    monkeypatch.setattr(sys, 'argv', sys.argv[:])
-    seen = []
-    monkeypatch.setattr('basicsr.train.train_pipeline', lambda root: seen.append(os.environ['TORCHINDUCTOR_CACHE_DIR']))
+def test_train_keeps_torch_compile_caches_in_the_experiment_folder(debug, tmp_path, tiny_data):
+    # so that a resumed run starts from the kernels its first start compiled, on any node; in a
+    # fresh interpreter, where importing torch has already set the variable to torch's default
     opt_file = write_options(tmp_path / 'tiny.yml', tiny_options(tiny_data))
-    assert main(['train', '-opt', opt_file] + (['--debug'] if debug else [])) == 0
-    assert seen == [str(tmp_path / 'experiments' / ('debug_tiny' if debug else 'tiny') / 'compile_cache')]
+    script = ('import os, sys, basicsr.train\n'
+              'from basicsr_ext.cli import main\n'
+              'basicsr.train.train_pipeline = lambda root: print(os.environ["TORCHINDUCTOR_CACHE_DIR"])\n'
+              'sys.exit(main(sys.argv[1:]))')
+    command = [sys.executable, '-c', script, 'train', '-opt', opt_file] + (['--debug'] if debug else [])
+    env = {k: v for k, v in os.environ.items() if k != 'TORCHINDUCTOR_CACHE_DIR'}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [str(tmp_path / 'experiments' / ('debug_tiny' if debug else 'tiny') / 'compile_cache')]
 
-    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path / 'mine'))  # the user's choice wins
-    assert main(['train', '-opt', opt_file]) == 0
-    assert seen[-1] == str(tmp_path / 'mine')
+    env['TORCHINDUCTOR_CACHE_DIR'] = str(tmp_path / 'mine')  # the user's choice wins
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == [str(tmp_path / 'mine')], result.stderr[-2000:]
 
 
 def test_console_script_runs_as_python_module(tmp_path):
