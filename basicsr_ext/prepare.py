@@ -127,9 +127,10 @@ def quiet_native_stderr():
     """Silence what OpenCV and the image libraries under it print to stderr themselves (its
     log, libpng's warnings such as 'iCCP: ... invalid rendering intent' on scikit-image's
     bundled photographs): the file was checked already, and a reported failure names it."""
-    logging = cv2.utils.logging
-    level = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    logging = getattr(cv2.utils, 'logging', None)  # not in every OpenCV build (e.g. the 4.10 headless wheels)
+    level = logging.getLogLevel() if logging else None
+    if logging:
+        logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -144,7 +145,8 @@ def quiet_native_stderr():
         if saved is not None:
             os.dup2(saved, 2)
             os.close(saved)
-        logging.setLogLevel(level)
+        if logging:
+            logging.setLogLevel(level)
 
 
 def modcrop(img, modulus):
