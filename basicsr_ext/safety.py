@@ -94,6 +94,7 @@ def patch_atomic_save():
         return False
     from asid_arch.checkpoint import checkpoint_metadata
 
+    @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
         # upstream's file name and contents, plus what an ASID checkpoint needs to be used alone
         current_iter = 'latest' if current_iter == -1 else current_iter
