@@ -63,8 +63,7 @@ def apply_force_yml(opt, entries, path):
         except ValueError as e:
             raise OptionError(f'{path}: --force_yml {entry!r}: {e}') from None
         expected = _kind(node[last])
-        if expected and new is not None and _kind(new) != expected and not (expected == 'a number' and
-                                                                          _kind(new) == 'an integer'):
+        if expected and new is not None and _kind(new) != expected:
             raise OptionError(f'{path}: --force_yml {entry!r}: {keys} is {expected} in the file, '
                               f'got {value!r}')
         node[last] = new
@@ -75,9 +74,7 @@ def _kind(value):
     """The type an overridden option must keep: booleans, numbers and lists (None: anything goes)."""
     if isinstance(value, bool):
         return 'true or false'
-    if isinstance(value, int):
-        return 'an integer'
-    if isinstance(value, float):
+    if isinstance(value, (int, float)):
         return 'a number'
     if isinstance(value, list):
         return 'a list'

@@ -19,15 +19,15 @@ from conftest import tiny_options, write_options
 TINY_ASID = {'type': 'ASID', 'upscale': 4, 'num_groups': 1, 'num_feat': 8, 'value_range': [-1, 1]}
 
 
-def basicsr(*args, cwd, env=None, file_size_limit=None):
-    """``python -m basicsr_ext ARGS`` in a fresh interpreter; ``file_size_limit`` bytes caps every file it
-    writes (writes beyond fail with EFBIG, as on a full disk: RLIMIT_FSIZE, no root needed)."""
+def basicsr_on_a_full_disk(*args, cwd, file_size_limit):
+    """``python -m basicsr_ext ARGS`` in a fresh interpreter that cannot write more than ``file_size_limit``
+    bytes to any file (RLIMIT_FSIZE: writes beyond fail with EFBIG, as on a full disk; no root needed)."""
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    return subprocess.run([sys.executable, '-m', 'basicsr_ext', *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, preexec_fn=limit if file_size_limit else None)
+    return subprocess.run([sys.executable, '-m', 'basicsr_ext', *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit)
 
 
 def error_lines(result):
@@ -59,30 +59,25 @@ class RunsAShellCommand:
 # ----------------------------------------------------------------------------------------
 # saving: full disk
 # ----------------------------------------------------------------------------------------
-def test_full_disk_stops_the_run_with_one_line_and_leaves_no_partial_checkpoint(tmp_path, tiny_data):
+def test_full_disk_stops_the_run_with_one_line_leaves_no_partial_file_and_warns_once_about_the_log(
+        tmp_path, tiny_data, monkeypatch):
     opt_file = train_file(tmp_path, tiny_data, total_iter=6, checkpoint_freq=5, val_freq=100)
-    full = basicsr('train', '-opt', opt_file, cwd=tmp_path, file_size_limit=12 * 1024)
+    full = basicsr_on_a_full_disk('train', '-opt', opt_file, cwd=tmp_path, file_size_limit=4 * 1024)  # the log is larger too
     assert full.returncode == 1, full.stderr[-2000:]
     lines = error_lines(full)
-    assert len(lines) == 1 and lines[0].startswith('basicsr train: error: cannot save '), lines
-    assert lines[0].endswith('experiments/run/models/net_g_5.pth: File too large'), lines
+    assert len(lines) == 2, lines
+    assert 'cannot write the log file' in lines[0] and 'experiments/run/train_run_' in lines[0]
+    assert lines[1].startswith('basicsr train: error: cannot save ')
+    assert lines[1].endswith('experiments/run/models/net_g_5.pth: File too large'), lines
     assert 'Just ignore it' not in full.stderr and 'Traceback' not in full.stderr
+    assert 'Logging error' not in full.stderr
+    assert len(full.stderr.splitlines()) < 250  # BasicSR's console log, ~150 lines (logging errors added ~1,500)
     run = tmp_path / 'experiments' / 'run'
     assert os.listdir(run / 'models') == [] and os.listdir(run / 'training_states') == []  # no temporary files
 
-    again = basicsr('train', '-opt', opt_file, '--auto_resume', cwd=tmp_path)  # room again: starts afresh
-    assert again.returncode == 0, again.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    assert main(['train', '-opt', opt_file, '--auto_resume']) == 0  # room again: nothing to resume, starts afresh
     assert (run / 'models' / 'net_g_latest.pth').is_file()
-
-
-def test_unwritable_log_file_is_one_warning_not_a_traceback_per_log_line(tmp_path, tiny_data):
-    opt_file = train_file(tmp_path, tiny_data, total_iter=6, checkpoint_freq=5, val_freq=100)
-    full = basicsr('train', '-opt', opt_file, cwd=tmp_path, file_size_limit=4 * 1024)
-    assert full.returncode == 1
-    assert 'Logging error' not in full.stderr and 'Traceback' not in full.stderr
-    warnings = [line for line in full.stderr.splitlines() if 'cannot write the log file' in line]
-    assert len(warnings) == 1 and 'experiments/run/train_run_' in warnings[0], full.stderr[-2000:]
-    assert len(full.stderr.splitlines()) < 250  # BasicSR's console log, ~150 lines (logging errors added ~1,500)
 
 
 # ----------------------------------------------------------------------------------------
@@ -125,27 +120,29 @@ def test_auto_resume_refuses_in_one_line_when_no_state_loads(trained, capsys):
 # ----------------------------------------------------------------------------------------
 # hostile files: the safe loader whatever the environment says
 # ----------------------------------------------------------------------------------------
-def test_test_refuses_a_code_carrying_checkpoint_even_with_torch_force_no_weights_only_load(tmp_path, tiny_data):
+def test_test_refuses_a_code_carrying_checkpoint_even_with_torch_force_no_weights_only_load(
+        tmp_path, tiny_data, capsys, monkeypatch):
     marker = tmp_path / 'it-ran'
     torch.save({'params': RunsAShellCommand(marker)}, tmp_path / 'evil.pth')
-    env = {**os.environ, 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD': '1'}
-    opt_file = options_for_test(tmp_path, tiny_data, tmp_path / 'evil.pth')
-    result = basicsr('test', '-opt', opt_file, cwd=tmp_path, env=env)
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')  # torch reads it at each load
+    monkeypatch.chdir(tmp_path)
+    assert main(['test', '-opt', options_for_test(tmp_path, tiny_data, tmp_path / 'evil.pth')]) == 2
     assert not marker.exists()
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1 and 'evil.pth: refused to load' in result.stderr
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'evil.pth: refused to load' in err, err
 
 
-def test_auto_resume_refuses_a_code_carrying_net_g_beside_its_state_even_with_the_override(trained):
+def test_auto_resume_refuses_a_code_carrying_net_g_beside_its_state_even_with_the_override(trained, capsys,
+                                                                                            monkeypatch):
     opt_file, run = trained
     marker = run.parent.parent / 'it-ran'
     for it in (2, 4):
         torch.save({'params': RunsAShellCommand(marker)}, run / 'models' / f'net_g_{it}.pth')
-    env = {**os.environ, 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD': '1'}
-    result = basicsr('train', '-opt', opt_file, '--auto_resume', cwd=run.parent.parent, env=env)
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    capsys.readouterr()
+    assert main(['train', '-opt', opt_file, '--auto_resume']) == 1
     assert not marker.exists()
-    assert result.returncode == 1
-    lines = error_lines(result)
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all('refused to load' in line for line in lines[:2]), lines
 
 
@@ -193,8 +190,8 @@ def test_bad_network_g_value_is_one_line_before_basicsr_starts_and_leaves_no_exp
 
 
 BAD_OVERRIDES = {
-    'train:total_iter=abc': "train:total_iter is an integer in the file, got 'abc'",
-    'datasets:train:batch_size_per_gpu=two': "datasets:train:batch_size_per_gpu is an integer in the file",
+    'train:total_iter=abc': "train:total_iter is a number in the file, got 'abc'",
+    'datasets:train:batch_size_per_gpu=two': "datasets:train:batch_size_per_gpu is a number in the file",
     'name=run=1': "a value cannot contain '='",
     'train:total_iter=-5': 'train.total_iter: must be a positive integer, got -5',
 }
