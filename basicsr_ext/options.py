@@ -7,6 +7,10 @@ line naming the file and the key. The files of PairedImageDataset and SingleImag
 phases are checked too (:mod:`basicsr_ext.datacheck`): an empty folder, an HR image without
 its LR partner (or the reverse), an LR that is not HR / scale, an HR smaller than ``gt_size``
 or a file that is not a readable image is named, with what is wrong, before training starts.
+``network_g`` is built once (unknown keys, ``upscale`` against ``scale``, values the network
+refuses), ``total_iter`` and the batch size must be positive integers, ``--force_yml`` values
+keep the type of the option they replace (and are never passed to ``eval``), and the
+pretrained checkpoint must load with the safe loader, be finite and fit ``network_g``.
 """
 import os
 from copy import deepcopy
@@ -18,7 +22,7 @@ from basicsr.models import MODEL_REGISTRY
 from basicsr.utils.options import ordered_yaml
 
 from basicsr_ext.datacheck import DataError, check_paired, check_single
-from basicsr_ext.safety import RunError, parse_yml_value
+from basicsr_ext.safety import RunError, params_of, parse_yml_value, read_checkpoint
 
 
 class OptionError(ValueError):
@@ -178,21 +182,20 @@ def _check_network(opt, path):
 
 def _check_pretrained(opt, path, net):
     """``path.pretrain_network_g``: readable by the safe loader, finite, and the weights of ``net``."""
-    from asid_arch.checkpoint import ASID, CheckpointError, _state_dict_of, infer_config, saved_value_range
+    from asid_arch.checkpoint import ASID, CheckpointError, infer_config, saved_value_range
     paths = opt.get('path') or {}
     ckpt = paths.get('pretrain_network_g')
     if not ckpt:
         return
     where = f'{path}: path.pretrain_network_g'
     try:
-        from basicsr_ext.safety import _params_of, read_checkpoint
         obj = read_checkpoint(os.path.expanduser(str(ckpt)))
-        state_dict = _params_of(obj, ckpt, paths.get('param_key_g', 'params'))
+        state_dict = params_of(obj, ckpt, paths.get('param_key_g', 'params'))
     except RunError as e:
         raise OptionError(f'{where}: {e}') from None
     if isinstance(net, ASID):
         try:
-            found = infer_config(*_state_dict_of(state_dict, ckpt)[:1], name=ckpt)
+            found = infer_config(state_dict, name=ckpt)
         except CheckpointError as e:
             raise OptionError(f'{where}: {e}') from None
         for key in ('upscale', 'num_groups'):

@@ -124,8 +124,9 @@ def patch_atomic_save():
     return True
 
 
-def _params_of(obj, path, param_key):
-    """The state_dict under ``param_key`` as BasicSR's load_network picks it (None: the whole file)."""
+def params_of(obj, path, param_key):
+    """The state_dict under ``param_key`` as BasicSR's load_network picks it (None: the whole file),
+    without ``module.`` prefixes; RunError if there is none, or if it holds NaN or infinity."""
     if param_key is not None:
         if param_key not in obj and 'params' in obj:
             param_key = 'params'
@@ -157,7 +158,7 @@ def patch_safe_load_network():
         if param_key is not None and param_key not in obj and 'params' in obj:
             get_root_logger().info('Loading: params_ema does not exist, use params.')
             param_key = 'params'
-        state_dict = _params_of(obj, load_path, param_key)
+        state_dict = params_of(obj, load_path, param_key)
         get_root_logger().info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: '
                                f'[{param_key}].')
         self._print_different_keys_loading(net, state_dict, strict)
@@ -186,7 +187,7 @@ def load_training_state(path, opt):
         weights = os.path.join(models, f'net_{network[len("network_"):]}_{state["iter"]}.pth')
         if not os.path.isfile(weights):
             raise RunError(f'{path}: its {weights} is missing')
-        _params_of(read_checkpoint(weights), weights, 'params')
+        params_of(read_checkpoint(weights), weights, 'params')
     return state
 
 
