@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 
 import torch
 
@@ -65,19 +64,16 @@ def save_atomically(obj, path):
     """
     buffer = io.BytesIO()
     torch.save(obj, buffer)  # serialised first: a write error is then a plain OSError (ENOSPC, EFBIG)
-    tmp = None
+    tmp = f'{path}.tmp{os.getpid()}'  # same folder: the rename is atomic; not *.pth / *.state: never resumed from
     try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + '.', suffix='.tmp',
-                                   dir=os.path.dirname(path) or '.')
-        with os.fdopen(fd, 'wb') as f:
+        with open(tmp, 'wb') as f:  # (not mkstemp: its files are private, 0600, whatever the umask)
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:  # KeyboardInterrupt too: no temporary file is left behind
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
         if isinstance(e, Exception):
             raise RunError(f'cannot save {path}: {_reason(e)}') from None
         raise

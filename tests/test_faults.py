@@ -92,6 +92,14 @@ def trained(tmp_path, tiny_data, monkeypatch):
     return opt_file, tmp_path / 'experiments' / 'run'
 
 
+def test_checkpoints_and_states_get_the_permissions_of_any_new_file(trained):
+    umask = os.umask(0)
+    os.umask(umask)
+    _, run = trained
+    for path in [*(run / 'models').iterdir(), *(run / 'training_states').iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
 @pytest.mark.parametrize('damage', ['truncated', 'empty'])
 def test_auto_resume_skips_a_broken_newest_state_with_one_line_and_resumes_from_the_one_before(damage, trained,
                                                                                                  capsys):
