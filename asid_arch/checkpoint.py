@@ -40,14 +40,16 @@ def _describe(source):
     return '<in-memory state_dict>'
 
 
-def _read(path):
+def read_file(path, map_location='cpu'):
+    """``torch.load(path, weights_only=True)``, passed explicitly: ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+    overrides only a call that leaves ``weights_only`` out. CheckpointError, one line, on failure."""
     name = os.fspath(path)
     if not os.path.exists(name):
         raise CheckpointError(f'{name}: checkpoint file not found')
     if not os.path.isfile(name):
         raise CheckpointError(f'{name}: expected a checkpoint file, found a directory or special file')
     try:
-        return torch.load(name, map_location='cpu', weights_only=True)
+        return torch.load(name, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
         if 'weights only load failed' in text.lower():
@@ -96,7 +98,11 @@ def load_state_dict(path_or_dict):
             safe loader (carries code/objects), not a state_dict, or not an ASID state_dict.
     """
     name = _describe(path_or_dict)
-    obj = _read(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else path_or_dict
+    obj = read_file(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else path_or_dict
+    return _state_dict_of(obj, name)
+
+
+def _state_dict_of(obj, name):
     if not isinstance(obj, dict):
         raise CheckpointError(f'{name}: expected a state_dict (a dict of tensors), found {type(obj).__name__}')
 
@@ -196,6 +202,35 @@ def training_value_range(path):
     return ranges.pop() if len(ranges) == 1 else None
 
 
+#: Top-level key under which checkpoints saved by ``basicsr train`` (:mod:`basicsr_ext.safety`)
+#: describe the ASID they hold; BasicSR's ``load_network`` reads only ``params`` and ignores it.
+METADATA_KEY = 'asid'
+
+
+def checkpoint_metadata(net):
+    """What a checkpoint of ``net`` needs to be used alone: variant, scale, sizes and value range
+    (plain values, which the safe loader reads), or None for a network that is not an ASID."""
+    if not isinstance(net, ASID):
+        return None
+    return {'type': type(net).__name__, 'upscale': net.upscale, 'num_groups': net.num_groups,
+            'num_feat': net.num_feat, 'window_size': net.window_size, 'value_range': list(net.value_range)}
+
+
+def saved_value_range(obj):
+    """The value range a checkpoint (a loaded object) records, or None."""
+    meta = obj.get(METADATA_KEY) if isinstance(obj, dict) else None
+    value_range = meta.get('value_range') if isinstance(meta, dict) else None
+    return tuple(value_range) if isinstance(value_range, (list, tuple)) and len(value_range) == 2 else None
+
+
+def non_finite_key(state_dict):
+    """The first key whose tensor holds NaN or infinity, or None."""
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return key
+    return None
+
+
 def build_asid(path_or_state, upscale=None, num_groups=None, value_range=None):
     """Build an :class:`ASID` in eval mode with a checkpoint's weights, loaded strictly.
 
@@ -207,18 +242,24 @@ def build_asid(path_or_state, upscale=None, num_groups=None, value_range=None):
             checked against the weights.
         value_range (tuple, optional): (0, 1) or (-1, 1). Default: (-1, 1) for raw
             state_dicts (the authors' release was trained on [-1, 1]); for BasicSR
-            checkpoints the ``network_g.value_range`` of the training run's option file
-            (:func:`training_value_range`), else (0, 1) (BasicSR trains on [0, 1]).
+            checkpoints the one the file records (:data:`METADATA_KEY`, written by
+            ``basicsr train``), else the ``network_g.value_range`` of the training run's
+            option file beside ``models/`` (:func:`training_value_range`), else (0, 1)
+            (BasicSR trains on [0, 1]), noted in ``model.value_range_note``.
 
     Returns:
         ASID: the network, in eval mode, on the CPU.
 
     Raises:
-        CheckpointError: unreadable checkpoint, an override that contradicts the weights,
-            or weights that do not load with ``strict=True``.
+        CheckpointError: unreadable checkpoint, non-finite weights, an override that
+            contradicts the weights, or weights that do not load with ``strict=True``.
     """
     name = _describe(path_or_state)
-    state_dict, is_basicsr = load_state_dict(path_or_state)
+    obj = read_file(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else path_or_state
+    state_dict, is_basicsr = _state_dict_of(obj, name)
+    bad = non_finite_key(state_dict)
+    if bad is not None:
+        raise CheckpointError(f'checkpoint {name}: {bad} holds NaN or infinite values: the weights are unusable')
     config = infer_config(state_dict, name=name)
     if upscale is not None and upscale != config['upscale']:
         raise CheckpointError(f'checkpoint {name} is a x{config["upscale"]} model, but upscale={upscale!r} was '
@@ -226,9 +267,18 @@ def build_asid(path_or_state, upscale=None, num_groups=None, value_range=None):
     if num_groups is not None and num_groups != config['num_groups']:
         raise CheckpointError(f'checkpoint {name} has {config["num_groups"]} groups, but num_groups={num_groups!r} '
                               f'was requested')
-    if value_range is None:
-        value_range = (training_value_range(path_or_state) or (0, 1)) if is_basicsr else (-1, 1)
+    note = None
+    if value_range is None and is_basicsr:
+        value_range = saved_value_range(obj) or training_value_range(path_or_state)
+        if value_range is None:
+            value_range = (0, 1)
+            note = ('assumed: the checkpoint does not record it and no option file of its run is beside it; '
+                    'set it with --value-range / value_range=')
+    elif value_range is None:
+        value_range = (-1, 1)
     model = ASID(value_range=value_range, **config)
+    #: Why the value range is a guess, for the model line of ``basicsr infer``; None when known.
+    model.value_range_note = note
 
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]

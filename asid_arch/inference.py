@@ -69,6 +69,10 @@ MIN_AUTO_TILE = 64
 LUMA = (0.299, 0.587, 0.114)
 
 
+class NonFiniteOutput(ArithmeticError):
+    """The network's output holds NaN or infinity (broken weights, or an overflow fp32 cannot fix)."""
+
+
 def resolve_device(device='auto'):
     """``'auto'`` -> CUDA when available, else CPU; anything else is checked and returned."""
     if device is None or device == 'auto':
@@ -188,7 +192,9 @@ class ASIDUpsampler:
         if hasattr(net, 'num_groups'):
             name += (f' x{self.scale} ({net.num_groups} groups, {net.num_feat} features, '
                      f'value range [{net.value_range[0]}, {net.value_range[1]}])')
-        return f'ASIDUpsampler({name}, device={self.device}, precision={self.precision})'
+        note = getattr(self.net_fp32, 'value_range_note', None)
+        note = f'; value range {note}' if note else ''
+        return f'ASIDUpsampler({name}, device={self.device}, precision={self.precision}){note}'
 
     # ------------------------------------------------------------------------------------
     # planning
@@ -254,6 +260,9 @@ class ASIDUpsampler:
         Returns:
             Tensor: float32, (N, 3, H*s, W*s) or (3, H*s, W*s), clamped to [0, 1], on
             ``x``'s device.
+
+        Raises:
+            NonFiniteOutput: the network's output is not finite (never clamped to black).
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f'upscale_tensor expects a torch.Tensor, got {type(x).__name__}')
@@ -274,6 +283,8 @@ class ASIDUpsampler:
                     on_tile()
             else:
                 out = tiled_forward(self._forward, batch, self.scale, tile, self.tile_overlap, on_tile)
+            if not torch.isfinite(out).all():
+                raise NonFiniteOutput('the network gave NaN or infinite values')
             out = out.clamp_(0, 1).to(out_device)
         return out[0] if single else out
 

@@ -13,6 +13,7 @@ import sys
 import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
 from basicsr_ext import benchmark, infer, models, prepare  # noqa: F401  (models registers TiledSRModel)
 from basicsr_ext.options import OptionError, load_and_check
+from basicsr_ext.safety import RunError
 
 
 class CommandError(Exception):
@@ -88,7 +89,11 @@ def _run_pipeline(args, is_train):
         from basicsr.test import test_pipeline as pipeline
     sys.argv = _basicsr_argv(f'basicsr {args.command}', args)  # BasicSR parses sys.argv itself
     _fresh_basicsr_logger()
-    pipeline(os.getcwd())
+    try:
+        pipeline(os.getcwd())
+    except RunError as e:  # a failed save, nothing to resume from, an unusable checkpoint: one line
+        print(f'basicsr {args.command}: error: {e}', file=sys.stderr)
+        return 1
     return 0
 
 

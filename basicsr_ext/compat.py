@@ -9,12 +9,13 @@ README.md has a section per patch for users who hit the same breakages.
 """
 import collections
 import functools
-import os
 import re
 import sys
 import types
 
 import torch
+
+from basicsr_ext import safety
 
 APPLIED = []
 
@@ -80,33 +81,6 @@ def patch_safe_loader():
     return True
 
 
-def patch_cpu_resume():
-    """``basicsr.train.load_resume_state`` calls ``torch.cuda.current_device()``, so resuming fails without a GPU."""
-    if torch.cuda.is_available():
-        return False
-    import basicsr.train
-    from basicsr.utils import check_resume, scandir
-
-    def load_resume_state(opt):
-        # Same search as upstream's; only the map_location differs (CPU instead of the current GPU).
-        path = opt['path'].get('resume_state')
-        if opt['auto_resume']:
-            state_dir = os.path.join('experiments', opt['name'], 'training_states')
-            if os.path.isdir(state_dir):
-                iters = [float(s.split('.state')[0]) for s in scandir(state_dir, suffix='state')]
-                if iters:
-                    path = os.path.join(state_dir, f'{max(iters):.0f}.state')
-                    opt['path']['resume_state'] = path
-        if not path:
-            return None
-        resume_state = torch.load(path, map_location='cpu', weights_only=True)
-        check_resume(opt, resume_state['iter'])
-        return resume_state
-
-    basicsr.train.load_resume_state = load_resume_state
-    return True
-
-
 def patch_cpu_distributed():
     """BasicSR's DDP setup hard-codes NCCL and ``torch.cuda``; without a GPU use gloo and a CPU DDP."""
     if torch.cuda.is_available():
@@ -162,8 +136,11 @@ def patch_optimizers():
 
 #: Before anything imports ``basicsr``: without these, ``import basicsr`` fails.
 IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
-#: After: these change what BasicSR does.
-BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_resume, patch_cpu_distributed, patch_optimizers)
+#: After: these change what BasicSR does; those of :mod:`basicsr_ext.safety` (saving, loading,
+#: resuming, logging, --force_yml) come last.
+BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, safety.patch_resume,
+                   safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
+                   safety.patch_force_yml_values)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()

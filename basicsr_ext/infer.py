@@ -17,11 +17,16 @@ are skipped with a note). Outputs are named ``{stem}{suffix}.{ext}`` in OUTPUT, 
   depth; 8-bit-only formats (``--ext jpg``) get 8 bits, with a note.
 * EXIF orientation is applied (the pixels are turned upright; no EXIF is written).
 
+An output never replaces an input (that image fails instead), and when OUTPUT is the input
+folder, files named with the suffix (outputs of an earlier run) are not taken as inputs.
+Animated images (GIF, APNG, WebP) are refused rather than cut to their first frame.
+
 Each image that cannot be done (unreadable, truncated, not an image, output larger than
 ``--max-pixels``, out of memory, unwritable) is reported on one ``FAILED path: reason``
 line and the others still run; the exit status is 1 if any failed. An unusable checkpoint
 is one error before any image is read (exit status 2). The last line is the summary:
-``done N, skipped M, failed K in T s``.
+``done N, skipped M, failed K in T s``. Ctrl-C stops after one line and that summary, with
+exit status 130; every output written is complete, and a rerun continues with the rest.
 """
 import io
 import os
@@ -33,6 +38,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from asid_arch.inference import NonFiniteOutput
 from basicsr_ext.prepare import quiet_native_stderr
 
 #: Files taken from a folder: what OpenCV reads, by extension (case-insensitive).
@@ -80,9 +86,14 @@ def probe(data):
                     orientation = im.getexif().get(0x0112, 1)
                 except Exception:  # broken EXIF: keep the pixels as stored
                     orientation = 1
-                return im.size[0], im.size[1], orientation
+                frames = getattr(im, 'n_frames', 1)
+                size = im.size
     except Exception:  # not a format PIL knows, or a size PIL refuses: OpenCV may still read it
         return None, None, 1
+    if frames > 1:  # OpenCV would read the first frame only
+        raise ImageError(f'animated image ({frames} frames): only still images are upscaled; extract the frames '
+                         f'first')
+    return size[0], size[1], orientation
 
 
 def apply_orientation(img, orientation):
@@ -151,10 +162,12 @@ def write_atomically(path, data):
         with open(tmp, 'wb') as f:
             f.write(data)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # Ctrl-C too: no partial file is left behind
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise ImageError(f'cannot write {path}: {e.strerror or e}') from None
+        if isinstance(e, OSError):
+            raise ImageError(f'cannot write {path}: {e.strerror or e}') from None
+        raise
 
 
 # ----------------------------------------------------------------------------------------
@@ -223,11 +236,20 @@ def list_inputs(path):
 class _Run:
     """One ``basicsr infer`` run: the upsampler, the options and the counters."""
 
-    def __init__(self, args, upsampler):
+    def __init__(self, args, upsampler, images):
         self.args, self.up = args, upsampler
         self.suffix = args.suffix if args.suffix is not None else f'_ASID_x{upsampler.scale}'
         self.done = self.skipped = self.failed = 0
         self.written = {}  # output path -> input path, this run
+        self.inputs = {os.path.realpath(p) for p in images}  # never written over
+
+    def own_outputs(self, images):
+        """Inputs that are outputs of an earlier run: files ending with the suffix, when -o is the input folder."""
+        folder = self.args.input
+        if not self.suffix or not os.path.isdir(folder) or os.path.realpath(folder) != os.path.realpath(
+                self.args.output):
+            return []
+        return [p for p in images if os.path.splitext(os.path.basename(p))[0].endswith(self.suffix)]
 
     def say(self, msg):
         if not self.args.quiet:
@@ -247,6 +269,8 @@ class _Run:
 
     def claim(self, out):
         """Check that ``out`` may be written: Skipped if it exists, ImageError on a name clash."""
+        if os.path.realpath(out) in self.inputs:
+            raise ImageError(f'output {out} would replace an input image: choose another -o or --suffix')
         if out in self.written:
             raise ImageError(f'output {out} was already written from {self.written[out]} in this run')
         if os.path.exists(out) and not self.args.overwrite:
@@ -344,23 +368,32 @@ def cmd_infer(args):
     except OSError as e:
         raise CommandError(f'cannot create output folder {args.output}: {e.strerror or e}') from None
 
-    run = _Run(args, up)
+    run = _Run(args, up, images)
     for note in notes:
         run.note_skipped(note)
+    earlier = run.own_outputs(images)
+    for path in earlier:
+        run.note_skipped(f'skipped {path}: an output of basicsr infer (its name ends with {run.suffix})')
+    images = [p for p in images if p not in earlier]
+    run.inputs = {os.path.realpath(p) for p in images}  # earlier outputs may be replaced (--overwrite)
     if not images:
         run.say(f'no images in {args.input}')
     cv2_level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # decode warnings: we report FAILED
+    status = None
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning  # one line each (e.g. an fp16 overflow redone in fp32)
             for path in tqdm(images, desc='images', unit='img', disable=True if args.quiet else None,
                              file=sys.stderr):
                 _process_one(run, path)
+    except KeyboardInterrupt:  # outputs are written atomically: what is done is complete, a rerun resumes
+        tqdm.write('basicsr infer: interrupted (a rerun continues with the images not done)', file=sys.stderr)
+        status = 130
     finally:
         cv2.utils.logging.setLogLevel(cv2_level)
     print(f'done {run.done}, skipped {run.skipped}, failed {run.failed} in {time.perf_counter() - start:.1f} s')
-    return 1 if run.failed else 0
+    return status if status is not None else 1 if run.failed else 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -377,6 +410,8 @@ def _process_one(run, path):
         run.fail(path, str(e))
     except MemoryError:
         run.fail(path, 'out of memory (try --tile)')
+    except NonFiniteOutput as e:  # never clamped into a black or white image
+        run.fail(path, f'{e} with {run.args.model_path}')
     except Exception as e:  # one image's problem must not stop the others
         first = str(e).strip().splitlines()
         reason = f'{type(e).__name__}: {first[0] if first else ""}'

@@ -7,6 +7,10 @@ line naming the file and the key. The files of PairedImageDataset and SingleImag
 phases are checked too (:mod:`basicsr_ext.datacheck`): an empty folder, an HR image without
 its LR partner (or the reverse), an LR that is not HR / scale, an HR smaller than ``gt_size``
 or a file that is not a readable image is named, with what is wrong, before training starts.
+``network_g`` is built once (unknown keys, ``upscale`` against ``scale``, values the network
+refuses), ``total_iter`` and the batch size must be positive integers, ``--force_yml`` values
+keep the type of the option they replace (and are never passed to ``eval``), and the
+pretrained checkpoint must load with the safe loader, be finite and fit ``network_g``.
 """
 import os
 from copy import deepcopy
@@ -15,9 +19,10 @@ import yaml
 from basicsr.archs import ARCH_REGISTRY
 from basicsr.data import DATASET_REGISTRY
 from basicsr.models import MODEL_REGISTRY
-from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
+from basicsr.utils.options import ordered_yaml
 
 from basicsr_ext.datacheck import DataError, check_paired, check_single
+from basicsr_ext.safety import RunError, params_of, parse_yml_value, read_checkpoint
 
 
 class OptionError(ValueError):
@@ -48,6 +53,8 @@ def apply_force_yml(opt, entries, path):
     for entry in entries or ():
         if '=' not in entry:
             raise OptionError(f'{path}: --force_yml {entry!r} is not of the form key:subkey=value')
+        if entry.count('=') > 1:  # BasicSR splits the entry at every '='
+            raise OptionError(f"{path}: --force_yml {entry!r}: a value cannot contain '='")
         keys, value = (s.strip() for s in entry.split('=', 1))
         *parents, last = keys.split(':')
         node = opt
@@ -55,8 +62,27 @@ def apply_force_yml(opt, entries, path):
             node = node.get(key) if isinstance(node, dict) else None
         if not isinstance(node, dict) or last not in node:
             raise OptionError(f'{path}: --force_yml {entry!r}: no option {keys!r} to override')
-        node[last] = _postprocess_yml_value(value)
+        try:
+            new = parse_yml_value(value)  # what BasicSR makes of it (its eval is patched out)
+        except ValueError as e:
+            raise OptionError(f'{path}: --force_yml {entry!r}: {e}') from None
+        expected = _kind(node[last])
+        if expected and new is not None and _kind(new) != expected:
+            raise OptionError(f'{path}: --force_yml {entry!r}: {keys} is {expected} in the file, '
+                              f'got {value!r}')
+        node[last] = new
     return opt
+
+
+def _kind(value):
+    """The type an overridden option must keep: booleans, numbers and lists (None: anything goes)."""
+    if isinstance(value, bool):
+        return 'true or false'
+    if isinstance(value, (int, float)):
+        return 'a number'
+    if isinstance(value, list):
+        return 'a list'
+    return None
 
 
 def _require(opt, key, path, section=''):
@@ -124,6 +150,73 @@ def _check_prefetch(opt, path):
         raise OptionError(f"{path}: datasets.train.pin_memory: prefetch_mode 'cuda' needs pin_memory: true")
 
 
+def _positive_int(node, key, where, path):
+    value = node.get(key)
+    integral = isinstance(value, int) or isinstance(value, float) and value.is_integer()
+    if isinstance(value, bool) or not integral or value < 1:
+        raise OptionError(f'{path}: {where}{key}: must be a positive integer, got {value!r}')
+
+
+def _check_network(opt, path):
+    """Build ``network_g`` as BasicSR will (cheap), so a bad argument is one line now, not a
+    traceback after BasicSR has made the experiment folder. Returns the network."""
+    import inspect
+    network = dict(opt['network_g'])
+    name = network.pop('type')
+    cls = ARCH_REGISTRY.get(name)
+    params = inspect.signature(cls).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in network if k not in params]
+        if unknown:
+            raise OptionError(f'{path}: network_g.{unknown[0]}: not an option of {name} (its options: '
+                              f'{", ".join(params)})')
+    scale, upscale = opt.get('scale'), network.get('upscale')
+    if scale is not None and upscale is not None and scale != upscale:
+        raise OptionError(f'{path}: network_g.upscale: {upscale!r}, but scale is {scale!r}; they must be equal')
+    try:
+        return cls(**network)
+    except (TypeError, ValueError, AssertionError, KeyError, ZeroDivisionError, RuntimeError) as e:
+        raise OptionError(f'{path}: network_g: {name}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}'
+                          ) from None
+
+
+def _check_pretrained(opt, path, net):
+    """``path.pretrain_network_g``: readable by the safe loader, finite, and the weights of ``net``."""
+    from asid_arch.checkpoint import ASID, CheckpointError, infer_config, saved_value_range
+    paths = opt.get('path') or {}
+    ckpt = paths.get('pretrain_network_g')
+    if not ckpt:
+        return
+    where = f'{path}: path.pretrain_network_g'
+    try:
+        obj = read_checkpoint(os.path.expanduser(str(ckpt)))
+        state_dict = params_of(obj, ckpt, paths.get('param_key_g', 'params'))
+    except RunError as e:
+        raise OptionError(f'{where}: {e}') from None
+    if isinstance(net, ASID):
+        try:
+            found = infer_config(state_dict, name=ckpt)
+        except CheckpointError as e:
+            raise OptionError(f'{where}: {e}') from None
+        for key in ('upscale', 'num_groups'):
+            if found[key] != getattr(net, key):
+                raise OptionError(f'{where}: {ckpt} has {key} {found[key]}, network_g asks for {getattr(net, key)}')
+        saved = saved_value_range(obj)
+        if saved is not None and tuple(saved) != tuple(net.value_range):
+            raise OptionError(f'{where}: {ckpt} was trained with value_range {list(saved)}, network_g has '
+                              f'{list(net.value_range)}')
+    if paths.get('strict_load_g', True) is not False:
+        expected = net.state_dict()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            parts = [f'{label} {len(keys)} (first: {keys[0]})' for label, keys in
+                     (('missing', missing), ('unexpected', unexpected), ('wrong shape', wrong)) if keys]
+            raise OptionError(f'{where}: {ckpt} does not hold the weights of network_g '
+                              f'({opt["network_g"]["type"]}): {"; ".join(parts)}')
+
+
 def check_options(opt, path, is_train=True, check_data=True):
     """Raise OptionError for the first problem BasicSR would otherwise hit later.
 
@@ -147,7 +240,11 @@ def check_options(opt, path, is_train=True, check_data=True):
             if not os.path.isfile(os.path.expanduser(str(value))):
                 raise OptionError(f'{path}: path.{key}: file {value} does not exist')
     if is_train:
+        _positive_int(opt['train'], 'total_iter', 'train.', path)
+        _positive_int(datasets['train'], 'batch_size_per_gpu', 'datasets.train.', path)
         _check_prefetch(opt, path)
+    net = _check_network(opt, path)
+    _check_pretrained(opt, path, net)
     if not check_data:
         return
     for name, dataset in datasets.items():

@@ -754,16 +754,16 @@ def prepare_demo(output=os.path.join('datasets', 'demo'), train=DEMO_TRAIN, val=
 # the command
 # ----------------------------------------------------------------------------------------
 def _finish(result, input_dir):
-    """Exit status of a preparation: 0, or a one-line error when some images failed.
+    """Exit status of a preparation: 0, or 1 and a one-line error when some images failed.
 
     Each failed image was already reported on its own line, naming it; this line counts them.
     """
     errors = result['errors']
     if errors:
-        from basicsr_ext.cli import CommandError
         total = result['done'] + len(errors) + result['skipped']
-        raise CommandError(f'{input_dir}: {len(errors)} of {total} images could not be prepared (named above); '
-                           f'the other {total - len(errors)} were')
+        print(f'basicsr prepare: error: {input_dir}: {len(errors)} of {total} images could not be prepared (named '
+              f'above); the other {total - len(errors)} were', file=sys.stderr)
+        return 1  # as README says: 2 is for a preparation that could not start
     return 0
 
 

@@ -450,3 +450,92 @@ def test_a_corrupt_png_is_one_line_naming_it_without_opencvs_own_log(ckpt, tmp_p
     err = capfd.readouterr().err
     assert 'broken.png' in err and 'IHDR' not in err and 'ERROR' not in err
     assert (tmp_path / 'out' / 'good_ASID_x2.png').is_file()
+
+
+# ----------------------------------------------------------------------------------------
+# faults: broken weights, runs in place, Ctrl-C, animations
+# ----------------------------------------------------------------------------------------
+def test_nan_weights_are_one_error_naming_the_checkpoint_not_black_images(tmp_path, capsys, tiny_net):
+    state = {k: v.clone() for k, v in tiny_net.state_dict().items()}
+    state['up.0.weight'][0] = float('nan')
+    torch.save({'params': state}, tmp_path / 'nan.pth')
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', tmp_path / 'nan.pth')
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and 'nan.pth: up.0.weight holds NaN or infinite values' in err, err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_non_finite_output_fails_the_image_instead_of_writing_it(tmp_path, capsys, tiny_net):
+    state = {k: v.clone() for k, v in tiny_net.state_dict().items()}
+    state['up.0.weight'].fill_(3e38)  # finite weights whose output overflows to infinity
+    torch.save({'params': state}, tmp_path / 'huge.pth')
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', tmp_path / 'huge.pth')
+    assert code == 1 and summary(out) == (0, 0, 1)
+    assert re.search(r'^FAILED .*a\.png: the network gave NaN or infinite values', err, re.M), err
+    assert os.listdir(tmp_path / 'out') == []
+
+
+def test_checkpoint_that_does_not_record_its_value_range_says_so_on_the_model_line(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+    code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / 'out', ckpt)
+    assert code == 0
+    model_line = err.splitlines()[0]
+    assert 'value range [0, 1]' in model_line and 'assumed' in model_line and '--value-range' in model_line
+
+
+def test_an_output_never_replaces_an_input(tmp_path, capsys, ckpt):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.png'), img8(8, 8))
+    before = (folder / 'a.png').read_bytes()
+    code, out, err = run(capsys, folder, folder, ckpt, '--suffix', '', '--overwrite')
+    assert code == 1 and summary(out) == (0, 0, 1)
+    assert 'a.png would replace an input image' in err
+    assert (folder / 'a.png').read_bytes() == before and os.listdir(folder) == ['a.png']
+
+
+def test_rerun_into_the_input_folder_skips_its_earlier_outputs(tmp_path, capsys, ckpt):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.png'), img8(8, 8))
+    assert run(capsys, folder, folder, ckpt)[0] == 0
+    code, out, err = run(capsys, folder, folder, ckpt, '--overwrite')
+    assert code == 0 and summary(out) == (1, 1, 0)
+    assert 'skipped ' + str(folder / 'a_ASID_x2.png') + ': an output of basicsr infer' in err
+    assert sorted(os.listdir(folder)) == ['a.png', 'a_ASID_x2.png']
+
+
+def test_ctrl_c_prints_one_line_and_the_summary_so_far_and_exits_130(tmp_path, ckpt):
+    import signal
+    import subprocess
+    import sys
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.png'), img8(8, 8))
+    os.mkfifo(folder / 'b.png')  # reading it waits until a writer comes: none does, so Ctrl-C finds it there
+    proc = subprocess.Popen([sys.executable, '-m', 'basicsr_ext', 'infer', '-i', str(folder), '-o',
+                             str(tmp_path / 'out'), '--model-path', ckpt, '--device', 'cpu'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # the per-image line of a.png: the run is in its loop over the images
+        seen.append(line)
+        if 'a.png:' in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    err = ''.join(seen) + err
+    assert proc.returncode == 130, err
+    assert 'Traceback' not in err and err.count('interrupted') == 1, err
+    assert summary(out)[1:] == (0, 0)
+    for name in os.listdir(tmp_path / 'out'):  # only complete outputs
+        assert read(tmp_path / 'out' / name).shape == (16, 16, 3)
+
+
+def test_an_animated_gif_is_refused_rather_than_cut_to_its_first_frame(tmp_path, capsys, ckpt):
+    frames = [Image.fromarray(img8(8, 8, seed=i)) for i in range(3)]
+    frames[0].save(tmp_path / 'anim.gif', save_all=True, append_images=frames[1:], duration=100)
+    code, out, err = run(capsys, tmp_path / 'anim.gif', tmp_path / 'out', ckpt)
+    assert code == 1 and summary(out) == (0, 0, 1)
+    assert 'anim.gif: animated image (3 frames): only still images are upscaled' in err, err

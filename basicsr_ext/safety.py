@@ -1,0 +1,304 @@
+"""Long runs that never lose work, and files that are read safely.
+
+Patches of BasicSR 1.4.2 in the style of :mod:`basicsr_ext.compat` (one small function per
+shortcoming, each checking first whether the running BasicSR needs it; they are registered in
+``compat.PATCHES``):
+
+* :func:`patch_atomic_save`: checkpoints and training states are written to a temporary file
+  in the same folder, synced and renamed; a failed save stops the run with :class:`RunError`
+  (one line naming the path) instead of BasicSR's "Still cannot save ... Just ignore it".
+* :func:`patch_safe_load_network`: ``BaseModel.load_network`` reads through the safe loader,
+  explicitly, and refuses unreadable, code-carrying or non-finite checkpoints in one line.
+* :func:`patch_resume`: ``--auto_resume`` takes the newest training state that loads, with
+  its matching ``net_g``; the others are named on one line each.
+* :func:`patch_log_file_errors`: a log file that cannot be written (full disk) is reported
+  once and dropped, instead of a traceback for every log line.
+* :func:`patch_force_yml_values`: ``--force_yml`` values are parsed without ``eval``.
+
+Nothing here imports BasicSR at module level: :mod:`basicsr_ext.compat` imports this module
+before BasicSR may be imported.
+"""
+import ast
+import contextlib
+import functools
+import inspect
+import io
+import logging
+import os
+import re
+import sys
+
+import torch
+
+
+class RunError(Exception):
+    """A failure during a run (a save that failed, nothing to resume from, an unusable
+    checkpoint), in one line naming the file; ``basicsr train`` / ``test`` print it and exit 1."""
+
+
+# ----------------------------------------------------------------------------------------
+# reading and writing checkpoints
+# ----------------------------------------------------------------------------------------
+def read_checkpoint(path, map_location='cpu'):
+    """``torch.load(path, weights_only=True)``, the argument passed explicitly so that
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn the safe loader off; RunError on failure."""
+    from asid_arch.checkpoint import CheckpointError, read_file
+    try:
+        return read_file(path, map_location=map_location)
+    except CheckpointError as e:
+        raise RunError(str(e)) from None
+
+
+def _reason(e):
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    text = str(e).strip()
+    return f'{type(e).__name__}: {text.splitlines()[0]}' if text else type(e).__name__
+
+
+def save_atomically(obj, path):
+    """``torch.save(obj, path)`` that never leaves a half-written file under ``path``.
+
+    The bytes go to a temporary file in the same folder, which is synced and then renamed over
+    ``path``; on any failure the temporary file is removed and RunError names the path and why.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)  # serialised first: a write error is then a plain OSError (ENOSPC, EFBIG)
+    tmp = f'{path}.tmp{os.getpid()}'  # same folder: the rename is atomic; not *.pth / *.state: never resumed from
+    try:
+        with open(tmp, 'wb') as f:  # (not mkstemp: its files are private, 0600, whatever the umask)
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # KeyboardInterrupt too: no temporary file is left behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, Exception):
+            raise RunError(f'cannot save {path}: {_reason(e)}') from None
+        raise
+
+
+# ----------------------------------------------------------------------------------------
+# the patches
+# ----------------------------------------------------------------------------------------
+def patch_atomic_save():
+    """BasicSR's ``save_network`` / ``save_training_state`` write in place and ignore a failed save."""
+    from basicsr.models.base_model import BaseModel
+    from basicsr.utils.dist_util import master_only
+    if 'Just ignore it' not in inspect.getsource(BaseModel.save_network):
+        return False
+    from asid_arch.checkpoint import checkpoint_metadata
+
+    @master_only
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        # upstream's file name and contents, plus what an ASID checkpoint needs to be used alone
+        current_iter = 'latest' if current_iter == -1 else current_iter
+        save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        assert len(nets) == len(keys), 'The lengths of net and param_key should be the same.'
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            bare = self.get_bare_model(net_)
+            save_dict[key] = {k[7:] if k.startswith('module.') else k: v.cpu() for k, v in bare.state_dict().items()}
+            meta = checkpoint_metadata(bare)
+            if meta is not None:
+                save_dict['asid'] = meta
+        save_atomically(save_dict, save_path)
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        if current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers]}
+        save_atomically(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    BaseModel.save_network = save_network
+    BaseModel.save_training_state = save_training_state
+    return True
+
+
+def params_of(obj, path, param_key):
+    """The state_dict under ``param_key`` as BasicSR's load_network picks it (None: the whole file),
+    without ``module.`` prefixes; RunError if there is none, or if it holds NaN or infinity."""
+    if param_key is not None:
+        if param_key not in obj and 'params' in obj:
+            param_key = 'params'
+        if not isinstance(obj, dict) or param_key not in obj:
+            keys = ', '.join(map(repr, list(obj)[:4])) if isinstance(obj, dict) else type(obj).__name__
+            raise RunError(f'{path}: no {param_key!r} entry in the checkpoint (found {keys}); for a raw '
+                           f'state_dict set path.param_key_g: ~')
+        obj = obj[param_key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise RunError(f'{path}: expected a state_dict (a dict of tensors), found {type(obj).__name__}')
+    state_dict = {k[7:] if k.startswith('module.') else k: v for k, v in obj.items()}
+    from asid_arch.checkpoint import non_finite_key
+    bad = non_finite_key(state_dict)
+    if bad is not None:
+        raise RunError(f'{path}: {bad} holds NaN or infinite values: the checkpoint is unusable')
+    return state_dict
+
+
+def patch_safe_load_network():
+    """``BaseModel.load_network`` omits ``weights_only``: ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` would unpickle code."""
+    from basicsr.models.base_model import BaseModel
+    from basicsr.utils import get_root_logger
+    if 'weights_only=True' in inspect.getsource(BaseModel.load_network):
+        return False
+
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        net = self.get_bare_model(net)
+        obj = read_checkpoint(load_path)
+        if param_key is not None and param_key not in obj and 'params' in obj:
+            get_root_logger().info('Loading: params_ema does not exist, use params.')
+            param_key = 'params'
+        state_dict = params_of(obj, load_path, param_key)
+        get_root_logger().info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: '
+                               f'[{param_key}].')
+        self._print_different_keys_loading(net, state_dict, strict)
+        try:
+            net.load_state_dict(state_dict, strict=strict)
+        except RuntimeError as e:
+            raise RunError(f'{load_path}: does not fit {net.__class__.__name__}: '
+                           f'{str(e).splitlines()[-1].strip()}') from None
+
+    BaseModel.load_network = load_network
+    return True
+
+
+def _resume_device():
+    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
+
+
+def load_training_state(path, opt):
+    """A BasicSR training state and the checkpoints it resumes with, all readable; RunError if not."""
+    state = read_checkpoint(path, map_location=_resume_device())
+    if not isinstance(state, dict) or not isinstance(state.get('iter'), int) or 'optimizers' not in state:
+        raise RunError(f'{path}: not a BasicSR training state (no iter / optimizers)')
+    ignored = opt['path'].get('ignore_resume_networks') or ()
+    models = opt['path'].get('models') or os.path.join('experiments', opt['name'], 'models')
+    for network in (k for k in opt if k.startswith('network_') and k not in ignored):
+        weights = os.path.join(models, f'net_{network[len("network_"):]}_{state["iter"]}.pth')
+        if not os.path.isfile(weights):
+            raise RunError(f'{path}: its {weights} is missing')
+        params_of(read_checkpoint(weights), weights, 'params')
+    return state
+
+
+def patch_resume():
+    """BasicSR's ``load_resume_state`` needs CUDA, takes the newest state even if truncated, omits ``weights_only``."""
+    import basicsr.train
+    from basicsr.utils import check_resume, scandir
+    if getattr(basicsr.train.load_resume_state, '_falls_back', False):
+        return False
+
+    def say(opt, msg):
+        if opt.get('rank', 0) == 0:
+            print(f'basicsr train: {msg}', file=sys.stderr, flush=True)
+
+    def load_resume_state(opt):
+        if not opt['auto_resume']:
+            path = opt['path'].get('resume_state')
+            if not path:
+                return None
+            state = load_training_state(path, opt)
+            check_resume(opt, state['iter'])
+            return state
+        state_dir = os.path.join('experiments', opt['name'], 'training_states')
+        names = list(scandir(state_dir, suffix='.state')) if os.path.isdir(state_dir) else []
+        numbered = sorted((int(n[:-len('.state')]), n) for n in names if re.fullmatch(r'\d+\.state', n))
+        for _, name in reversed(numbered):
+            path = os.path.join(state_dir, name)
+            try:
+                state = load_training_state(path, opt)
+            except RunError as e:
+                say(opt, f'--auto_resume: skipped {e}')
+                continue
+            opt['path']['resume_state'] = path
+            check_resume(opt, state['iter'])
+            return state
+        if numbered:
+            raise RunError(f'--auto_resume: none of the {len(numbered)} training states in {state_dir} can be '
+                           f'resumed from (named above); move them away to start afresh')
+        return None
+
+    load_resume_state._falls_back = True
+    basicsr.train.load_resume_state = load_resume_state
+    return True
+
+
+def _drop_file_handler(logger, handler, record):
+    """``handleError`` of BasicSR's log file: say once that it cannot be written, then stop writing it."""
+    error = sys.exc_info()[1]
+    logger.removeHandler(handler)
+    with contextlib.suppress(Exception):
+        handler.close()
+    print(f'basicsr: warning: cannot write the log file {handler.baseFilename} ({_reason(error)}); '
+          f'logging to the console only', file=sys.stderr, flush=True)
+
+
+def patch_log_file_errors():
+    """BasicSR's log file, unwritable (a full disk), makes ``logging`` print a traceback for every log line."""
+    from basicsr.utils import logger as basicsr_logger
+    upstream = basicsr_logger.get_root_logger
+    if getattr(upstream, '_quiet_file_errors', False):
+        return False
+
+    @functools.wraps(upstream)
+    def get_root_logger(*args, **kwargs):
+        logger = upstream(*args, **kwargs)
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler) and not getattr(handler, '_reports_once', False):
+                handler.handleError = functools.partial(_drop_file_handler, logger, handler)
+                handler._reports_once = True
+        return logger
+
+    get_root_logger._quiet_file_errors = True
+    for module in list(sys.modules.values()):  # every `from basicsr.utils import get_root_logger` so far
+        if getattr(module, '__name__', '').startswith('basicsr') and \
+                getattr(module, 'get_root_logger', None) is upstream:
+            module.get_root_logger = get_root_logger
+    return True
+
+
+_INT = re.compile(r'[+-]?\d+')
+_FLOAT = re.compile(r'[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)', re.I)
+
+
+def parse_yml_value(value):
+    """A ``--force_yml`` value as BasicSR reads it (``~``, booleans, numbers, lists, else a string),
+    without ``eval``: lists are Python / YAML literals only; ValueError for a list that is not one."""
+    if value == '~' or value.lower() == 'none':
+        return None
+    if value.lower() in ('true', 'false'):
+        return value.lower() == 'true'
+    if value.startswith('!!float'):
+        return float(value[len('!!float'):])
+    if _INT.fullmatch(value):
+        return int(value)
+    if _FLOAT.fullmatch(value):
+        return float(value)
+    if value.startswith('['):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            import yaml
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = None
+        if not isinstance(parsed, list):
+            raise ValueError(f'{value!r} is not a list of plain values')
+        return parsed
+    return value
+
+
+def patch_force_yml_values():
+    """BasicSR's ``--force_yml`` passes values that start with ``[`` to ``eval``: a value can run code."""
+    from basicsr.utils import options
+    if 'eval(' not in inspect.getsource(options._postprocess_yml_value):
+        return False
+    options._postprocess_yml_value = parse_yml_value
+    return True
