@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from asid_arch.inference import NonFiniteOutput
-from basicsr_ext.prepare import quiet_native_stderr
+from basicsr_ext.prepare import opencv_log_level, quiet_native_stderr
 
 #: Files taken from a folder: what OpenCV reads, by extension (case-insensitive).
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.jpe', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.ppm', '.pgm',
@@ -378,11 +378,9 @@ def cmd_infer(args):
     run.inputs = {os.path.realpath(p) for p in images}  # earlier outputs may be replaced (--overwrite)
     if not images:
         run.say(f'no images in {args.input}')
-    cv2_level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # decode warnings: we report FAILED
     status = None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), opencv_log_level('ERROR'):  # no decode warnings: we report FAILED
             warnings.showwarning = _show_warning  # one line each (e.g. an fp16 overflow redone in fp32)
             for path in tqdm(images, desc='images', unit='img', disable=True if args.quiet else None,
                              file=sys.stderr):
@@ -390,8 +388,6 @@ def cmd_infer(args):
     except KeyboardInterrupt:  # outputs are written atomically: what is done is complete, a rerun resumes
         tqdm.write('basicsr infer: interrupted (a rerun continues with the images not done)', file=sys.stderr)
         status = 130
-    finally:
-        cv2.utils.logging.setLogLevel(cv2_level)
     print(f'done {run.done}, skipped {run.skipped}, failed {run.failed} in {time.perf_counter() - start:.1f} s')
     return status if status is not None else 1 if run.failed else 0
 

@@ -123,30 +123,41 @@ def _image_kind(path):
 
 
 @contextlib.contextmanager
+def opencv_log_level(level):
+    """OpenCV's own log at ``level`` ('SILENT', 'ERROR', ...) inside the block; nothing to do
+    for OpenCV builds without ``cv2.utils.logging`` (e.g. the 4.10 headless wheels)."""
+    logging = getattr(cv2.utils, 'logging', None)
+    if logging is None:
+        yield
+        return
+    saved = logging.getLogLevel()
+    logging.setLogLevel(getattr(logging, f'LOG_LEVEL_{level}'))
+    try:
+        yield
+    finally:
+        logging.setLogLevel(saved)
+
+
+@contextlib.contextmanager
 def quiet_native_stderr():
     """Silence what OpenCV and the image libraries under it print to stderr themselves (its
     log, libpng's warnings such as 'iCCP: ... invalid rendering intent' on scikit-image's
     bundled photographs): the file was checked already, and a reported failure names it."""
-    logging = getattr(cv2.utils, 'logging', None)  # not in every OpenCV build (e.g. the 4.10 headless wheels)
-    level = logging.getLogLevel() if logging else None
-    if logging:
-        logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):
         saved = None
-    try:
-        if saved is not None:
-            with open(os.devnull, 'wb') as devnull:
-                os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
-        if logging:
-            logging.setLogLevel(level)
+    with opencv_log_level('SILENT'):
+        try:
+            if saved is not None:
+                with open(os.devnull, 'wb') as devnull:
+                    os.dup2(devnull.fileno(), 2)
+            yield
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
 
 
 def modcrop(img, modulus):

@@ -88,11 +88,12 @@ def patch_atomic_save():
     from basicsr.utils.dist_util import master_only
     if 'Just ignore it' not in inspect.getsource(BaseModel.save_network):
         return False
-    from asid_arch.checkpoint import checkpoint_metadata
 
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
         # upstream's file name and contents, plus what an ASID checkpoint needs to be used alone
+        # (imported here: the patches are applied while asid_arch may still be importing BasicSR)
+        from asid_arch.checkpoint import checkpoint_metadata
         current_iter = 'latest' if current_iter == -1 else current_iter
         save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
         nets = net if isinstance(net, list) else [net]

@@ -359,3 +359,10 @@ def test_demo_writes_x4_train_and_val_pairs_and_reports_bicubic_psnr(tmp_path, m
     psnr = prepare.bicubic_psnr(f'{root}/val/HR', f'{root}/val/LR_bicubic/X4', 4)
     assert 25 < psnr < 35
     assert f'bicubic x4 PSNR on the validation set (Y channel, crop border 4): {psnr:.2f} dB' in out
+
+
+def test_opencv_builds_without_a_log_api_still_prepare_quietly(monkeypatch):
+    # the OpenCV 4.10 headless wheels have no cv2.utils.logging (prepare died on them)
+    monkeypatch.delattr(cv2.utils, 'logging', raising=False)
+    with prepare.quiet_native_stderr(), prepare.opencv_log_level('ERROR'):
+        assert cv2.imdecode(np.frombuffer(b'not an image', np.uint8), cv2.IMREAD_COLOR) is None
