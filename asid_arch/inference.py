@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import build_asid
-from .tiling import tile_starts, tiled_forward
+from .tiling import tile_grid, tiled_forward
 
 #: Accepted ``precision`` names and their dtypes.
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -132,8 +132,10 @@ class ASIDUpsampler:
             ``amp``); the network keeps its softmaxes in fp32. An fp16 result that is not
             finite (overflow) is computed again in fp32, with a warning.
         tile (int | None): None: whole image when it fits in memory, tiles otherwise.
-            0: always the whole image. N > 0: N x N LR tiles.
-        tile_overlap (int): LR pixels shared by neighbouring tiles (averaged). Default: 24.
+            0: always the whole image. N > 0: ``min(N, H, W)`` px square LR tiles, as the
+            authors' tester cuts them.
+        tile_overlap (int): LR pixels shared by neighbouring tiles (averaged). Default: 24
+            (half the tile side for images too thin for that).
         alpha (str): how alpha is upscaled: 'asid' (default) or 'bicubic'.
         scale, num_groups, value_range: checked against / passed to ``build_asid`` for a
             checkpoint (``scale`` must match the weights); ``scale`` is needed for a network
@@ -204,19 +206,27 @@ class ASIDUpsampler:
         side = max(side, MIN_AUTO_TILE, (2 * self.tile_overlap + 8) // 8 * 8)
         return side if side < max(height, width) else None
 
+    def overlap(self, height, width, tile):
+        """Tile overlap for such an input: ``tile_overlap``, or half the square tile's side for
+        strips too thin to overlap by that much (the tiles are ``min(tile, H, W)`` px squares)."""
+        side = min(tile, height, width)
+        return self.tile_overlap if self.tile_overlap < side else side // 2
+
     def num_tiles(self, height, width, batch=1):
         """Number of network calls :meth:`upscale_tensor` makes for such an input (1: whole image)."""
         tile = self.plan(height, width, batch)
         if tile is None:
             return 1
-        return len(tile_starts(height, tile, self.tile_overlap)) * len(tile_starts(width, tile, self.tile_overlap))
+        _, rows, cols = tile_grid(height, width, tile, self.overlap(height, width, tile))
+        return len(rows) * len(cols)
 
     def describe_plan(self, height, width, batch=1):
         """'whole image' or 'tiles of N px, overlap M px (K tiles)', for logs."""
         tile = self.plan(height, width, batch)
         if tile is None:
             return 'whole image'
-        return f'tiles of {tile} px, overlap {self.tile_overlap} px ({self.num_tiles(height, width, batch)} tiles)'
+        return (f'tiles of {min(tile, height, width)} px, overlap {self.overlap(height, width, tile)} px '
+                f'({self.num_tiles(height, width, batch)} tiles)')
 
     def network_passes(self, img):
         """How many times :meth:`upscale` runs the network over ``img``: 2 with an alpha
@@ -273,7 +283,7 @@ class ASIDUpsampler:
                 if on_tile is not None:
                     on_tile()
             else:
-                out = tiled_forward(self._forward, batch, self.scale, tile, self.tile_overlap, on_tile)
+                out = tiled_forward(self._forward, batch, self.scale, tile, self.overlap(h, w, tile), on_tile)
             out = out.clamp_(0, 1).to(out_device)
         return out[0] if single else out
 
