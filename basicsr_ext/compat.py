@@ -159,9 +159,28 @@ def patch_optimizers():
     return True
 
 
+def patch_eta_off_by_one():
+    """BasicSR's ``MessageLogger`` counts one iteration too many left, so the last training line reads ``eta: -1 day, 23:59:58``."""
+    import inspect
+
+    from basicsr.utils.logger import MessageLogger
+    if (hasattr(MessageLogger.__init__, '__wrapped__')
+            or 'self.max_iters - current_iter - 1' not in inspect.getsource(MessageLogger.__call__)):
+        return False
+    init = MessageLogger.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.max_iters += 1  # used for the eta only: (max_iters + 1) - current - 1 iterations are left
+
+    MessageLogger.__init__ = __init__
+    return True
+
+
 #: In order: the first two must run before anything imports ``basicsr``.
 PATCHES = (patch_functional_tensor, patch_distutils, patch_safe_loader, patch_cpu_resume, patch_cpu_distributed,
-           patch_optimizers)
+           patch_optimizers, patch_eta_off_by_one)
 
 
 _checked = False
