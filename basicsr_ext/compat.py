@@ -160,7 +160,7 @@ def patch_optimizers():
 
 
 def patch_eta_off_by_one():
-    """BasicSR's ``MessageLogger`` counts one iteration too many left, so the last training line reads ``eta: -1 day, 23:59:58``."""
+    """BasicSR's ``MessageLogger`` counts one iteration too many left: the last line reads ``eta: -1 day, 23:59:58``."""
     import inspect
 
     from basicsr.utils.logger import MessageLogger
