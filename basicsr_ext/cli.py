@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from basicsr_ext import benchmark, infer, prepare
+from basicsr_ext import benchmark, infer, prepare, testsets
 from basicsr_ext.options import OptionError, load_and_check
 
 
@@ -71,7 +71,8 @@ def cmd_train(args):
 
 
 def cmd_test(args):
-    return _run_pipeline(args, is_train=False)
+    with testsets.present_only():  # the sets not prepared are skipped (basicsr_ext/testsets.py)
+        return _run_pipeline(args, is_train=False)
 
 
 def build_parser():

@@ -17,6 +17,7 @@ from basicsr.data import DATASET_REGISTRY
 from basicsr.models import MODEL_REGISTRY
 from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
 
+from basicsr_ext import testsets
 from basicsr_ext.datacheck import DataError, check_paired, check_single
 
 
@@ -151,5 +152,7 @@ def check_options(opt, path, is_train=True):
 def load_and_check(path, force_yml=None, is_train=True):
     """Read, override and check an option file; returns the options BasicSR will see."""
     opt = apply_force_yml(read_options(path), force_yml, path)
+    if not is_train:  # test the sets that are prepared, skipping the others with one line each
+        testsets.drop_missing(opt, path, OptionError)
     check_options(opt, path, is_train=is_train)
     return opt
