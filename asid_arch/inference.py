@@ -206,18 +206,12 @@ class ASIDUpsampler:
         side = max(side, MIN_AUTO_TILE, (2 * self.tile_overlap + 8) // 8 * 8)
         return side if side < max(height, width) else None
 
-    def overlap(self, height, width, tile):
-        """Tile overlap for such an input: ``tile_overlap``, or half the square tile's side for
-        strips too thin to overlap by that much (the tiles are ``min(tile, H, W)`` px squares)."""
-        side = min(tile, height, width)
-        return self.tile_overlap if self.tile_overlap < side else side // 2
-
     def num_tiles(self, height, width, batch=1):
         """Number of network calls :meth:`upscale_tensor` makes for such an input (1: whole image)."""
         tile = self.plan(height, width, batch)
         if tile is None:
             return 1
-        _, rows, cols = tile_grid(height, width, tile, self.overlap(height, width, tile))
+        _, _, rows, cols = tile_grid(height, width, tile, self.tile_overlap)
         return len(rows) * len(cols)
 
     def describe_plan(self, height, width, batch=1):
@@ -225,8 +219,8 @@ class ASIDUpsampler:
         tile = self.plan(height, width, batch)
         if tile is None:
             return 'whole image'
-        return (f'tiles of {min(tile, height, width)} px, overlap {self.overlap(height, width, tile)} px '
-                f'({self.num_tiles(height, width, batch)} tiles)')
+        side, overlap, rows, cols = tile_grid(height, width, tile, self.tile_overlap)
+        return f'tiles of {side} px, overlap {overlap} px ({len(rows) * len(cols)} tiles)'
 
     def network_passes(self, img):
         """How many times :meth:`upscale` runs the network over ``img``: 2 with an alpha
@@ -283,7 +277,7 @@ class ASIDUpsampler:
                 if on_tile is not None:
                     on_tile()
             else:
-                out = tiled_forward(self._forward, batch, self.scale, tile, self.overlap(h, w, tile), on_tile)
+                out = tiled_forward(self._forward, batch, self.scale, tile, self.tile_overlap, on_tile)
             out = out.clamp_(0, 1).to(out_device)
         return out[0] if single else out
 

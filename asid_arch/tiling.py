@@ -20,10 +20,17 @@ def tile_starts(size, tile, overlap):
     return list(range(0, size - tile, stride)) + [size - tile]
 
 
+def usable_overlap(side, overlap):
+    """``overlap``, or half the tile ``side`` where the authors' loop is undefined (``overlap >= side``:
+    their stride would be <= 0 and leave pixels uncovered; only LR images under 25 px at overlap 24)."""
+    return overlap if overlap < side else side // 2
+
+
 def tile_grid(h, w, tile, overlap=0):
-    """(side, row starts, column starts) of the square tiles :func:`tiled_forward` runs on an h x w input."""
+    """(side, overlap, row starts, column starts) of the square tiles :func:`tiled_forward` runs on h x w."""
     side = min(tile, h, w)
-    return side, tile_starts(h, side, overlap), tile_starts(w, side, overlap)
+    overlap = usable_overlap(side, overlap)
+    return side, overlap, tile_starts(h, side, overlap), tile_starts(w, side, overlap)
 
 
 def tiled_forward(net, lq, scale, tile, overlap=0, on_tile=None):
@@ -35,14 +42,15 @@ def tiled_forward(net, lq, scale, tile, overlap=0, on_tile=None):
         scale (int): the network's upscaling factor.
         tile (int): LR tile size; the tiles are ``min(tile, H, W)`` px squares, as the
             authors' tester makes them, so any image size works.
-        overlap (int): LR pixels shared by neighbouring tiles. Default: 0.
+        overlap (int): LR pixels shared by neighbouring tiles. Default: 0. Halved to the tile
+            side where it is not smaller (see :func:`usable_overlap`).
         on_tile (callable, optional): called with no argument after each tile (progress bars).
 
     Returns:
         Tensor: (N, C', H*scale, W*scale), in the dtype of the network's output.
     """
     h, w = lq.shape[-2:]
-    side, rows, cols = tile_grid(h, w, tile, overlap)
+    side, _, rows, cols = tile_grid(h, w, tile, overlap)
     out = weight = None
     for top in rows:
         for left in cols:

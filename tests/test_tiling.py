@@ -86,15 +86,26 @@ def test_the_toy_net_tells_square_tiles_from_tiles_clipped_per_side():
     assert (tiled_forward(net, x, 4, 64, 24) - clipped / count).abs().max() > 1e-3
 
 
-def test_an_overlap_not_smaller_than_the_tile_is_refused():
-    with pytest.raises(ValueError, match='must be smaller than the tile size'):
-        tiled_forward(PlacementSensitiveNet(2), torch.rand(1, 3, 20, 90), 2, 64, 24)
+def test_where_the_authors_loop_is_undefined_the_overlap_is_halved_to_cover_every_pixel():
+    """A 20x90 input at overlap 24: their stride 20 - 24 < 0 would leave columns uncovered (0 / 0)."""
+    net, x = PlacementSensitiveNet(2), torch.rand(1, 3, 20, 90)
+    out = tiled_forward(net, x, 2, 64, 24)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, authors_tiled_test(net, x, 2, 64, 10), rtol=0, atol=0)
 
 
-def test_infer_halves_the_overlap_for_strips_thinner_than_it():
+def test_infer_tiles_strips_thinner_than_the_overlap_the_same_way():
     net = PlacementSensitiveNet(2)
     up = ASIDUpsampler(net, device='cpu', tile=64, tile_overlap=24)
     x = torch.rand(1, 3, 20, 90)
     assert up.describe_plan(20, 90) == 'tiles of 20 px, overlap 10 px (8 tiles)'
     torch.testing.assert_close(up.upscale_tensor(x), authors_tiled_test(net, x, 2, 64, 10).clamp(0, 1),
                                rtol=0, atol=0)
+
+
+def test_infer_upscales_an_image_within_one_tile_whole():
+    """infer's own choice (no tiling needed), unlike the tester's squares for a non-square image."""
+    net = PlacementSensitiveNet(2)
+    x = torch.rand(1, 3, 40, 30)
+    assert ASIDUpsampler(net, device='cpu', tile=64).describe_plan(40, 30) == 'whole image'
+    torch.testing.assert_close(ASIDUpsampler(net, device='cpu', tile=64).upscale_tensor(x), net(x).clamp(0, 1))
