@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import build_asid
-from .tiling import tile_starts, tiled_forward
+from .tiling import tile_grid, tiled_forward
 
 #: Accepted ``precision`` names and their dtypes.
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -136,8 +136,10 @@ class ASIDUpsampler:
             ``amp``); the network keeps its softmaxes in fp32. An fp16 result that is not
             finite (overflow) is computed again in fp32, with a warning.
         tile (int | None): None: whole image when it fits in memory, tiles otherwise.
-            0: always the whole image. N > 0: N x N LR tiles.
-        tile_overlap (int): LR pixels shared by neighbouring tiles (averaged). Default: 24.
+            0: always the whole image. N > 0: ``min(N, H, W)`` px square LR tiles, as the
+            authors' tester cuts them.
+        tile_overlap (int): LR pixels shared by neighbouring tiles (averaged). Default: 24
+            (half the tile side for images too thin for that).
         alpha (str): how alpha is upscaled: 'asid' (default) or 'bicubic'.
         scale, num_groups, value_range: checked against / passed to ``build_asid`` for a
             checkpoint (``scale`` must match the weights); ``scale`` is needed for a network
@@ -215,14 +217,16 @@ class ASIDUpsampler:
         tile = self.plan(height, width, batch)
         if tile is None:
             return 1
-        return len(tile_starts(height, tile, self.tile_overlap)) * len(tile_starts(width, tile, self.tile_overlap))
+        _, _, rows, cols = tile_grid(height, width, tile, self.tile_overlap)
+        return len(rows) * len(cols)
 
     def describe_plan(self, height, width, batch=1):
         """'whole image' or 'tiles of N px, overlap M px (K tiles)', for logs."""
         tile = self.plan(height, width, batch)
         if tile is None:
             return 'whole image'
-        return f'tiles of {tile} px, overlap {self.tile_overlap} px ({self.num_tiles(height, width, batch)} tiles)'
+        side, overlap, rows, cols = tile_grid(height, width, tile, self.tile_overlap)
+        return f'tiles of {side} px, overlap {overlap} px ({len(rows) * len(cols)} tiles)'
 
     def network_passes(self, img):
         """How many times :meth:`upscale` runs the network over ``img``: 2 with an alpha

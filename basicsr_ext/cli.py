@@ -11,7 +11,7 @@ import os
 import sys
 
 import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
-from basicsr_ext import benchmark, infer, models, prepare  # noqa: F401  (models registers TiledSRModel)
+from basicsr_ext import benchmark, infer, models, prepare, testsets  # noqa: F401  (models registers TiledSRModel)
 from basicsr_ext.options import OptionError, load_and_check
 from basicsr_ext.safety import RunError
 
@@ -102,7 +102,8 @@ def cmd_train(args):
 
 
 def cmd_test(args):
-    return _run_pipeline(args, is_train=False)
+    with testsets.present_only():  # the sets not prepared are skipped (basicsr_ext/testsets.py)
+        return _run_pipeline(args, is_train=False)
 
 
 def build_parser():

@@ -134,13 +134,32 @@ def patch_optimizers():
     return True
 
 
+def patch_eta_off_by_one():
+    """BasicSR's ``MessageLogger`` counts one iteration too many left: the last line reads ``eta: -1 day, 23:59:58``."""
+    import inspect
+
+    from basicsr.utils.logger import MessageLogger
+    if (hasattr(MessageLogger.__init__, '__wrapped__')
+            or 'self.max_iters - current_iter - 1' not in inspect.getsource(MessageLogger.__call__)):
+        return False
+    init = MessageLogger.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.max_iters += 1  # used for the eta only: (max_iters + 1) - current - 1 iterations are left
+
+    MessageLogger.__init__ = __init__
+    return True
+
+
 #: Before anything imports ``basicsr``: without these, ``import basicsr`` fails.
 IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: After: these change what BasicSR does; those of :mod:`basicsr_ext.safety` (saving, loading,
 #: resuming, logging, --force_yml) come last.
 BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, safety.patch_resume,
                    safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
-                   safety.patch_force_yml_values)
+                   safety.patch_force_yml_values, patch_eta_off_by_one)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()

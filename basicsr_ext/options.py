@@ -21,6 +21,7 @@ from basicsr.data import DATASET_REGISTRY
 from basicsr.models import MODEL_REGISTRY
 from basicsr.utils.options import ordered_yaml
 
+from basicsr_ext import testsets
 from basicsr_ext.datacheck import DataError, check_paired, check_single
 from basicsr_ext.safety import RunError, params_of, parse_yml_value, read_checkpoint
 
@@ -254,5 +255,7 @@ def check_options(opt, path, is_train=True, check_data=True):
 def load_and_check(path, force_yml=None, is_train=True, check_data=True):
     """Read, override and check an option file; returns the options BasicSR will see."""
     opt = apply_force_yml(read_options(path), force_yml, path)
+    if not is_train:  # test the sets that are prepared, skipping the others with one line each
+        testsets.drop_missing(opt, path, OptionError)
     check_options(opt, path, is_train=is_train, check_data=check_data)
     return opt

@@ -631,8 +631,11 @@ def prepare_benchmark(input_dir, name=None, scales=(2, 3, 4), output='datasets',
     folders = {s: benchmark_layout(output, name, s) for s in scales}
     result = prepare_pairs(input_dir, names, folders, name, os.path.join(output, name),
                            workers=workers or _default_workers(), desc=name, log=log)
+    result['bicubic_psnr'] = {}
     for s in scales:
-        log(f'{name} x{s}: HR in {folders[s][0]}, LR in {folders[s][1]}')
+        psnr = result['bicubic_psnr'][s] = bicubic_psnr(*folders[s], s)
+        log(f'{name} x{s}: HR in {folders[s][0]}, LR in {folders[s][1]}; bicubic x{s} PSNR (Y channel, '
+            f'crop border {s}): {psnr:.2f} dB')
     return result
 
 

@@ -159,3 +159,16 @@ def test_dataloader_workers_started_fresh_load_basicsr_datasets(start_method, ti
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, multiprocessing_context=start_method)
     batch = next(iter(loader))
     assert batch['gt'].shape == (2, 3, 32, 32) and batch['lq'].shape == (2, 3, 8, 8)
+
+
+def test_training_log_eta_at_the_last_iteration_is_zero_not_minus_one_day():
+    from basicsr.utils.logger import MessageLogger
+    opt = {'name': 'run', 'logger': {'print_freq': 1, 'use_tb_logger': False}, 'train': {'total_iter': 10}}
+    lines = []
+    for current_iter in (9, 10):
+        msg = MessageLogger(opt, start_iter=0)
+        msg.start_time -= 100  # 10 s per iteration
+        msg.logger = type('Logger', (), {'info': staticmethod(lines.append)})
+        msg({'epoch': 1, 'iter': current_iter, 'lrs': [1e-3], 'time': 10., 'data_time': 0.})
+    assert 'eta: 0:00:' in lines[0] and 'eta: 0:00:00' not in lines[0]  # one iteration left
+    assert 'eta: 0:00:00' in lines[1]  # none left

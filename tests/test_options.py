@@ -5,9 +5,11 @@ on a stub of the data laid out at the file's own relative paths, made by ``basic
 every test file runs ``basicsr test`` on stubs of its five benchmark sets. ``--force_yml``
 keeps the runs small enough for a CPU (batch 2, no CUDA prefetch, no loader processes).
 """
+import csv
 import glob
 import os
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -26,6 +28,7 @@ OPTIONS = os.path.join(REPO, 'options')
 VARIANTS = [('ASID', 'ASID', 3), ('ASID_D8', 'ASID_D8', 8)]  # file stem, network type, groups
 SCALES = (2, 3, 4)
 TRAIN_FILES = [f'train_{stem}_x{s}{lmdb}.yml' for stem, _, _ in VARIANTS for s in SCALES for lmdb in ('', '_lmdb')]
+FINETUNE_FILES = [f'train_{stem}_x{s}_finetune.yml' for stem, _, _ in VARIANTS for s in SCALES]
 TEST_FILES = [f'test_{stem}_x{s}.yml' for stem, _, _ in VARIANTS for s in SCALES]
 BENCHMARKS = ['Set5', 'Set14', 'B100', 'Urban100', 'Manga109']
 
@@ -41,7 +44,7 @@ def load(name):
 
 def file_facts(name):
     """(network type, groups, scale, lmdb) from a file name such as train_ASID_D8_x4_lmdb.yml."""
-    m = re.fullmatch(r'(?:train|test)_(ASID(?:_D8)?)_x(\d)(_lmdb)?\.yml', name)
+    m = re.fullmatch(r'(?:train|test)_(ASID(?:_D8)?)_x(\d)(_lmdb)?(?:_finetune)?\.yml', name)
     net, groups = {'ASID': ('ASID', 3), 'ASID_D8': ('ASID_D8', 8)}[m.group(1)]
     return net, groups, int(m.group(2)), bool(m.group(3))
 
@@ -55,16 +58,16 @@ def metrics_in(log_text):
 # ------------------------------------------------------------------------------------------
 # what the files say
 # ------------------------------------------------------------------------------------------
-def test_there_is_a_train_lmdb_and_test_file_for_each_variant_and_scale():
+def test_there_is_a_train_lmdb_finetune_and_test_file_for_each_variant_and_scale():
     present = set(os.listdir(OPTIONS))
-    assert set(TRAIN_FILES) <= present and set(TEST_FILES) <= present
+    assert set(TRAIN_FILES) <= present and set(FINETUNE_FILES) <= present and set(TEST_FILES) <= present
 
 
 @pytest.mark.parametrize('name', TRAIN_FILES)
 def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
     opt = load(name)
     net, groups, scale, lmdb = file_facts(name)
-    assert opt['name'] == name[:-4] and opt['model_type'] == 'SRModel' and opt['scale'] == scale
+    assert opt['name'] == name[:-4] and opt['model_type'] == 'TiledSRModel' and opt['scale'] == scale
     train = opt['datasets']['train']
     layout = prepare.div2k_layout(os.path.join('datasets', 'DIV2K'), 'DIV2K_train', [scale])
     assert train['type'] == 'PairedImageDataset'
@@ -81,7 +84,7 @@ def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
     assert (val['name'], val['type']) == ('Set5', 'PairedImageDataset')
     assert (val['dataroot_gt'], val['dataroot_lq']) == prepare.benchmark_layout('datasets', 'Set5', scale)
     assert opt['network_g'] == {'type': net, 'upscale': scale, 'num_groups': groups, 'num_feat': 48,
-                                'window_size': 8, 'value_range': [0, 1], 'fast_path': 'compile_train',
+                                'window_size': 8, 'value_range': [-1, 1], 'fast_path': 'compile_train',
                                 'precision': 'fp32'}
     recipe = opt['train']
     assert recipe['optim_g'] == {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]}
@@ -96,6 +99,14 @@ def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
                                                  'test_y_channel': True}
 
 
+@pytest.mark.parametrize('name', sorted(n for n in os.listdir(OPTIONS) if n.startswith('train_')))
+def test_every_train_file_computes_in_minus_one_to_one_and_states_the_measurement_that_chose_it(name):
+    text = open(os.path.join(OPTIONS, name)).read()
+    assert load(name)['network_g']['value_range'] == [-1, 1]
+    assert ('validation PSNR after 100 / 200 iterations at the recipe\'s lr 5e-4: 28.56 / 29.34 dB in\n'
+            '  # [-1, 1], 27.13 / 28.47 dB in [0, 1]') in text
+
+
 @pytest.mark.parametrize('name', [n for n in TRAIN_FILES if n.endswith('_lmdb.yml')])
 def test_lmdb_file_differs_from_its_disk_file_only_in_how_it_reads_div2k(name):
     lmdb, disk = load(name), load(name.replace('_lmdb', ''))
@@ -104,6 +115,25 @@ def test_lmdb_file_differs_from_its_disk_file_only_in_how_it_reads_div2k(name):
         for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file', 'filename_tmpl', 'io_backend'):
             opt['datasets']['train'].pop(key, None)
     assert lmdb == disk
+
+
+@pytest.mark.parametrize('name', FINETUNE_FILES)
+def test_finetune_file_is_its_phase_1_file_continued_from_phase_1_weights_at_lr_4e_4(name):
+    """The release's second phase: phase 1's latest weights, lr 4e-4, twice phase 1's length."""
+    finetune, phase1 = load(name), load(name.replace('_finetune', ''))
+    assert finetune['name'] == phase1['name'] + '_finetune'
+    assert finetune['path'] == {**phase1['path'], 'param_key_g': 'params',
+                                'pretrain_network_g': f'experiments/{phase1["name"]}/models/net_g_latest.pth'}
+    assert finetune['train']['optim_g'] == {**phase1['train']['optim_g'], 'lr': 4e-4}
+    total = finetune['train']['total_iter']
+    assert total == 2 * phase1['train']['total_iter']
+    assert finetune['train']['scheduler']['milestones'] == [total // 4, total // 2, total * 3 // 4]
+    for opt in (finetune, phase1):
+        for key in ('name', 'path'):
+            opt.pop(key)
+        for key in ('optim_g', 'total_iter', 'scheduler'):
+            opt['train'].pop(key)
+    assert finetune == phase1
 
 
 @pytest.mark.parametrize('name', TEST_FILES)
@@ -167,6 +197,23 @@ def test_train_file_trains_one_iteration_through_basicsr_train(name, stub, monke
     assert 'Set5' in metrics_in(log)
 
 
+@pytest.mark.parametrize('name', FINETUNE_FILES)
+def test_finetune_file_trains_one_iteration_from_the_weights_phase_1_saved(name, stub, monkeypatch):
+    monkeypatch.chdir(stub)
+    opt = load(name)
+    network = dict(opt['network_g'])
+    net = ARCH_REGISTRY.get(network.pop('type'))(**network)
+    weights = stub / opt['path']['pretrain_network_g']  # where phase 1 leaves its latest weights
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'params': net.state_dict()}, weights)
+    assert main(['train', '-opt', os.path.join(OPTIONS, name), '--force_yml', *FAST_TRAIN]) == 0
+    run = stub / 'experiments' / name[:-4]
+    log = open(max(glob.glob(str(run / f'train_{name[:-4]}_*.log')))).read()
+    assert (f'Loading {opt["network_g"]["type"]} model from {opt["path"]["pretrain_network_g"]}, '
+            f'with param key: [params]') in log
+    assert (run / 'models' / 'net_g_latest.pth').is_file() and 'Set5' in metrics_in(log)
+
+
 def _checkpoint(stub, name, raw=False):
     """A freshly built network of the test file's network_g, saved as BasicSR saves it (or raw)."""
     opt = load(name)
@@ -206,33 +253,78 @@ def test_test_file_reports_psnr_on_five_sets_and_saves_the_sr_images(name, stub,
     assert len(images) == 6
 
 
+def test_test_file_runs_on_the_sets_that_are_prepared_and_ends_with_the_table_beside_bicubic(
+        stub, tmp_path, monkeypatch, capsys):
+    """Only Set5 and Set14 prepared: the others are skipped with one line each, and the table has
+    the network's PSNR/SSIM beside MATLAB bicubic's from the same LR, as `prepare benchmark` measures it."""
+    for name in ('Set5', 'Set14'):
+        shutil.copytree(stub / 'datasets' / name, tmp_path / 'datasets' / name)
+    monkeypatch.chdir(tmp_path)
+    _, ckpt = _checkpoint(stub, 'test_ASID_x4.yml')
+    log, _ = run_test(tmp_path, 'test_ASID_x4.yml', ckpt)
+    skipped = [line for line in capsys.readouterr().err.splitlines() if 'skipping' in line]
+    assert skipped == [f'basicsr test: skipping {name} (datasets.test_{i}): datasets/{name}/GTmod4 does not exist'
+                       for i, name in ((3, 'B100'), (4, 'Urban100'), (5, 'Manga109'))]
+    assert set(metrics_in(log)) == {'Set5', 'Set14'}
+    run = tmp_path / 'results' / 'test_ASID_x4'
+    table = (run / 'results.md').read_text()
+    assert table.startswith('test_ASID_x4: ASID x4, whole images; Y channel, border 4; bicubic: MATLAB-compatible')
+    assert table in log  # and logged, so printed
+    assert '| set | images | ASID PSNR | bicubic PSNR | ASID SSIM | bicubic SSIM |' in table
+    rows = list(csv.DictReader(open(run / 'results.csv')))
+    assert [row['set'] for row in rows] == ['Set5', 'Set14']
+    for row in rows:
+        bicubic = prepare.bicubic_psnr(f'datasets/{row["set"]}/GTmod4', f'datasets/{row["set"]}/LRbicx4', 4)
+        assert float(row['bicubic_psnr']) == pytest.approx(bicubic, abs=1e-6)
+        assert float(row['ASID_psnr']) == pytest.approx(metrics_in(log)[row['set']], abs=1e-4)
+        assert f'| {row["set"]} | 1 | {float(row["ASID_psnr"]):.2f} | {bicubic:.2f} |' in table
+
+
+def test_test_file_with_no_set_prepared_fails_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(['test', '-opt', os.path.join(OPTIONS, 'test_ASID_x4.yml'), '--force_yml',
+                 'path:pretrain_network_g=~']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('basicsr test: error: ') and err.count('\n') == 0
+    assert 'none of the test sets is prepared (Set5, Set14, B100, Urban100, Manga109)' in err
+
+
 def _lq(stub, scale, dataset, image):
     lr = cv2.imread(str(stub / f'datasets/{dataset}/LRbicx{scale}/{image}.png')).astype(np.float32) / 255.
     return img2tensor(lr, bgr2rgb=True, float32=True).unsqueeze(0)
 
 
-def test_tile_64_runs_the_authors_tiled_protocol_and_equals_whole_images_where_they_fit_a_tile(stub, monkeypatch):
+def _lq_of(stub, key, scale=4):
+    """The LR input of a saved SR image 'Set5/img0_<name>.png'."""
+    dataset, image = key.split('/')
+    return _lq(stub, scale, dataset, image.rsplit('_', 1)[0])
+
+
+def test_tile_64_runs_the_authors_tiled_protocol_on_every_image(stub, monkeypatch):
+    """Every SR image is the authors' loop (tiled_forward): square LR images within one tile come out
+    as whole images, the others in squares of their shorter side, the big one in 4 tiles."""
     monkeypatch.chdir(stub)
     name = 'test_ASID_x4.yml'
     net, ckpt = _checkpoint(stub, name)
     _, whole = run_test(stub, name, ckpt, 'name=whole')
     log, tiled = run_test(stub, name, ckpt, 'name=tiled', 'val:tile=64')
     assert set(metrics_in(log)) == set(BENCHMARKS)
+    assert (stub / 'results/tiled/results.md').read_text().startswith(
+        'tiled: ASID x4, tiles of 64 px, overlap 24 px; Y channel, border 4')  # the table says how it ran
     renamed = {k.replace('_tiled.png', '_whole.png'): v for k, v in tiled.items()}
     assert renamed.keys() == whole.keys()
-    # every LR image but Urban100's big one (66x66) fits one 64 px tile: identical outputs
-    for key, img in renamed.items():
-        if key != 'Urban100/big_whole.png':
-            assert np.array_equal(img, whole[key]), key
-    # the big one was upscaled in 4 overlapping tiles, averaged: as tiled_forward computes it
     net.eval()
-    with torch.no_grad():
-        expected = tensor2img(tiled_forward(net, _lq(stub, 4, 'Urban100', 'big'), 4, 64, 24))
-    assert np.array_equal(tiled['Urban100/big_tiled.png'], expected)
-    assert not np.array_equal(tiled['Urban100/big_tiled.png'], whole['Urban100/big_whole.png'])
+    for key, img in renamed.items():
+        lq = _lq_of(stub, key)
+        with torch.no_grad():
+            assert np.array_equal(img, tensor2img(tiled_forward(net, lq, 4, 64, 24))), key
+        h, w = lq.shape[-2:]
+        assert np.array_equal(img, whole[key]) == (h == w <= 64), (key, h, w)
 
 
-def test_tile_at_least_the_image_size_gives_the_whole_image_output(stub, monkeypatch):
+def test_tile_at_least_the_image_size_gives_the_whole_image_output_for_square_images(stub, monkeypatch):
+    """tile: 66 covers every LR image; as in the authors' tester, only the square ones (10x10, 66x66)
+    are one tile, the 9x10 ones two 9x9 squares."""
     monkeypatch.chdir(stub)
     name = 'test_ASID_x4.yml'
     _, ckpt = _checkpoint(stub, name)
@@ -240,15 +332,18 @@ def test_tile_at_least_the_image_size_gives_the_whole_image_output(stub, monkeyp
     _, tiled = run_test(stub, name, ckpt, 'name=tile66', 'val:tile=66')  # Urban100's big LR is 66x66
     assert {k.replace('_tile66', '_whole66'): v for k, v in tiled.items()}.keys() == whole.keys()
     for key, img in tiled.items():
-        assert np.array_equal(img, whole[key.replace('_tile66', '_whole66')]), key
+        h, w = _lq_of(stub, key).shape[-2:]
+        assert np.array_equal(img, whole[key.replace('_tile66', '_whole66')]) == (h == w), (key, h, w)
 
 
 def test_authors_release_format_loads_with_the_overrides_the_test_file_documents(stub, monkeypatch):
-    """A raw state_dict trained on [-1, 1]: param_key_g ~ and value_range [-1, 1], as the comment says."""
+    """A raw state_dict trained on [-1, 1], as ours: only param_key_g ~, as the comment says."""
     monkeypatch.chdir(stub)
     name = 'test_ASID_x4.yml'
+    assert '--force_yml path:pretrain_network_g=path/to/release_x4.pth path:param_key_g=~\n' in open(
+        os.path.join(OPTIONS, name)).read()
     net, ckpt = _checkpoint(stub, name, raw=True)
-    log, images = run_test(stub, name, ckpt, 'name=release', 'path:param_key_g=~', 'network_g:value_range=[-1,1]')
+    log, images = run_test(stub, name, ckpt, 'name=release', 'path:param_key_g=~')
     assert 'with param key: [None]' in log
     assert set(metrics_in(log)) == set(BENCHMARKS)
     assert "'value_range': [-1, 1]" in log or 'value_range: [-1, 1]' in log

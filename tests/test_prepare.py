@@ -88,9 +88,12 @@ def test_benchmark_writes_gtmod_and_its_matlab_bicubic_lrbic(scale, tmp_path, mo
 
 
 @pytest.mark.skipif(not os.path.isdir(SET5), reason='../shared/datasets/Set5 is not there (a fresh clone)')
-def test_set5_x4_lr_is_matlab_bicubic_and_bicubic_psnr_is_the_published_28_42_db(tmp_path, monkeypatch):
+def test_set5_x4_lr_is_matlab_bicubic_and_bicubic_psnr_is_the_published_28_42_db(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(['prepare', 'benchmark', '--input', SET5, '--scales', '4']) == 0
+    # printed as `prepare demo` prints it
+    assert 'Set5 x4: HR in datasets/Set5/GTmod4, LR in datasets/Set5/LRbicx4; bicubic x4 PSNR (Y channel, ' \
+           'crop border 4): 28.4' in capsys.readouterr().out
     names = sorted(os.listdir('datasets/Set5/GTmod4'))
     assert names == ['baby.png', 'bird.png', 'butterfly.png', 'head.png', 'woman.png']
     for name in names:

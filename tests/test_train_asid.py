@@ -1,9 +1,11 @@
-"""ASID trains through BasicSR's own pipeline: ``basicsr train`` with ``network_g: {type: ASID}``."""
+"""ASID trains through BasicSR's pipeline (`basicsr train`, `network_g: {type: ASID}`); what its terminal shows."""
 import glob
 import re
 
+import pytest
+
 from basicsr_ext.cli import main
-from conftest import tiny_options, write_options
+from conftest import run_basicsr, tiny_options, write_options
 
 
 def test_basicsr_train_with_type_asid_lowers_the_l1_loss(tmp_path, tiny_data, monkeypatch):
@@ -21,3 +23,27 @@ def test_basicsr_train_with_type_asid_lowers_the_l1_loss(tmp_path, tiny_data, mo
     assert len(losses) == 20
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.7 * first, f'mean L1 of the first 5 iterations {first:.4f}, of the last 5 {last:.4f}'
+
+
+@pytest.mark.parametrize('total_iter', [4, 3])  # the last iteration validated, or not
+def test_training_terminal_summarises_the_network_and_ends_with_the_latest_model_against_bicubic(
+        total_iter, tmp_path, tiny_data):
+    network = {'type': 'ASID', 'upscale': 4, 'num_groups': 1, 'num_feat': 8}
+    opt = tiny_options(tiny_data, name='quiet', network=network, total_iter=total_iter, checkpoint_freq=2,
+                       val_freq=2)
+    opt['model_type'] = 'TiledSRModel'
+    # 4 images in batches of 2: BasicSR's loop ends with its iteration counter past the end
+    result = run_basicsr('train', '-opt', write_options(tmp_path / 'quiet.yml', opt), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    terminal = result.stdout + result.stderr
+    log = open(glob.glob(str(tmp_path / 'experiments/quiet/train_quiet_*.log'))[0]).read()
+    assert 'Network: ASID, with parameters: 14,606 (structure in the log file)' in terminal
+    assert '(esa): EnhancedSpatialAttention(' not in terminal and '(esa): EnhancedSpatialAttention(' in log
+    assert 'eta: -1 day' not in terminal
+    validated = re.findall(r'Validation tiny_val\n\s+# psnr: [\d.]+\s+Best: [\d.]+ @ (\d+) iter', terminal)
+    assert validated == ['2', '4'] if total_iter == 4 else validated == ['2', '3']
+    end = terminal[terminal.index('End of training'):]
+    assert f'Latest model (iteration {total_iter}): experiments/quiet/models/net_g_latest.pth\n' in end
+    last = [line for line in terminal.splitlines() if ' INFO: ' in line][-1]
+    assert re.search(rf'net_g_latest.pth: tiny_val at iteration {total_iter}: ASID PSNR [\d.]+ '
+                     r'\(bicubic [\d.]+\)$', last), last
