@@ -61,18 +61,19 @@ def _rank(launcher):
     return int(os.environ.get(variable, 0)) if variable else 0
 
 
-def keep_compile_cache_with_the_run(opt, debug):
-    """Point torch.compile's caches (Inductor, Triton) at ``experiments/NAME/compile_cache``.
+def keep_compile_cache_with_the_runs():
+    """Point torch.compile's caches (Inductor, Triton) at ``experiments/compile_cache``.
 
     A resumed run then starts from the code compiled by its first start, also where /tmp is
-    wiped between jobs or the job moves to another node. A TORCHINDUCTOR_CACHE_DIR of the user's
-    wins; importing torch already set the variable to torch's default, which does not count.
+    wiped between jobs or the job moves to another node. One folder for all runs rather than one
+    each: BasicSR moves a run's folder aside (``*_archived_*``) when it starts it afresh, which
+    would take the cache with it, and runs of the same shapes share kernels (the cache is keyed by
+    content). A TORCHINDUCTOR_CACHE_DIR of the user's wins; importing torch already set the
+    variable to torch's default, which does not count.
     """
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-    if os.environ.get('TORCHINDUCTOR_CACHE_DIR', default_cache_dir()) != default_cache_dir():
-        return
-    name = opt['name'] if not debug or str(opt['name']).startswith('debug') else f'debug_{opt["name"]}'  # as BasicSR
-    os.environ['TORCHINDUCTOR_CACHE_DIR'] = os.path.join(os.getcwd(), 'experiments', name, 'compile_cache')
+    if os.environ.get('TORCHINDUCTOR_CACHE_DIR', default_cache_dir()) == default_cache_dir():
+        os.environ['TORCHINDUCTOR_CACHE_DIR'] = os.path.join(os.getcwd(), 'experiments', 'compile_cache')
 
 
 def _run_pipeline(args, is_train):
@@ -83,7 +84,7 @@ def _run_pipeline(args, is_train):
     except OptionError as e:
         raise CommandError(str(e)) from None
     if is_train:
-        keep_compile_cache_with_the_run(opt, args.debug)
+        keep_compile_cache_with_the_runs()
         from basicsr.train import train_pipeline as pipeline
     else:
         from basicsr.test import test_pipeline as pipeline
