@@ -12,12 +12,9 @@ import sys
 
 import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
 from basicsr_ext import benchmark, infer, models, prepare, testsets  # noqa: F401  (models registers TiledSRModel)
+from basicsr_ext.errors import CommandError
 from basicsr_ext.options import OptionError, load_and_check
 from basicsr_ext.safety import RunError
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
 
 
 def _add_pipeline_arguments(parser):

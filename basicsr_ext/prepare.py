@@ -31,7 +31,6 @@ and outputs are written atomically. A second run redoes only what changed (nothi
 and outputs of source images that disappeared are removed. An unreadable image is reported on
 one line and skipped; the others are processed, and the command exits non-zero at the end.
 """
-import contextlib
 import hashlib
 import json
 import math
@@ -44,8 +43,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-#: Extensions read as images (what BasicSR's data preparation scripts read, and more).
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+from basicsr_ext.errors import CommandError
+from basicsr_ext.images import (IMAGE_EXTENSIONS, UnreadableImage, bicubic_downscale, bicubic_upscale, load_image,
+                                modcrop)
 
 #: PNG compression of written images (lossless; 3 is OpenCV's default and fast).
 PNG_COMPRESSION = 3
@@ -56,137 +56,8 @@ class PrepareError(Exception):
 
 
 # ----------------------------------------------------------------------------------------
-# image helpers
+# writing, listing
 # ----------------------------------------------------------------------------------------
-class UnreadableImage(Exception):
-    """An input file that is not an image, or a corrupt or truncated one; the message says which."""
-
-
-def load_image(path):
-    """Read an image as 3-channel 8-bit BGR, as BasicSR's datasets read it (OpenCV).
-
-    OpenCV returns a truncated JPEG as an image, grey where the data ends, and prints its
-    complaints about broken files to stderr. So the file is first decoded by Pillow, which
-    refuses truncated and corrupt files quietly; formats Pillow does not know are left to
-    OpenCV alone. Raises UnreadableImage saying what is wrong.
-    """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-    known = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-    except UnidentifiedImageError:
-        known = False  # not a format Pillow knows, or not an image: OpenCV decides
-    except Image.DecompressionBombError:
-        pass  # larger than Pillow's guard allows: OpenCV decodes it
-    except (PermissionError, FileNotFoundError, IsADirectoryError) as e:
-        raise UnreadableImage(f'cannot read the file ({e.strerror})') from None
-    except (OSError, ValueError, SyntaxError) as e:
-        kind = _image_kind(path)
-        raise UnreadableImage(f'corrupt or truncated {kind + " " if kind else ""}image ({e})') from None
-    try:
-        with quiet_native_stderr():
-            img = cv2.imread(path, cv2.IMREAD_COLOR)
-    except cv2.error:
-        img = None
-    if img is None:
-        kind = _image_kind(path)
-        if kind == 'empty':
-            raise UnreadableImage('empty file')
-        if known or kind:
-            raise UnreadableImage(f'corrupt or truncated {kind + " " if kind else ""}image (cannot be decoded)')
-        raise UnreadableImage('not an image (no decoder recognises it)')
-    return img
-
-
-#: File signatures of image formats, to tell a broken image from a file that is no image.
-_SIGNATURES = ((b'\x89PNG\r\n\x1a\n', 'PNG'), (b'\xff\xd8\xff', 'JPEG'), (b'BM', 'BMP'), (b'II*\x00', 'TIFF'),
-               (b'MM\x00*', 'TIFF'), (b'GIF8', 'GIF'))
-
-
-def _image_kind(path):
-    """'PNG', 'JPEG', ... from the first bytes of the file, 'empty', or None."""
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(16)
-    except OSError:
-        return None
-    if not head:
-        return 'empty'
-    if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
-        return 'WebP'
-    return next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
-
-
-@contextlib.contextmanager
-def opencv_log_level(level):
-    """OpenCV's own log at ``level`` ('SILENT', 'ERROR', ...) inside the block; nothing to do
-    for OpenCV builds without ``cv2.utils.logging`` (e.g. the 4.10 headless wheels)."""
-    logging = getattr(cv2.utils, 'logging', None)
-    if logging is None:
-        yield
-        return
-    saved = logging.getLogLevel()
-    logging.setLogLevel(getattr(logging, f'LOG_LEVEL_{level}'))
-    try:
-        yield
-    finally:
-        logging.setLogLevel(saved)
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Silence what OpenCV and the image libraries under it print to stderr themselves (its
-    log, libpng's warnings such as 'iCCP: ... invalid rendering intent' on scikit-image's
-    bundled photographs): the file was checked already, and a reported failure names it."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        saved = None
-    with opencv_log_level('SILENT'):
-        try:
-            if saved is not None:
-                with open(os.devnull, 'wb') as devnull:
-                    os.dup2(devnull.fileno(), 2)
-            yield
-        finally:
-            if saved is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
-
-
-def modcrop(img, modulus):
-    """Crop the bottom and right of ``img`` so that its height and width are multiples of ``modulus``."""
-    h, w = img.shape[:2]
-    return img[:h - h % modulus, :w - w % modulus]
-
-
-def bicubic_downscale(img, scale):
-    """MATLAB-compatible bicubic downscaling of a uint8 image by ``1 / scale``, rounded to uint8.
-
-    This is ``basicsr.utils.matlab_functions.imresize(img / 255, 1 / scale)`` (antialiased,
-    as MATLAB's ``imresize``) scaled back to [0, 255], rounded and clipped.
-    """
-    from basicsr.utils.matlab_functions import imresize
-    h, w = img.shape[:2]
-    if h % scale or w % scale:
-        raise ValueError(f'image size {w}x{h} is not a multiple of the scale {scale}')
-    out = imresize(img.astype(np.float32) / 255., 1 / scale)
-    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
-
-
-def bicubic_upscale(img, scale):
-    """MATLAB-compatible bicubic upscaling of a uint8 image (the 'bicubic' baseline of SR papers)."""
-    from basicsr.utils.matlab_functions import imresize
-    out = imresize(img.astype(np.float32) / 255., scale)
-    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
-
-
 def _temp_path(path):
     """A hidden name next to ``path``: an interrupted write leaves nothing BasicSR would list."""
     folder, name = os.path.split(path)
@@ -782,7 +653,6 @@ def _finish(result, input_dir):
 
 
 def _error(e):
-    from basicsr_ext.cli import CommandError
     return CommandError(str(e))
 
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from basicsr_ext import prepare  # first: patches BasicSR for today's torchvision
+from basicsr_ext import images, prepare  # first: patches BasicSR for today's torchvision
 from basicsr_ext.cli import main
 from basicsr.data.paired_image_dataset import PairedImageDataset  # noqa: E402  (after basicsr_ext)
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
@@ -367,5 +367,5 @@ def test_demo_writes_x4_train_and_val_pairs_and_reports_bicubic_psnr(tmp_path, m
 def test_opencv_builds_without_a_log_api_still_prepare_quietly(monkeypatch):
     # the OpenCV 4.10 headless wheels have no cv2.utils.logging (prepare died on them)
     monkeypatch.delattr(cv2.utils, 'logging', raising=False)
-    with prepare.quiet_native_stderr(), prepare.opencv_log_level('ERROR'):
+    with images.quiet_native_stderr(), images.opencv_log_level('ERROR'):
         assert cv2.imdecode(np.frombuffer(b'not an image', np.uint8), cv2.IMREAD_COLOR) is None
