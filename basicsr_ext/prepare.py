@@ -27,8 +27,11 @@ DIV2K and benchmark LR images are made; sub-images of HR and LR are cut at match
 
 Every command is resumable and idempotent: each finished source image is recorded in a ledger
 (``<output>/.prepare/<name>.jsonl``) with its size, modification time and the parameters used,
-and outputs are written atomically. A second run redoes only what changed (nothing, usually),
-and outputs of source images that disappeared are removed. An unreadable image is reported on
+and outputs are written atomically. A second run redoes only what changed (nothing, usually).
+One rule decides which earlier outputs stay (:meth:`Ledger.prune`): those this run makes, and
+those made from a source image as it is now with the parameters it would get now (e.g. a scale
+not asked for this time); the outputs of source images that disappeared or changed are removed,
+at every scale. An unreadable image is reported on
 one line and skipped; the others are processed, and the command exits non-zero at the end.
 """
 import hashlib
@@ -180,9 +183,17 @@ class Ledger:
         self._file.write(json.dumps(record, sort_keys=True) + '\n')
         self._file.flush()
 
-    def forget_all_but(self, units):
-        """Remove the outputs of recorded units not in ``units`` (their sources are gone); returns them."""
-        stale = [u for u in self.records if u not in units]
+    def prune(self, wanted, signature_now=lambda unit: None):
+        """Delete the outputs of the recorded units that are outdated; returns those units.
+
+        One rule for every sub-command: a recorded unit stays when this run wants it (it is
+        redone if out of date), or when ``signature_now(unit)`` (the signature it would have
+        if made now from its source file as it is; None when that file is gone) equals the one
+        recorded, e.g. a scale not asked for this time. The outputs of removed source images,
+        and of earlier versions of a source image or another geometry, go.
+        """
+        stale = [u for u, record in self.records.items()
+                 if u not in wanted and signature_now(u) != record.get('signature')]
         for unit in stale:
             for path in self.outputs(unit):
                 if os.path.isfile(path):
@@ -202,6 +213,15 @@ class Ledger:
 def source_signature(path, params):
     st = os.stat(path)
     return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns, 'params': params}
+
+
+def _scale_signature_now(unit, sources, params):
+    """The signature unit ``'<stem>|X<scale>'`` would have if made now from ``sources[stem]`` with
+    ``params``; None for a source that is gone (or a unit of another kind)."""
+    stem, kind = unit.rsplit('|', 1)
+    if stem not in sources or not (kind.startswith('X') and kind[1:].isdigit()):
+        return None
+    return source_signature(sources[stem], {**params, 'scale': int(kind[1:])})
 
 
 # ----------------------------------------------------------------------------------------
@@ -382,16 +402,10 @@ def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), c
         todo_scales = [s for s in scales if f'X{s}' in todo]
         jobs.append((src, stem, layout['hr'] if 'HR' in todo else None, layout['lr'], todo_scales, modulus,
                      crop_size, step, thresh_size))
-    # Units of scales not asked for this time stay, as long as they still match the HR sub-images
+    # Units of scales not asked for this time stay while they still match the HR sub-images
     # (same source file, same geometry): they share the HR folder and the meta info file.
-    # Those of removed images, or made from another version or geometry, go.
     sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
-    for unit, record in ledger.records.items():
-        stem, kind = unit.rsplit('|', 1)
-        if unit not in units and stem in sources and kind.startswith('X') and kind[1:].isdigit():
-            if record.get('signature') == source_signature(sources[stem], {**geometry, 'scale': int(kind[1:])}):
-                units.add(unit)
-    removed = ledger.forget_all_but(units)
+    removed = ledger.prune(units, lambda unit: _scale_signature_now(unit, sources, geometry))
     gone = len({u.rsplit('|', 1)[0] for u in removed})
     log(f'{name}: {len(names)} HR images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
         + (f', outdated outputs of {gone} images deleted' if gone else ''))
@@ -479,10 +493,12 @@ def prepare_pairs(input_dir, names, folders, ledger_name, ledger_root, workers=1
             jobs.append((src, stem, targets))
         else:
             skipped += 1
-    # units of other scales stay; those of removed images go
-    removed = ledger.forget_all_but(units | {u for u in ledger.records if int(u.rsplit('|X', 1)[1]) not in folders})
+    # the same rule as prepare div2k: outputs at other scales stay while made from the image as it is
+    sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
+    removed = ledger.prune(units, lambda unit: _scale_signature_now(unit, sources, {}))
+    gone = len({u.rsplit('|', 1)[0] for u in removed})
     log(f'{ledger_name}: {len(names)} images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
-        + (f', outputs of {len(removed)} removed images deleted' if removed else ''))
+        + (f', outdated outputs of {gone} images deleted' if gone else ''))
     def record(result):
         stem = os.path.splitext(os.path.basename(result['src']))[0]
         for scale, outputs in result['outputs'].items():
@@ -621,7 +637,7 @@ def prepare_demo(output=os.path.join('datasets', 'demo'), train=DEMO_TRAIN, val=
                 skipped += 1
             else:
                 jobs.append((unit, src, photo, split, *layout[split]))
-    ledger.forget_all_but(units)
+    ledger.prune(units)  # every photograph of the demo is wanted: others' outputs go
     log(f'demo: {len(train)} training and {len(val)} validation photographs from {data_dir}: '
         f'{len(jobs)} to process, {skipped} up to date')
     errors = _run_recorded(_demo_unit, jobs, workers or _default_workers(), 'demo', ledger,
