@@ -120,7 +120,7 @@ def build_parser():
 
     prepare.add_parser(commands)
     infer.add_parser(commands)
-    benchmark.add_parser(commands)
+    benchmark.add_parser(commands, train_command=lambda argv: main(['train', *argv]))
     return parser
 
 

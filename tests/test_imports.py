@@ -109,6 +109,7 @@ def test_patches_and_the_hook_do_not_import_the_network_when_imported():
 
 def test_only_the_entry_point_imports_the_command_line_module():
     # the commands share errors and image reading through their own modules, never through cli
+    # (not even inside a function: cli hands benchmark its train command instead)
     for module in MODULES:
         if module not in ('basicsr_ext.cli', 'basicsr_ext.__main__'):
-            assert 'basicsr_ext.cli' not in imports_of(module, module_level_only=True), module
+            assert 'basicsr_ext.cli' not in imports_of(module, module_level_only=False), module
