@@ -209,15 +209,14 @@ def train_options(data, name, network, iters, device, workers, batch=16, lr_patc
     }
 
 
-def time_training(opt_file, workdir, iters, warmup, device):
-    """Run ``basicsr train -opt opt_file`` in this process; iterations/s after ``warmup`` iterations.
+def time_training(opt_file, workdir, iters, warmup, device, train):
+    """Run ``train(['-opt', opt_file])`` (``basicsr train``, which :mod:`basicsr_ext.cli` hands to
+    :func:`add_parser`) in this process; iterations/s after ``warmup`` iterations.
 
     Only measurement is added: ``SRModel.optimize_parameters`` is wrapped to read the clock
     (after a device synchronisation) at the end of iteration ``warmup`` and of the last one.
     """
     from basicsr.models.sr_model import SRModel
-
-    from basicsr_ext.cli import main
     stamps = {}
     original = SRModel.optimize_parameters
 
@@ -234,7 +233,7 @@ def time_training(opt_file, workdir, iters, warmup, device):
         os.chdir(workdir)
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
-        if main(['train', '-opt', opt_file]) != 0:
+        if train(['-opt', opt_file]) != 0:
             raise RuntimeError(f'basicsr train -opt {opt_file} failed')
     finally:
         SRModel.optimize_parameters = original
@@ -263,7 +262,8 @@ def bench_training(args, device, log):
             yaml.safe_dump(train_options(data, name, network, args.train_iters, device, args.train_workers,
                                          args.train_batch, args.train_patch), f)
         log(f'training ASID x4 ({label}) through basicsr train: {args.train_iters} iterations')
-        its, peak = time_training(opt_file, workdir, args.train_iters, args.train_warmup, device)
+        its, peak = time_training(opt_file, workdir, args.train_iters, args.train_warmup, device,
+                                    args.train_command)
         rows.append({'network': 'ASID', 'path': label, 'batch': args.train_batch, 'lr_patch': args.train_patch,
                      'iters_per_s': its,
                      'peak_mem_gb': peak, 'workers': args.train_workers})
@@ -306,7 +306,8 @@ def print_tables(result, out=None):
                   f'{r["workers"]} loader workers', file=out)
 
 
-def add_parser(commands):
+def add_parser(commands, train_command=None):
+    """Register ``basicsr benchmark``; ``train_command(argv)`` runs ``basicsr train`` (for ``--train``)."""
     p = commands.add_parser('benchmark', help='params, MACs, latency, memory: ASID vs SwinIR-light, plain vs fast',
                             description=__doc__.split('\n\n')[0])
     p.add_argument('--device', default='auto', help='cpu, cuda or auto (default)')
@@ -325,7 +326,7 @@ def add_parser(commands):
     p.add_argument('--train-patch', type=int, default=64, help='LR patch size (default: 64, the recipe\'s)')
     p.add_argument('--train-workers', type=int, default=6, help='data loader workers (default: 6)')
     p.add_argument('--json', default=None, metavar='FILE', help='also write the figures as JSON')
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, train_command=train_command)
 
 
 def run(args):

@@ -12,12 +12,9 @@ import sys
 
 import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
 from basicsr_ext import benchmark, infer, models, prepare, testsets  # noqa: F401  (models registers TiledSRModel)
+from basicsr_ext.errors import CommandError
 from basicsr_ext.options import OptionError, load_and_check
 from basicsr_ext.safety import RunError
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
 
 
 def _add_pipeline_arguments(parser):
@@ -124,7 +121,7 @@ def build_parser():
 
     prepare.add_parser(commands)
     infer.add_parser(commands)
-    benchmark.add_parser(commands)
+    benchmark.add_parser(commands, train_command=lambda argv: main(['train', *argv]))
     return parser
 
 

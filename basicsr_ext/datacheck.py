@@ -67,11 +67,12 @@ def image_size(path):
             return img.size
     except Exception:  # noqa: BLE001  (PIL raises many kinds; fall back to OpenCV's full decoder)
         pass
-    import cv2
-
-    from basicsr_ext.prepare import quiet_native_stderr
-    with quiet_native_stderr():  # OpenCV's own complaints about the file would add lines
-        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    from basicsr_ext.images import decode
+    try:
+        with open(path, 'rb') as f:
+            img = decode(f.read())  # quiet: OpenCV's own complaints about the file would add lines
+    except OSError as e:
+        raise DataError(f'{path}: cannot read: {e.strerror or e}') from None
     if img is None:
         raise DataError(f'{path}: not a readable image (unknown format or corrupt)')
     return img.shape[1], img.shape[0]

@@ -39,11 +39,10 @@ import numpy as np
 from tqdm import tqdm
 
 from asid_arch.inference import NonFiniteOutput
-from basicsr_ext.prepare import opencv_log_level, quiet_native_stderr
+from basicsr_ext.errors import CommandError
+from basicsr_ext.images import decode as decode_image
+from basicsr_ext.images import is_image_name, opencv_log_level
 
-#: Files taken from a folder: what OpenCV reads, by extension (case-insensitive).
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.jpe', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.ppm', '.pgm',
-                    '.pnm', '.pbm')
 #: Output formats for ``--ext``.
 OUTPUT_EXTENSIONS = ('png', 'jpg', 'jpeg', 'bmp', 'tif', 'tiff', 'webp', 'ppm', 'pgm')
 #: Formats that store an alpha channel / 16-bit samples / 32-bit float samples.
@@ -118,9 +117,8 @@ def decode(data):
     """Decode bytes with OpenCV (all depths, alpha kept) into RGB(A) / grey, EXIF-upright."""
     if not data:
         raise ImageError('not a readable image (empty file)')
-    with quiet_native_stderr():  # a failure is reported on one line naming the file, not by OpenCV's log
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
+    img = decode_image(data)  # quiet: a failure is reported on one line naming the file, not by OpenCV's log
+    if img is None:
         raise ImageError('not a readable image (truncated, corrupt, or not an image file)')
     if img.dtype not in (np.uint8, np.uint16, np.float32):
         raise ImageError(f'unsupported sample type {img.dtype}')
@@ -213,8 +211,6 @@ def add_parser(commands):
     return p
 
 
-def _is_image_name(name):
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def list_inputs(path):
@@ -226,7 +222,7 @@ def list_inputs(path):
         full = os.path.join(path, name)
         if os.path.isdir(full):
             notes.append(f'skipped {full}: a folder (folders are not searched)')
-        elif not _is_image_name(name):
+        elif not is_image_name(name):
             notes.append(f'skipped {full}: not an image file ({os.path.splitext(name)[1] or "no extension"})')
         else:
             images.append(full)
@@ -325,7 +321,6 @@ def build_upsampler(args):
     """The upsampler for ``args``; any problem with the checkpoint or options is a CommandError."""
     from asid_arch.checkpoint import CheckpointError
     from asid_arch.inference import ASIDUpsampler
-    from basicsr_ext.cli import CommandError
 
     value_range = None if args.value_range is None else tuple(int(v) for v in args.value_range.split(','))
     max_memory = None if args.max_memory is None else int(args.max_memory * 2**30)
@@ -344,7 +339,6 @@ def build_upsampler(args):
 
 
 def cmd_infer(args):
-    from basicsr_ext.cli import CommandError
 
     start = time.perf_counter()
     if not os.path.exists(args.input):

@@ -27,7 +27,6 @@ import sys
 import time
 import warnings
 
-import cv2
 import numpy as np
 import torch
 
@@ -36,22 +35,17 @@ from asid_arch import ASID
 from asid_arch.checkpoint import build_asid
 from asid_arch.inference import PRECISIONS, ASIDUpsampler, resolve_device
 from basicsr_ext.benchmark import time_forward
-
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
-
+from basicsr_ext.images import bicubic_downscale, is_image_name, load_image, modcrop
 
 def load_pairs(folder, scale):
     """[(name, HR uint8 RGB cropped to a multiple of scale, LR uint8 RGB)] for the images in ``folder``."""
-    from basicsr.utils.matlab_functions import imresize
     pairs = []
     for name in sorted(os.listdir(folder)):
-        if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+        if not is_image_name(name):
             continue
-        hr = cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR)[..., ::-1]
-        h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
-        hr = np.ascontiguousarray(hr[:h, :w])
-        lr = imresize(hr.astype(np.float32) / 255, 1 / scale)
-        pairs.append((name, hr, np.clip(np.round(lr * 255), 0, 255).astype(np.uint8)))
+        hr = modcrop(load_image(os.path.join(folder, name)), scale)[..., ::-1]
+        hr = np.ascontiguousarray(hr)
+        pairs.append((name, hr, bicubic_downscale(hr, scale)))
     if not pairs:
         raise SystemExit(f'no images in {folder}')
     return pairs

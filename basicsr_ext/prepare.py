@@ -27,11 +27,13 @@ DIV2K and benchmark LR images are made; sub-images of HR and LR are cut at match
 
 Every command is resumable and idempotent: each finished source image is recorded in a ledger
 (``<output>/.prepare/<name>.jsonl``) with its size, modification time and the parameters used,
-and outputs are written atomically. A second run redoes only what changed (nothing, usually),
-and outputs of source images that disappeared are removed. An unreadable image is reported on
+and outputs are written atomically. A second run redoes only what changed (nothing, usually).
+One rule decides which earlier outputs stay (:meth:`Ledger.prune`): those this run makes, and
+those made from a source image as it is now with the parameters it would get now (e.g. a scale
+not asked for this time); the outputs of source images that disappeared or changed are removed,
+at every scale. An unreadable image is reported on
 one line and skipped; the others are processed, and the command exits non-zero at the end.
 """
-import contextlib
 import hashlib
 import json
 import math
@@ -44,8 +46,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-#: Extensions read as images (what BasicSR's data preparation scripts read, and more).
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+from basicsr_ext.errors import CommandError
+from basicsr_ext.images import (IMAGE_EXTENSIONS, UnreadableImage, bicubic_downscale, bicubic_upscale, load_image,
+                                modcrop)
 
 #: PNG compression of written images (lossless; 3 is OpenCV's default and fast).
 PNG_COMPRESSION = 3
@@ -56,137 +59,8 @@ class PrepareError(Exception):
 
 
 # ----------------------------------------------------------------------------------------
-# image helpers
+# writing, listing
 # ----------------------------------------------------------------------------------------
-class UnreadableImage(Exception):
-    """An input file that is not an image, or a corrupt or truncated one; the message says which."""
-
-
-def load_image(path):
-    """Read an image as 3-channel 8-bit BGR, as BasicSR's datasets read it (OpenCV).
-
-    OpenCV returns a truncated JPEG as an image, grey where the data ends, and prints its
-    complaints about broken files to stderr. So the file is first decoded by Pillow, which
-    refuses truncated and corrupt files quietly; formats Pillow does not know are left to
-    OpenCV alone. Raises UnreadableImage saying what is wrong.
-    """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-    known = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-    except UnidentifiedImageError:
-        known = False  # not a format Pillow knows, or not an image: OpenCV decides
-    except Image.DecompressionBombError:
-        pass  # larger than Pillow's guard allows: OpenCV decodes it
-    except (PermissionError, FileNotFoundError, IsADirectoryError) as e:
-        raise UnreadableImage(f'cannot read the file ({e.strerror})') from None
-    except (OSError, ValueError, SyntaxError) as e:
-        kind = _image_kind(path)
-        raise UnreadableImage(f'corrupt or truncated {kind + " " if kind else ""}image ({e})') from None
-    try:
-        with quiet_native_stderr():
-            img = cv2.imread(path, cv2.IMREAD_COLOR)
-    except cv2.error:
-        img = None
-    if img is None:
-        kind = _image_kind(path)
-        if kind == 'empty':
-            raise UnreadableImage('empty file')
-        if known or kind:
-            raise UnreadableImage(f'corrupt or truncated {kind + " " if kind else ""}image (cannot be decoded)')
-        raise UnreadableImage('not an image (no decoder recognises it)')
-    return img
-
-
-#: File signatures of image formats, to tell a broken image from a file that is no image.
-_SIGNATURES = ((b'\x89PNG\r\n\x1a\n', 'PNG'), (b'\xff\xd8\xff', 'JPEG'), (b'BM', 'BMP'), (b'II*\x00', 'TIFF'),
-               (b'MM\x00*', 'TIFF'), (b'GIF8', 'GIF'))
-
-
-def _image_kind(path):
-    """'PNG', 'JPEG', ... from the first bytes of the file, 'empty', or None."""
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(16)
-    except OSError:
-        return None
-    if not head:
-        return 'empty'
-    if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
-        return 'WebP'
-    return next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
-
-
-@contextlib.contextmanager
-def opencv_log_level(level):
-    """OpenCV's own log at ``level`` ('SILENT', 'ERROR', ...) inside the block; nothing to do
-    for OpenCV builds without ``cv2.utils.logging`` (e.g. the 4.10 headless wheels)."""
-    logging = getattr(cv2.utils, 'logging', None)
-    if logging is None:
-        yield
-        return
-    saved = logging.getLogLevel()
-    logging.setLogLevel(getattr(logging, f'LOG_LEVEL_{level}'))
-    try:
-        yield
-    finally:
-        logging.setLogLevel(saved)
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Silence what OpenCV and the image libraries under it print to stderr themselves (its
-    log, libpng's warnings such as 'iCCP: ... invalid rendering intent' on scikit-image's
-    bundled photographs): the file was checked already, and a reported failure names it."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        saved = None
-    with opencv_log_level('SILENT'):
-        try:
-            if saved is not None:
-                with open(os.devnull, 'wb') as devnull:
-                    os.dup2(devnull.fileno(), 2)
-            yield
-        finally:
-            if saved is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
-
-
-def modcrop(img, modulus):
-    """Crop the bottom and right of ``img`` so that its height and width are multiples of ``modulus``."""
-    h, w = img.shape[:2]
-    return img[:h - h % modulus, :w - w % modulus]
-
-
-def bicubic_downscale(img, scale):
-    """MATLAB-compatible bicubic downscaling of a uint8 image by ``1 / scale``, rounded to uint8.
-
-    This is ``basicsr.utils.matlab_functions.imresize(img / 255, 1 / scale)`` (antialiased,
-    as MATLAB's ``imresize``) scaled back to [0, 255], rounded and clipped.
-    """
-    from basicsr.utils.matlab_functions import imresize
-    h, w = img.shape[:2]
-    if h % scale or w % scale:
-        raise ValueError(f'image size {w}x{h} is not a multiple of the scale {scale}')
-    out = imresize(img.astype(np.float32) / 255., 1 / scale)
-    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
-
-
-def bicubic_upscale(img, scale):
-    """MATLAB-compatible bicubic upscaling of a uint8 image (the 'bicubic' baseline of SR papers)."""
-    from basicsr.utils.matlab_functions import imresize
-    out = imresize(img.astype(np.float32) / 255., scale)
-    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
-
-
 def _temp_path(path):
     """A hidden name next to ``path``: an interrupted write leaves nothing BasicSR would list."""
     folder, name = os.path.split(path)
@@ -309,9 +183,17 @@ class Ledger:
         self._file.write(json.dumps(record, sort_keys=True) + '\n')
         self._file.flush()
 
-    def forget_all_but(self, units):
-        """Remove the outputs of recorded units not in ``units`` (their sources are gone); returns them."""
-        stale = [u for u in self.records if u not in units]
+    def prune(self, wanted, signature_now=lambda unit: None):
+        """Delete the outputs of the recorded units that are outdated; returns those units.
+
+        One rule for every sub-command: a recorded unit stays when this run wants it (it is
+        redone if out of date), or when ``signature_now(unit)`` (the signature it would have
+        if made now from its source file as it is; None when that file is gone) equals the one
+        recorded, e.g. a scale not asked for this time. The outputs of removed source images,
+        and of earlier versions of a source image or another geometry, go.
+        """
+        stale = [u for u, record in self.records.items()
+                 if u not in wanted and signature_now(u) != record.get('signature')]
         for unit in stale:
             for path in self.outputs(unit):
                 if os.path.isfile(path):
@@ -331,6 +213,15 @@ class Ledger:
 def source_signature(path, params):
     st = os.stat(path)
     return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns, 'params': params}
+
+
+def _scale_signature_now(unit, sources, params):
+    """The signature unit ``'<stem>|X<scale>'`` would have if made now from ``sources[stem]`` with
+    ``params``; None for a source that is gone (or a unit of another kind)."""
+    stem, kind = unit.rsplit('|', 1)
+    if stem not in sources or not (kind.startswith('X') and kind[1:].isdigit()):
+        return None
+    return source_signature(sources[stem], {**params, 'scale': int(kind[1:])})
 
 
 # ----------------------------------------------------------------------------------------
@@ -511,16 +402,10 @@ def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), c
         todo_scales = [s for s in scales if f'X{s}' in todo]
         jobs.append((src, stem, layout['hr'] if 'HR' in todo else None, layout['lr'], todo_scales, modulus,
                      crop_size, step, thresh_size))
-    # Units of scales not asked for this time stay, as long as they still match the HR sub-images
+    # Units of scales not asked for this time stay while they still match the HR sub-images
     # (same source file, same geometry): they share the HR folder and the meta info file.
-    # Those of removed images, or made from another version or geometry, go.
     sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
-    for unit, record in ledger.records.items():
-        stem, kind = unit.rsplit('|', 1)
-        if unit not in units and stem in sources and kind.startswith('X') and kind[1:].isdigit():
-            if record.get('signature') == source_signature(sources[stem], {**geometry, 'scale': int(kind[1:])}):
-                units.add(unit)
-    removed = ledger.forget_all_but(units)
+    removed = ledger.prune(units, lambda unit: _scale_signature_now(unit, sources, geometry))
     gone = len({u.rsplit('|', 1)[0] for u in removed})
     log(f'{name}: {len(names)} HR images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
         + (f', outdated outputs of {gone} images deleted' if gone else ''))
@@ -608,10 +493,12 @@ def prepare_pairs(input_dir, names, folders, ledger_name, ledger_root, workers=1
             jobs.append((src, stem, targets))
         else:
             skipped += 1
-    # units of other scales stay; those of removed images go
-    removed = ledger.forget_all_but(units | {u for u in ledger.records if int(u.rsplit('|X', 1)[1]) not in folders})
+    # the same rule as prepare div2k: outputs at other scales stay while made from the image as it is
+    sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
+    removed = ledger.prune(units, lambda unit: _scale_signature_now(unit, sources, {}))
+    gone = len({u.rsplit('|', 1)[0] for u in removed})
     log(f'{ledger_name}: {len(names)} images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
-        + (f', outputs of {len(removed)} removed images deleted' if removed else ''))
+        + (f', outdated outputs of {gone} images deleted' if gone else ''))
     def record(result):
         stem = os.path.splitext(os.path.basename(result['src']))[0]
         for scale, outputs in result['outputs'].items():
@@ -750,7 +637,7 @@ def prepare_demo(output=os.path.join('datasets', 'demo'), train=DEMO_TRAIN, val=
                 skipped += 1
             else:
                 jobs.append((unit, src, photo, split, *layout[split]))
-    ledger.forget_all_but(units)
+    ledger.prune(units)  # every photograph of the demo is wanted: others' outputs go
     log(f'demo: {len(train)} training and {len(val)} validation photographs from {data_dir}: '
         f'{len(jobs)} to process, {skipped} up to date')
     errors = _run_recorded(_demo_unit, jobs, workers or _default_workers(), 'demo', ledger,
@@ -782,7 +669,6 @@ def _finish(result, input_dir):
 
 
 def _error(e):
-    from basicsr_ext.cli import CommandError
     return CommandError(str(e))
 
 

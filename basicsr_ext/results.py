@@ -11,7 +11,7 @@ import os
 from basicsr.metrics import calculate_metric
 from basicsr.utils import tensor2img
 
-from basicsr_ext.prepare import bicubic_upscale
+from basicsr_ext.images import bicubic_upscale
 
 
 def bicubic_scores(dataset, metrics, scale):

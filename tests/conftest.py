@@ -1,5 +1,6 @@
 """Shared fixtures: tiny paired data sets and option files that train in seconds on a CPU."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -9,6 +10,8 @@ import pytest
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The reference files of the tests: the golden output, the released key manifests.
+DATA = os.path.join(REPO, 'tests', 'data')
 
 
 def make_image(height, width, seed):
@@ -71,6 +74,13 @@ def write_options(path, opt):
     return str(path)
 
 
+def free_port():
+    """A TCP port nobody listens on now (a fixed one can still be held by an earlier run)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def run_basicsr(*args, cwd, env=None, timeout=300):
     """Run the ``basicsr`` command as a user would, in a fresh interpreter."""
     return subprocess.run([sys.executable, '-m', 'basicsr_ext', *args], cwd=cwd, env=env, capture_output=True,
@@ -84,3 +94,15 @@ def tiny_data(tmp_path):
     write_pairs(str(root / 'train'), 4)
     write_pairs(str(root / 'val'), 1, start=10)
     return str(root)
+
+
+def load_golden():
+    """The golden file: x4 ASID weights (seeded), a 21x30 input in [0, 1] and the output of the reference."""
+    import torch
+    return torch.load(os.path.join(DATA, 'golden-asid-x4.pt'), map_location='cpu', weights_only=True)
+
+
+@pytest.fixture(scope='module')
+def golden():
+    """:func:`load_golden`, once per test module."""
+    return load_golden()

@@ -8,18 +8,7 @@ import torch
 import asid_arch  # noqa: F401  (patches BasicSR, registers the networks)
 from asid_arch import ASID, ASID_D8
 from asid_arch.asid_arch import add_windows, window_partition
-
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
-
-
-def load_golden():
-    return torch.load(os.path.join(DATA, 'golden-asid-x4.pt'), map_location='cpu', weights_only=True)
-
-
-@pytest.fixture(scope='module')
-def golden():
-    return load_golden()
-
+from conftest import DATA
 
 @pytest.fixture(scope='module')
 def net(golden):

@@ -1,18 +1,9 @@
 """Checkpoint helpers: formats, config inference, overrides, and refusing bad or unsafe files."""
-import os
 
 import pytest
 import torch
 
 from asid_arch import ASID, CheckpointError, build_asid, infer_config, load_state_dict
-
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
-
-
-@pytest.fixture(scope='module')
-def golden():
-    return torch.load(os.path.join(DATA, 'golden-asid-x4.pt'), map_location='cpu', weights_only=True)
-
 
 @pytest.fixture(scope='module')
 def state_dict(golden):

@@ -3,17 +3,16 @@ import glob
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 
 from basicsr_ext import cli
 from basicsr_ext.cli import main
 from basicsr_ext.options import OptionError, load_and_check
-from conftest import REPO, run_basicsr, tiny_options, write_options
+from conftest import REPO, free_port, run_basicsr, tiny_options, write_options
 
 
 def test_help_lists_the_subcommands(capsys):
@@ -21,8 +20,21 @@ def test_help_lists_the_subcommands(capsys):
         main(['--help'])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ('train', 'test'):
+    for command in COMMANDS:
         assert re.search(rf'^\s+{command}\s', out, re.M), out
+
+
+COMMANDS = ('train', 'test', 'prepare', 'infer', 'benchmark')
+
+
+@pytest.mark.parametrize('command', COMMANDS)
+def test_help_of_each_command_exits_0_and_shows_its_usage(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, '--help'])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f'usage: basicsr {command} '), out
+    assert 'options:' in out or 'optional arguments:' in out, out
 
 
 def test_train_runs_basicsr_pipeline_and_writes_experiments_under_the_current_directory(tmp_path, tiny_data,
@@ -86,22 +98,34 @@ def test_force_yml_overrides_an_option_and_rejects_unknown_keys(tmp_path, tiny_d
 
 def test_auto_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_data):
     network = {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 16, 'num_block': 2, 'upscale': 4}
-    opt = tiny_options(tiny_data, name='killed', network=network, total_iter=300, checkpoint_freq=20, val_freq=1000)
+    total = 100  # killed at iteration 21 (below), so the first run never gets near the end
+    opt = tiny_options(tiny_data, name='killed', network=network, total_iter=total, checkpoint_freq=20, val_freq=1000)
     opt['datasets']['train']['gt_size'] = 64
     command = [sys.executable, '-m', 'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'k.yml', opt),
                '--auto_resume']
     states = tmp_path / 'experiments/killed/training_states'
 
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (states.is_dir() and os.listdir(states)) and first.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # let the first state file be written completely
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert first.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
-    saved = max(int(name.split('.')[0]) for name in os.listdir(states))
-    assert saved < 300
+    # Killed once the log shows an iteration after the first save (every 20): that save has
+    # finished, and saves are atomic, so whatever the kill interrupts, the states under their
+    # final names are complete. No sleeping, no polling: the log says when.
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(240, first.kill)  # a hung run fails the test instead of hanging it
+    watchdog.start()
+    killed_after = None
+    try:
+        for line in first.stderr:
+            match = re.search(r'\[epoch:\s*\d+, iter:\s*([\d,]+),', line)
+            if match and int(match.group(1).replace(',', '')) > 20:
+                first.send_signal(signal.SIGKILL)
+                killed_after = line
+                break
+        first.wait()
+    finally:
+        watchdog.cancel()
+        first.stderr.close()
+    assert killed_after and first.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+    saved = max(int(name.split('.')[0]) for name in os.listdir(states) if re.fullmatch(r'\d+\.state', name))
+    assert 20 <= saved < total
 
     second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -109,14 +133,7 @@ def test_auto_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path, 
     resumed = open(logs[-1]).read()
     assert f'Resuming training from epoch: ' in resumed and f'iter: {saved}.' in resumed
     assert 'End of training' in resumed
-    assert (states / '300.state').is_file()
-
-
-def free_port():
-    """A TCP port nobody listens on now (a fixed one can still be held by an earlier run)."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    assert (states / f'{total}.state').is_file()
 
 
 LAUNCHERS = {

@@ -10,6 +10,7 @@ import torch
 
 import basicsr_ext  # noqa: F401  (applies the patches)
 from basicsr_ext import compat
+from conftest import free_port
 
 
 def test_basicsr_imports_without_torchvision_functional_tensor():
@@ -20,10 +21,36 @@ def test_basicsr_imports_without_torchvision_functional_tensor():
     assert degradations.rgb_to_grayscale is functional.rgb_to_grayscale
 
 
-def test_apply_runs_each_patch_once_and_reports_what_it_applied():
+def test_apply_runs_each_patch_once_and_reports_what_it_applied(monkeypatch):
     assert compat.apply() is compat.apply()
     assert set(compat.APPLIED) <= {p.__name__ for p in compat.PATCHES}
     assert len(compat.APPLIED) == len(set(compat.APPLIED))
+    # this stack needs these (torchvision >= 0.17; no GPU; PyPI 1.4.2's Adam-only optimizers,
+    # its saving, resuming, loading and eta): they were applied, so the list is not just empty
+    needed = {'patch_functional_tensor', 'patch_optimizers', 'patch_resume', 'patch_atomic_save',
+              'patch_eta_off_by_one'} | ({'patch_cpu_distributed'} if not torch.cuda.is_available() else set())
+    assert needed <= set(compat.APPLIED), compat.APPLIED
+
+    # on a fresh process's state: each patch runs once however often apply() is called, and
+    # exactly those that changed something are reported, in order
+    calls = []
+
+    def fake(name, applies):
+        def patch():
+            calls.append(name)
+            return applies
+        patch.__name__ = name
+        return patch
+
+    fixes, others = (fake('fix', True),), (fake('needed', True), fake('not_needed', False), fake('also', True))
+    monkeypatch.setattr(compat, 'APPLIED', [])
+    monkeypatch.setattr(compat, '_checked', set())
+    monkeypatch.setattr(compat, 'IMPORT_FIXES', fixes)
+    monkeypatch.setattr(compat, 'PATCHES', fixes + others)
+    assert compat.apply_import_fixes() == ['fix']
+    assert compat.apply() == ['fix', 'needed', 'also']
+    assert compat.apply() == ['fix', 'needed', 'also']
+    assert calls == ['fix', 'needed', 'not_needed', 'also']
 
 
 def _basicsr_training_state():
@@ -46,6 +73,17 @@ def test_basicsr_training_state_loads_with_the_safe_loader():
     state = torch.load(buffer, weights_only=True)
     assert isinstance(state['schedulers'][0]['milestones'], collections.Counter)
     assert state['iter'] == 5
+
+
+def test_safe_loader_patch_adds_exactly_counter_where_torch_lacks_it(monkeypatch):
+    # torch 2.14 allows Counter already (the patch does nothing here); on a torch that does not,
+    # the patch must add that one type and nothing else
+    from torch import _weights_only_unpickler
+    added = []
+    monkeypatch.setattr(_weights_only_unpickler, '_get_allowed_globals', lambda: {})
+    monkeypatch.setattr(torch.serialization, 'add_safe_globals', added.append)
+    assert compat.patch_safe_loader() is True
+    assert added == [[collections.Counter]]
 
 
 class _CarriesCode:
@@ -104,7 +142,7 @@ def test_distributed_init_uses_gloo_without_gpu(monkeypatch):
     monkeypatch.setenv('RANK', '0')
     monkeypatch.setenv('WORLD_SIZE', '1')
     monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
-    monkeypatch.setenv('MASTER_PORT', '29555')
+    monkeypatch.setenv('MASTER_PORT', str(free_port()))
     dist_util._init_dist_pytorch('nccl')  # what init_dist('pytorch') calls, with upstream's default backend
     try:
         assert dist.get_backend() == 'gloo'

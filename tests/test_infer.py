@@ -16,8 +16,8 @@ from asid_arch import ASID
 from asid_arch.inference import ASIDUpsampler
 from basicsr_ext import infer
 from basicsr_ext.cli import main
+from conftest import DATA
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 SUMMARY = re.compile(r'^done (\d+), skipped (\d+), failed (\d+) in \d+\.\d s$', re.M)
 
 

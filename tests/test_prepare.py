@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from basicsr_ext import prepare  # first: patches BasicSR for today's torchvision
+from basicsr_ext import images, prepare  # first: patches BasicSR for today's torchvision
 from basicsr_ext.cli import main
 from basicsr.data.paired_image_dataset import PairedImageDataset  # noqa: E402  (after basicsr_ext)
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
@@ -193,6 +193,39 @@ def test_second_run_processes_nothing_and_leaves_every_file_as_it_was(tmp_path, 
     assert snapshot('datasets') == before
 
 
+def bench(*scales):
+    return main(['prepare', 'benchmark', '--input', 'hr', '--name', 'Tiny', '--workers', '1', '--scales',
+                 *map(str, scales)])
+
+
+def test_outputs_of_a_removed_image_go_at_every_scale_also_those_not_asked_for(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_hr_images('hr', [(48, 48), (48, 60)])
+    assert bench(2, 4) == 0
+    os.remove('hr/0001.png')
+    capsys.readouterr()
+    assert bench(4) == 0  # x2 not asked for: the x2 outputs of 0000 stay, those of 0001 go too
+    assert 'Tiny: 1 images in hr: 0 to process, 1 up to date, outdated outputs of 1 images deleted' in \
+        capsys.readouterr().out
+    for folder in ('GTmod2', 'LRbicx2', 'GTmod4', 'LRbicx4'):
+        assert os.listdir(f'datasets/Tiny/{folder}') == ['0000.png'], folder
+    units = {json.loads(line)['unit'] for line in open('datasets/Tiny/.prepare/Tiny.jsonl')}
+    assert units == {'0000|X2', '0000|X4'}
+
+
+def test_outputs_of_a_changed_image_at_a_scale_not_asked_for_go_too(tmp_path, monkeypatch):
+    # the same rule for changed images: an x2 pair of the old version would not match the new HR
+    monkeypatch.chdir(tmp_path)
+    write_hr_images('hr', [(48, 48), (48, 60)])
+    assert bench(2, 4) == 0
+    cv2.imwrite('hr/0001.png', make_image(40, 40, 7))
+    assert bench(4) == 0
+    assert os.listdir('datasets/Tiny/GTmod2') == os.listdir('datasets/Tiny/LRbicx2') == ['0000.png']
+    assert read('datasets/Tiny/GTmod4/0001.png').shape == (40, 40, 3)
+    assert bench(2) == 0  # asked for again: made from the new version
+    assert read('datasets/Tiny/GTmod2/0001.png').shape == (40, 40, 3)
+
+
 def test_run_from_another_directory_finds_the_earlier_outputs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_hr_images('hr', [(60, 72)])
@@ -367,5 +400,5 @@ def test_demo_writes_x4_train_and_val_pairs_and_reports_bicubic_psnr(tmp_path, m
 def test_opencv_builds_without_a_log_api_still_prepare_quietly(monkeypatch):
     # the OpenCV 4.10 headless wheels have no cv2.utils.logging (prepare died on them)
     monkeypatch.delattr(cv2.utils, 'logging', raising=False)
-    with prepare.quiet_native_stderr(), prepare.opencv_log_level('ERROR'):
+    with images.quiet_native_stderr(), images.opencv_log_level('ERROR'):
         assert cv2.imdecode(np.frombuffer(b'not an image', np.uint8), cv2.IMREAD_COLOR) is None

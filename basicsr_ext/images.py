@@ -1,0 +1,193 @@
+"""Reading images, shared by ``basicsr prepare``, ``infer`` and the data checks of ``train``/``test``.
+
+One list of image extensions, one OpenCV decoder (:func:`decode`, quiet: a failure is reported
+by the caller on one line naming the file, never by OpenCV's or libpng's own log), the
+MATLAB-compatible bicubic resizing of SR papers, and :func:`load_image`, which reads an image
+as BasicSR's datasets do and says what is wrong with a broken one.
+"""
+import contextlib
+import os
+import sys
+
+import cv2
+import numpy as np
+
+#: Files taken as images, by extension (case-insensitive): what OpenCV reads.
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.jpe', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.ppm', '.pgm',
+                    '.pnm', '.pbm')
+
+
+def is_image_name(name):
+    """True if ``name`` has one of :data:`IMAGE_EXTENSIONS`."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+# ----------------------------------------------------------------------------------------
+# quieting OpenCV and the libraries under it
+# ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def opencv_log_level(level):
+    """OpenCV's own log at ``level`` ('SILENT', 'ERROR', ...) inside the block; nothing to do
+    for OpenCV builds without ``cv2.utils.logging`` (e.g. the 4.10 headless wheels)."""
+    logging = getattr(cv2.utils, 'logging', None)
+    if logging is None:
+        yield
+        return
+    saved = logging.getLogLevel()
+    logging.setLogLevel(getattr(logging, f'LOG_LEVEL_{level}'))
+    try:
+        yield
+    finally:
+        logging.setLogLevel(saved)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence what OpenCV and the image libraries under it print to stderr themselves (its
+    log, libpng's warnings such as 'iCCP: ... invalid rendering intent' on scikit-image's
+    bundled photographs): the file was checked already, and a reported failure names it."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        saved = None
+    with opencv_log_level('SILENT'):
+        try:
+            if saved is not None:
+                with open(os.devnull, 'wb') as devnull:
+                    os.dup2(devnull.fileno(), 2)
+            yield
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+
+# ----------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------
+def decode(data, flags=cv2.IMREAD_UNCHANGED):
+    """The image in ``data`` (bytes) decoded by OpenCV with ``flags``, quietly; None if it cannot be."""
+    if not data:
+        return None
+    try:
+        with quiet_native_stderr():
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+    return None if img is None or img.size == 0 else img
+
+
+#: File signatures of image formats, to tell a broken image from a file that is no image.
+_SIGNATURES = ((b'\x89PNG\r\n\x1a\n', 'PNG'), (b'\xff\xd8\xff', 'JPEG'), (b'BM', 'BMP'), (b'II*\x00', 'TIFF'),
+               (b'MM\x00*', 'TIFF'), (b'GIF8', 'GIF'))
+
+
+def image_kind(head):
+    """'PNG', 'JPEG', ... from the first bytes of a file, 'empty', or None."""
+    if not head:
+        return 'empty'
+    if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
+        return 'WebP'
+    return next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
+
+
+def looks_complete(data):
+    """Whether ``data`` ends where its format says it does: PNG with its IEND chunk, JPEG with its
+    end-of-image marker (trailing bytes after it allowed), BMP and WebP as long as their headers
+    say. False for other formats: only a full decoder can tell."""
+    kind = image_kind(data[:16])
+    if kind == 'PNG':
+        return b'IEND' in data[-64:]
+    if kind == 'JPEG':
+        return b'\xff\xd9' in data[-4096:]
+    if kind == 'BMP':
+        return len(data) >= 6 and len(data) >= int.from_bytes(data[2:6], 'little')
+    if kind == 'WebP':
+        return len(data) >= 8 + int.from_bytes(data[4:8], 'little')
+    return False
+
+
+class UnreadableImage(Exception):
+    """An input file that is not an image, or a corrupt or truncated one; the message says which."""
+
+
+def _diagnose(data):
+    """Pillow's verdict on ``data``: None if it decodes it or does not know the format, else the reason."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+    except UnidentifiedImageError:
+        return None, False  # not a format Pillow knows, or not an image: OpenCV decides
+    except Image.DecompressionBombError:
+        return None, True  # larger than Pillow's guard allows: OpenCV decides
+    except (OSError, ValueError, SyntaxError) as e:
+        kind = image_kind(data[:16])
+        return f'corrupt or truncated {kind + " " if kind else ""}image ({e})', True
+    return None, True
+
+
+def load_image(path):
+    """Read an image as 3-channel 8-bit BGR, as BasicSR's datasets read it (OpenCV).
+
+    The file is read and decoded once, by OpenCV. OpenCV returns a truncated JPEG as an image,
+    grey where the data ends, and prints its complaints about broken files to stderr; so an
+    image whose end is not where its format says (:func:`looks_complete`), or that OpenCV
+    cannot decode, is judged by Pillow, which refuses truncated and corrupt files quietly and
+    says why. Raises UnreadableImage saying what is wrong.
+    """
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as e:
+        raise UnreadableImage(f'cannot read the file ({e.strerror})') from None
+    img = decode(data, cv2.IMREAD_COLOR)
+    if img is not None and looks_complete(data):
+        return img
+    kind = image_kind(data[:16])
+    if kind == 'empty':
+        raise UnreadableImage('empty file')
+    reason, known = _diagnose(data)
+    if reason:
+        raise UnreadableImage(reason)
+    if img is not None:
+        return img
+    if known or kind:
+        raise UnreadableImage(f'corrupt or truncated {kind + " " if kind else ""}image (cannot be decoded)')
+    raise UnreadableImage('not an image (no decoder recognises it)')
+
+
+# ----------------------------------------------------------------------------------------
+# MATLAB-compatible bicubic resizing (the LR images and the 'bicubic' rows of SR papers)
+# ----------------------------------------------------------------------------------------
+def modcrop(img, modulus):
+    """Crop the bottom and right of ``img`` so that its height and width are multiples of ``modulus``."""
+    h, w = img.shape[:2]
+    return img[:h - h % modulus, :w - w % modulus]
+
+
+def bicubic_downscale(img, scale):
+    """MATLAB-compatible bicubic downscaling of a uint8 image by ``1 / scale``, rounded to uint8.
+
+    This is ``basicsr.utils.matlab_functions.imresize(img / 255, 1 / scale)`` (antialiased,
+    as MATLAB's ``imresize``) scaled back to [0, 255], rounded and clipped.
+    """
+    from basicsr.utils.matlab_functions import imresize
+    h, w = img.shape[:2]
+    if h % scale or w % scale:
+        raise ValueError(f'image size {w}x{h} is not a multiple of the scale {scale}')
+    out = imresize(img.astype(np.float32) / 255., 1 / scale)
+    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
+
+
+def bicubic_upscale(img, scale):
+    """MATLAB-compatible bicubic upscaling of a uint8 image (the 'bicubic' baseline of SR papers)."""
+    from basicsr.utils.matlab_functions import imresize
+    out = imresize(img.astype(np.float32) / 255., scale)
+    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)

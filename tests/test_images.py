@@ -1,0 +1,30 @@
+"""basicsr_ext.images: the one image reader of prepare, infer and the data checks."""
+import cv2
+import numpy as np
+import pytest
+
+from basicsr_ext import images
+from conftest import make_image
+
+
+@pytest.mark.parametrize('ext', ['.png', '.jpg', '.bmp', '.webp'])
+def test_load_image_decodes_a_sound_image_once_and_as_opencv_reads_it(ext, tmp_path, monkeypatch):
+    path = str(tmp_path / f'a{ext}')
+    cv2.imwrite(path, make_image(40, 56, 1))
+    expected = cv2.imread(path, cv2.IMREAD_COLOR)
+    decodes = []
+    real_imdecode = cv2.imdecode
+    monkeypatch.setattr(cv2, 'imdecode', lambda *a: decodes.append(1) or real_imdecode(*a))
+    monkeypatch.setattr(images, '_diagnose', lambda data: pytest.fail('a sound image was decoded twice'))
+    img = images.load_image(path)
+    assert decodes == [1]
+    assert np.array_equal(img, expected)
+
+
+def test_one_extension_list_for_every_command():
+    from basicsr_ext import infer, precision_check, prepare  # noqa: F401
+    for name in ('a.png', 'b.JPG', 'c.jpeg', 'd.tiff', 'e.webp', 'f.pgm'):
+        assert images.is_image_name(name), name
+    assert not images.is_image_name('notes.txt') and not images.is_image_name('net.pth')
+    assert prepare.IMAGE_EXTENSIONS is images.IMAGE_EXTENSIONS
+    assert not hasattr(infer, 'IMAGE_EXTENSIONS') and not hasattr(precision_check, 'IMAGE_EXTENSIONS')

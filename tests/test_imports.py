@@ -1,0 +1,115 @@
+"""The imports between our modules point one way: no circle, the network does not import the glue.
+
+Read from the source (the ``import`` statements, by ``ast``), so that a circle shows here even
+where today's import order happens to work. Module level: the statements that run when a module
+is imported (also inside ``if``/``try`` at the top). Importing ``a.b`` also runs ``a/__init__``.
+"""
+import ast
+import os
+
+import pytest
+
+from conftest import REPO
+
+PACKAGES = ('asid_arch', 'basicsr_ext')
+
+
+def our_modules():
+    """{'asid_arch.checkpoint': path, 'asid_arch': path of its __init__, ...}"""
+    modules = {}
+    for package in PACKAGES:
+        for name in sorted(os.listdir(os.path.join(REPO, package))):
+            if name.endswith('.py'):
+                stem = name[:-3]
+                modules[package if stem == '__init__' else f'{package}.{stem}'] = os.path.join(REPO, package, name)
+    return modules
+
+
+MODULES = our_modules()
+
+
+def _imported_names(node, module):
+    """Dotted names a statement imports (relative imports resolved against ``module``)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        base = node.module or ''
+        if node.level:
+            package = module if MODULES[module].endswith('__init__.py') else module.rpartition('.')[0]
+            for _ in range(node.level - 1):
+                package = package.rpartition('.')[0]
+            base = f'{package}.{base}' if base else package
+        return [base] + [f'{base}.{alias.name}' for alias in node.names]
+    return []
+
+
+def imports_of(module, module_level_only):
+    """Our modules that ``module`` imports (with the packages whose __init__ that runs first)."""
+    tree = ast.parse(open(MODULES[module], encoding='utf-8').read())
+    if module_level_only:
+        nodes, stack = [], list(tree.body)
+        while stack:  # top-level statements, also inside if/try/with blocks; not in functions or classes
+            node = stack.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            nodes.append(node)
+            for field in ('body', 'orelse', 'finalbody', 'handlers'):
+                stack.extend(getattr(node, field, []))
+    else:
+        nodes = list(ast.walk(tree))
+    found = set()
+    own_packages = {module.rsplit('.', i)[0] for i in range(module.count('.') + 1)}
+    for node in nodes:
+        for name in _imported_names(node, module):
+            parts = name.split('.')
+            for i in range(1, len(parts) + 1):
+                target = '.'.join(parts[:i])
+                if target in MODULES and target not in own_packages:
+                    found.add(target)
+    return found
+
+
+def test_the_module_list_is_read():
+    assert {'asid_arch', 'asid_arch.asid_arch', 'basicsr_ext', 'basicsr_ext.cli', 'basicsr_ext.hook'} <= set(MODULES)
+    assert imports_of('basicsr_ext.cli', True) >= {'asid_arch', 'basicsr_ext.prepare', 'basicsr_ext.errors'}
+    assert imports_of('asid_arch.inference', True) == {'asid_arch.checkpoint', 'asid_arch.tiling'}
+
+
+def test_no_import_circle_among_our_modules_at_module_level():
+    graph = {m: imports_of(m, module_level_only=True) for m in MODULES}
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            pytest.fail('import circle: ' + ' -> '.join(path[path.index(module):] + [module]))
+        if module in done:
+            return
+        path.append(module)
+        for target in sorted(graph[module]):
+            visit(target)
+        path.pop()
+        done.add(module)
+
+    for module in MODULES:
+        visit(module)
+
+
+def test_the_network_package_imports_nothing_of_the_glue_but_the_hook():
+    # anywhere in its files, not only at module level
+    for module in (m for m in MODULES if m.split('.')[0] == 'asid_arch'):
+        glue = {m for m in imports_of(module, module_level_only=False) if m.split('.')[0] == 'basicsr_ext'}
+        assert glue <= {'basicsr_ext', 'basicsr_ext.hook'}, (module, glue)
+
+
+def test_patches_and_the_hook_do_not_import_the_network_when_imported():
+    # the hook patches BasicSR while asid_arch may be half imported (it imports BasicSR)
+    for module in ('basicsr_ext', 'basicsr_ext.hook', 'basicsr_ext.compat', 'basicsr_ext.safety'):
+        assert not {m for m in imports_of(module, True) if m.split('.')[0] == 'asid_arch'}, module
+
+
+def test_only_the_entry_point_imports_the_command_line_module():
+    # the commands share errors and image reading through their own modules, never through cli
+    # (not even inside a function: cli hands benchmark its train command instead)
+    for module in MODULES:
+        if module not in ('basicsr_ext.cli', 'basicsr_ext.__main__'):
+            assert 'basicsr_ext.cli' not in imports_of(module, module_level_only=False), module
