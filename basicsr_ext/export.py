@@ -6,8 +6,10 @@
 
 The ONNX model takes and gives RGB in [0, 1], (N, 3, H, W) -> (N, 3, H*s, W*s), with
 dynamic N, H and W: the value-range mapping, the padding to the window multiple (and to 16 px
-for tiny inputs), the crop and the clamp to [0, 1] are inside the graph, as in
-:class:`asid_arch.inference.ASIDUpsampler`. Written by the TorchScript exporter
+for tiny inputs) and the crop are inside the graph. It computes what the PyTorch network
+computes, without a clamp: like it, it can give values slightly outside [0, 1], to be clipped
+when written as an image (``basicsr infer --onnx`` does, after averaging overlapping tiles, as
+for a checkpoint). Written by the TorchScript exporter
 (``torch.onnx.export(..., dynamo=False)``): on torch 2.14 it keeps H and W dynamic through the
 padding arithmetic, where the dynamo exporter specialised the graph to the example input's size.
 
@@ -50,9 +52,9 @@ METADATA_PREFIX = 'asid.'
 
 
 class ExportWrapper(nn.Module):
-    """``ASID.forward`` for the exporter: [0, 1] RGB in, clamped [0, 1] RGB out, any size.
+    """``ASID.forward`` for the exporter: [0, 1] RGB in, [0, 1] RGB out, any size.
 
-    Computes the same function as ``net(x).clamp(0, 1)`` (checked by :func:`parity`); the
+    Computes the same function as ``net(x)`` (checked by :func:`parity`); the
     padded size ``max(min_size, ceil(h / w) * w)`` is computed with tensors so that it stays
     a function of the input's shape in the traced graph.
 
@@ -86,7 +88,7 @@ class ExportWrapper(nn.Module):
         out = out[:, :, :h * s, :w * s]
         if net.value_range[0] == -1:
             out = (out + 1) / 2
-        return out.clamp(0, 1)
+        return out
 
 
 def metadata(net):
@@ -132,7 +134,7 @@ def parity(net, sess, shapes=PARITY_SHAPES, seed=0):
     for shape in shapes:
         x = torch.rand(*shape, generator=generator)
         with torch.no_grad():
-            ref = net(x).float().clamp(0, 1).numpy()
+            ref = net(x).float().numpy()
         out = sess.run(None, {'input': x.numpy()})[0]
         if out.shape != ref.shape:
             results.append((shape, float('inf')))
