@@ -3,6 +3,7 @@
 ::
 
     basicsr infer -i photos/ -o upscaled/ --model-path net_g_latest.pth [--tile 256] [--ext png]
+    basicsr infer -i photos/ -o upscaled/ --onnx asid_x4.onnx     # a basicsr export file, ONNX Runtime
 
 INPUT is an image file or a folder (not searched recursively; files that are not images
 are skipped with a note). Outputs are named ``{stem}{suffix}.{ext}`` in OUTPUT, suffix

@@ -45,13 +45,12 @@ def small_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def small_onnx(small_checkpoint, tmp_path_factory):
+    from asid_arch.checkpoint import build_asid
     path = tmp_path_factory.mktemp('onnx') / 'small_x2.onnx'
-    assert main(['export', '--model-path', str(small_checkpoint), '-o', str(path)]) == 0
-    return path
+    return export.export_onnx(build_asid(str(small_checkpoint)), str(path))  # the command is tested below
 
 
-def test_export_command_checks_parity_prints_cpu_times_and_keeps_the_file(small_onnx, small_checkpoint, tmp_path,
-                                                                           capsys):
+def test_export_command_checks_parity_prints_cpu_times_and_keeps_the_file(small_checkpoint, tmp_path, capsys):
     out = tmp_path / 'again.onnx'
     assert main(['export', '--model-path', str(small_checkpoint), '-o', str(out)]) == 0
     text = capsys.readouterr().out
