@@ -53,7 +53,12 @@ setup(
         'scikit-image',  # bundles the photographs of the demo data set
         'tqdm',
     ],
-    extras_require={'test': ['pytest>=7']},
+    extras_require={
+        # basicsr export, basicsr infer --onnx, asid_arch.spandrel_arch: not needed for training
+        'export': ['onnx', 'onnxruntime', 'spandrel'],
+        # the export extra is small beside torch (about 37 MB of wheels, 7 s to install): CI tests it too
+        'test': ['pytest>=7', 'onnx', 'onnxruntime', 'spandrel'],
+    },
     cmdclass={'build_py': BuildPyWithPth, 'editable_wheel': EditableWheelWithPth},
     entry_points={'console_scripts': ['basicsr = basicsr_ext.cli:main']},
     classifiers=[

@@ -11,7 +11,7 @@ import os
 import sys
 
 import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
-from basicsr_ext import benchmark, infer, models, prepare, testsets  # noqa: F401  (models registers TiledSRModel)
+from basicsr_ext import benchmark, export, infer, models, prepare, testsets  # noqa: F401  (models: TiledSRModel)
 from basicsr_ext.errors import CommandError
 from basicsr_ext.options import OptionError, load_and_check
 from basicsr_ext.safety import RunError
@@ -121,6 +121,7 @@ def build_parser():
 
     prepare.add_parser(commands)
     infer.add_parser(commands)
+    export.add_parser(commands)
     benchmark.add_parser(commands, train_command=lambda argv: main(['train', *argv]))
     return parser
 

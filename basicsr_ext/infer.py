@@ -3,6 +3,7 @@
 ::
 
     basicsr infer -i photos/ -o upscaled/ --model-path net_g_latest.pth [--tile 256] [--ext png]
+    basicsr infer -i photos/ -o upscaled/ --onnx asid_x4.onnx     # a basicsr export file, ONNX Runtime
 
 INPUT is an image file or a folder (not searched recursively; files that are not images
 are skipped with a note). Outputs are named ``{stem}{suffix}.{ext}`` in OUTPUT, suffix
@@ -177,8 +178,12 @@ def add_parser(commands):
                             description='Upscale an image file or a folder of images with ASID.')
     p.add_argument('-i', '--input', required=True, metavar='INPUT', help='image file or folder of images')
     p.add_argument('-o', '--output', required=True, metavar='OUTPUT', help='output folder (created if missing)')
-    p.add_argument('--model-path', required=True, metavar='CKPT',
-                   help="checkpoint: BasicSR's (params / params_ema) or the authors' raw release")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument('--model-path', metavar='CKPT',
+                       help="checkpoint: BasicSR's (params / params_ema) or the authors' raw release")
+    model.add_argument('--onnx', metavar='FILE',
+                       help='an ONNX model written by basicsr export, run by ONNX Runtime on the CPU (needs the '
+                       'export extra, not the checkpoint)')
     p.add_argument('--scale', type=int, default=None, help='scale; must match the weights (default: from them)')
     p.add_argument('--num-groups', type=int, default=None,
                    help='groups: 3 ASID, 8 ASID-D8; must match the weights (default: from them)')
@@ -324,13 +329,29 @@ def build_upsampler(args):
 
     value_range = None if args.value_range is None else tuple(int(v) for v in args.value_range.split(','))
     max_memory = None if args.max_memory is None else int(args.max_memory * 2**30)
+    model = args.model_path
+    if args.onnx is not None:
+        from basicsr_ext.onnx_model import OnnxError, OnnxNetwork
+        for option, value, default in (('--device', args.device, ('auto', 'cpu')),
+                                       ('--precision', args.precision, ('auto', 'fp32')),
+                                       ('--fast-path', args.fast_path, ('none', )),
+                                       ('--value-range', args.value_range, (None, )),
+                                       ('--num-groups', args.num_groups, (None, ))):
+            if value not in default:
+                raise CommandError(f'{option} {value} does not apply to --onnx (ONNX Runtime on the CPU, fp32 '
+                                   f'input and output, the value range fixed at export)')
+        try:
+            model = OnnxNetwork(args.onnx)
+        except OnnxError as e:
+            raise CommandError(str(e)) from None
+        args.device, args.precision = 'cpu', 'fp32'
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
-            up = ASIDUpsampler(args.model_path, device=args.device, precision=args.precision, tile=args.tile,
+            up = ASIDUpsampler(model, device=args.device, precision=args.precision, tile=args.tile,
                                tile_overlap=args.tile_overlap, alpha=args.alpha, scale=args.scale,
                                num_groups=args.num_groups, value_range=value_range, max_memory=max_memory,
-                               fast_path=args.fast_path)
+                               fast_path=None if args.onnx is not None else args.fast_path)
     except (CheckpointError, ValueError, RuntimeError) as e:
         raise CommandError(str(e)) from None
     for w in caught:
@@ -352,7 +373,7 @@ def cmd_infer(args):
 
     up = build_upsampler(args)  # before any image is read: a bad checkpoint stops here
     if not args.quiet:
-        print(f'basicsr infer: {args.model_path}: {up}', file=sys.stderr)
+        print(f'basicsr infer: {args.model_path or args.onnx}: {up}', file=sys.stderr)
     try:
         images, notes = list_inputs(args.input)
     except OSError as e:
@@ -401,7 +422,7 @@ def _process_one(run, path):
     except MemoryError:
         run.fail(path, 'out of memory (try --tile)')
     except NonFiniteOutput as e:  # never clamped into a black or white image
-        run.fail(path, f'{e} with {run.args.model_path}')
+        run.fail(path, f'{e} with {run.args.model_path or run.args.onnx}')
     except Exception as e:  # one image's problem must not stop the others
         first = str(e).strip().splitlines()
         reason = f'{type(e).__name__}: {first[0] if first else ""}'
