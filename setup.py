@@ -46,7 +46,6 @@ setup(
         'basicsr==1.4.2',  # the compatibility patches in basicsr_ext target this release
         'torch>=2.1',
         'torchvision>=0.16',
-        'einops',
         'opencv-python',
         'lmdb',
         'numpy',
