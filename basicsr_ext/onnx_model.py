@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from basicsr_ext.export import METADATA_PREFIX
+from basicsr_ext.export import METADATA_PREFIX, session
 
 
 class OnnxError(ValueError):
@@ -34,16 +34,14 @@ class OnnxNetwork(nn.Module):
     def __init__(self, path):
         super().__init__()
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError:
             raise OnnxError("onnxruntime is not installed: pip install 'asid-basicsr[export]'") from None
         name = os.fspath(path)
         if not os.path.isfile(name):
             raise OnnxError(f'{name}: ONNX file not found')
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(name, options, providers=['CPUExecutionProvider'])
+            self.session = session(name)
         except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail...)
             first = str(e).strip().splitlines()
             raise OnnxError(f'{name}: not a usable ONNX model: {first[0] if first else type(e).__name__}') from None
