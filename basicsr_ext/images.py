@@ -172,22 +172,25 @@ def modcrop(img, modulus):
     return img[:h - h % modulus, :w - w % modulus]
 
 
+def _matlab_resize(img, factor):
+    """``basicsr.utils.matlab_functions.imresize`` of a uint8 image, rounded and clipped back to uint8."""
+    from basicsr.utils.matlab_functions import imresize
+    out = imresize(img.astype(np.float32) / 255., factor)
+    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
+
+
 def bicubic_downscale(img, scale):
     """MATLAB-compatible bicubic downscaling of a uint8 image by ``1 / scale``, rounded to uint8.
 
     This is ``basicsr.utils.matlab_functions.imresize(img / 255, 1 / scale)`` (antialiased,
     as MATLAB's ``imresize``) scaled back to [0, 255], rounded and clipped.
     """
-    from basicsr.utils.matlab_functions import imresize
     h, w = img.shape[:2]
     if h % scale or w % scale:
         raise ValueError(f'image size {w}x{h} is not a multiple of the scale {scale}')
-    out = imresize(img.astype(np.float32) / 255., 1 / scale)
-    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
+    return _matlab_resize(img, 1 / scale)
 
 
 def bicubic_upscale(img, scale):
     """MATLAB-compatible bicubic upscaling of a uint8 image (the 'bicubic' baseline of SR papers)."""
-    from basicsr.utils.matlab_functions import imresize
-    out = imresize(img.astype(np.float32) / 255., scale)
-    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
+    return _matlab_resize(img, scale)
