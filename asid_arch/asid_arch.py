@@ -22,7 +22,6 @@ connection and :class:`EnhancedSpatialAttention`.
 """
 import math
 import numbers
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -572,28 +571,6 @@ def _check_value_range(value_range):
     return (int(vr[0]), int(vr[1]))
 
 
-#: Values of ``ASID(fast_path=...)``.
-FAST_PATHS = ('none', 'compile', 'compile_train')
-#: Values of ``ASID(precision=...)`` and their autocast dtypes (None: no autocast).
-AUTOCAST_DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-_compiled_bodies = {}
-
-
-def compiled_body(device_type):
-    """:meth:`ASID.body` through ``torch.compile``, one compiled function per device type.
-
-    The network is an argument, so all ASID instances share the compiled code and no module
-    is wrapped (state_dict keys, ``deepcopy`` and DDP see the plain module). On CUDA the
-    compiled forward and backward replay as CUDA graphs (``mode='reduce-overhead'``).
-    """
-    if device_type not in _compiled_bodies:
-        mode = 'reduce-overhead' if device_type == 'cuda' else None
-        # dynamic=False: one static graph per input shape (training patches, video frames)
-        # rather than a slower dynamic-shape one after the second shape
-        _compiled_bodies[device_type] = torch.compile(ASID.body, mode=mode, dynamic=False)
-    return _compiled_bodies[device_type]
-
-
 @ARCH_REGISTRY.register()
 class ASID(nn.Module):
     """ASID super-resolution network.
@@ -624,26 +601,14 @@ class ASID(nn.Module):
             (-1, 1): data in [0, 1] is mapped to x*2-1 before the network and (y+1)/2 after
             it, so zero padding is mid-grey; this is how the authors' released models were
             trained and evaluated, use it for their checkpoints. Default: (0, 1).
-        fast_path (str): How :meth:`forward` runs the network; the function, the
-            parameters and the state_dict stay the same:
-            'none': eagerly, module by module (default);
-            'compile': the same modules through ``torch.compile`` (Inductor, which fuses the
-            element-wise work, norms and window regrouping into few kernels; on CUDA
-            replayed as CUDA graphs). Compiled on the first call for each input shape
-            (a minute or more), so it pays off for repeated shapes: video, benchmarks.
-            Agrees with 'none' to about 1e-5 in fp32 (tested);
-            'compile_train': compiled in training mode (fixed-size patches), eager in eval
-            mode, so that validation on images of many sizes does not compile for each.
-        precision (str): 'fp32' (default: compute in the input's dtype), 'bf16' or 'fp16':
-            run under ``torch.autocast`` with that dtype (matrix products and convolutions
-            in it, norms and softmaxes in fp32, parameters stay fp32, so it trains);
-            the output keeps the input's dtype. bf16 suits training (fp16 gradients would
-            need loss scaling, which BasicSR's ``SRModel`` does not do).
-        Both switches can be changed on a built network with :meth:`set_fast_path`.
+
+    How the network runs (compiled, in reduced precision, as CUDA graphs) is not its concern:
+    that is chosen by the training Model (:class:`basicsr_ext.models.ASIDModel`, options
+    ``train: compile/precision``) and by the inference helper
+    (:class:`asid_arch.inference.ASIDUpsampler`), which run this same module.
     """
 
-    def __init__(self, upscale=4, num_groups=3, num_feat=48, window_size=8, value_range=(0, 1), fast_path='none',
-                 precision='fp32'):
+    def __init__(self, upscale=4, num_groups=3, num_feat=48, window_size=8, value_range=(0, 1)):
         super().__init__()
         if not _is_int(upscale) or upscale < 1:
             raise ValueError(f'upscale must be a positive integer, got {upscale!r}')
@@ -667,23 +632,6 @@ class ASID(nn.Module):
             setattr(self, f'block{i}', AttentionSharingGroup(num_feat, window_size))
         self.output = nn.Conv2d(num_feat, num_feat, 3, padding=1)
         self.up = nn.Sequential(nn.Conv2d(num_feat, 3 * upscale * upscale, 3, padding=1), nn.PixelShuffle(upscale))
-        self.set_fast_path(fast_path, precision)
-
-    def set_fast_path(self, fast_path='none', precision='fp32'):
-        """Choose how :meth:`forward` runs (see the class docstring); returns the network.
-
-        None (``~`` in an option file, or ``none`` through BasicSR's ``--force_yml``) means
-        the default of each.
-        """
-        fast_path = fast_path or 'none'
-        precision = precision or 'fp32'
-        if fast_path not in FAST_PATHS:
-            raise ValueError(f'fast_path must be one of {", ".join(FAST_PATHS)}; got {fast_path!r}')
-        if precision not in AUTOCAST_DTYPES:
-            raise ValueError(f'precision must be one of {", ".join(AUTOCAST_DTYPES)}; got {precision!r}')
-        self.fast_path = fast_path
-        self.precision = precision
-        return self
 
     def check_input(self, x):
         """Raise ValueError unless ``x`` is a (N, 3, H, W) floating-point tensor with N, H, W >= 1."""
@@ -722,19 +670,13 @@ class ASID(nn.Module):
         if (ph, pw) != (h, w):
             x = F.pad(x, (0, pw - w, 0, ph - h))
 
-        compiled = self.fast_path == 'compile' or (self.fast_path == 'compile_train' and self.training)
-        body = compiled_body(x.device.type) if compiled else ASID.body
-        dtype = AUTOCAST_DTYPES[self.precision]
-        with nullcontext() if dtype is None else torch.autocast(x.device.type, dtype=dtype):
-            out = body(self, x)
-        if compiled and x.device.type == 'cuda':
-            out = out.clone()  # CUDA-graph outputs are overwritten by the next replay
+        out = self.body(x)
 
         s = self.upscale
         out = out[:, :, :h * s, :w * s]
         if self.value_range[0] == -1:
             out = (out + 1) / 2
-        return out.to(x.dtype)
+        return out.to(x.dtype)  # the input's dtype, also under torch.autocast
 
 
 @ARCH_REGISTRY.register()
@@ -744,7 +686,6 @@ class ASID_D8(ASID):
     Args: as :class:`ASID`, with ``num_groups`` defaulting to 8.
     """
 
-    def __init__(self, upscale=4, num_groups=8, num_feat=48, window_size=8, value_range=(0, 1), fast_path='none',
-                 precision='fp32'):
+    def __init__(self, upscale=4, num_groups=8, num_feat=48, window_size=8, value_range=(0, 1)):
         super().__init__(upscale=upscale, num_groups=num_groups, num_feat=num_feat, window_size=window_size,
-                         value_range=value_range, fast_path=fast_path, precision=precision)
+                         value_range=value_range)

@@ -149,14 +149,17 @@ class ASIDUpsampler:
         amp (bool): False (default): fp16/bf16 by casting a copy of the network and the
             inputs (the fastest on an H100, as accurate). True: run under ``torch.autocast``
             with fp32 weights instead.
-        fast_path (str | None): ``'compile'`` runs the network through ``torch.compile``
-            (:class:`asid_arch.ASID`'s ``fast_path``): the same function, faster for many
-            images of one size (video frames), a compilation for each new size. None
-            (default): as the network is set (eager for checkpoints).
+        compile (bool): run the network through ``torch.compile`` (Inductor; on a GPU its
+            kernels replayed as CUDA graphs): the same function (tested against the plain
+            path), faster for many images of one size (video frames), with a compilation
+            for each new size. Default: False (eager).
+
+    Precision and compilation are chosen here, for every caller (``basicsr infer``, the
+    benchmark, Python users); the network itself only defines the function.
     """
 
     def __init__(self, model, device='auto', precision='auto', tile=None, tile_overlap=24, alpha='asid',
-                 scale=None, num_groups=None, value_range=None, max_memory=None, amp=False, fast_path=None):
+                 scale=None, num_groups=None, value_range=None, max_memory=None, amp=False, compile=False):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.dtype = PRECISIONS[self.precision]
@@ -183,8 +186,12 @@ class ASIDUpsampler:
         self.net_fp32 = net
         # nn.Module.to() works in place: cast a copy, leave the caller's network alone
         self.net = copy.deepcopy(net).to(self.dtype) if self.cast else net
-        if fast_path is not None:  # on a shallow copy: the caller's network keeps its setting
-            self.net = copy.copy(self.net).set_fast_path(fast_path)
+        self.compiled = bool(compile)
+        self._network = self.net
+        if self.compiled:
+            # CUDA graphs on a GPU ('reduce-overhead'); one static graph per input size (dynamic=False)
+            mode = 'reduce-overhead' if self.device.type == 'cuda' else None
+            self._network = torch.compile(self.net, mode=mode, dynamic=False)
         self._warned_overflow = False
         self._bytes_per_pixel = BYTES_PER_PIXEL * getattr(net, 'num_feat', 48) / 48
 
@@ -240,12 +247,15 @@ class ASIDUpsampler:
     # ------------------------------------------------------------------------------------
     # tensors
     # ------------------------------------------------------------------------------------
-    def _forward(self, x):
-        if self.dtype == torch.float32:
-            return self.net(x)
-        amp = nullcontext() if self.cast else torch.autocast(self.device.type, dtype=self.dtype)
+    def run_network(self, x):
+        """One network call as configured (precision, compilation): float32 (N, 3, H, W) on
+        :attr:`device` in, float32 out, not clamped (fp16 overflow computed again in fp32)."""
+        amp = nullcontext() if self.cast or self.dtype == torch.float32 else torch.autocast(self.device.type,
+                                                                                             dtype=self.dtype)
         with amp:
-            out = self.net(x.to(self.dtype) if self.cast else x)
+            out = self._network(x.to(self.dtype) if self.cast else x)
+        if self.compiled and self.device.type == 'cuda':
+            out = out.clone()  # a CUDA graph's output is overwritten by its next replay
         out = out.float()  # tiles are accumulated and averaged in fp32
         if self.dtype == torch.float16 and not torch.isfinite(out).all():
             if not self._warned_overflow:
@@ -282,11 +292,11 @@ class ASIDUpsampler:
         tile = self.plan(h, w, n)
         with torch.inference_mode():
             if tile is None:
-                out = self._forward(batch)
+                out = self.run_network(batch)
                 if on_tile is not None:
                     on_tile()
             else:
-                out = tiled_forward(self._forward, batch, self.scale, tile, self.tile_overlap, on_tile)
+                out = tiled_forward(self.run_network, batch, self.scale, tile, self.tile_overlap, on_tile)
             if not torch.isfinite(out).all():
                 raise NonFiniteOutput('the network gave NaN or infinite values')
             out = out.clamp_(0, 1).to(out_device)

@@ -3,7 +3,7 @@
 Importing this package only installs :mod:`basicsr_ext.hook`, which applies the patches in
 :mod:`basicsr_ext.compat` to BasicSR when a process imports it (installing the package makes
 every interpreter do this at start-up). ``import asid_arch`` registers the ASID networks;
-``import basicsr_ext.models`` registers ``TiledSRModel``; the ``basicsr`` command does both.
+``import basicsr_ext.models`` registers ``ASIDModel``; the ``basicsr`` command does both.
 """
 from basicsr_ext import hook
 

@@ -9,13 +9,15 @@
 Inference rows: parameters, multiply-adds for the frame (``--size``, default 320x180 -> 1280x720
 on a GPU, 128x128 on a CPU), latency (median of ``--repeat`` warm runs; CUDA events on a GPU),
 throughput in output megapixels/s, peak memory (GPU), and the largest deviation from the plain
-fp32 output of the same network. Paths: ``plain`` (eager, the definition), ``compile``
-(``fast_path='compile'``), and on a GPU ``fp16`` (network and input cast to half, what
-``basicsr infer`` does by default) and ``compile fp16`` (both).
+fp32 output of the same network. Paths: ``plain`` (eager, the definition), and as
+:class:`asid_arch.ASIDUpsampler` runs the network (``basicsr infer``): ``compile``
+(``compile=True``), and on a GPU ``fp16`` (network and input cast to half, ``basicsr infer``'s
+default there) and ``compile fp16`` (both).
 
 ``--train`` runs BasicSR's own ``train_pipeline`` (``basicsr train``) on a generated paired
-data set at the recipe's batch 16, LR patch 64 (data loading, prefetching and the optimizer included), once
-plain and once with ``fast_path: compile`` (+ ``precision: bf16`` on a GPU), and reports
+data set at the recipe's batch 16, LR patch 64 (data loading, prefetching and the optimizer included): ``plain``
+is BasicSR's ``SRModel``, ``compile`` ASIDModel with ``train: compile: true`` (on a GPU the whole
+step is one CUDA graph), ``compile bf16`` the same under bf16 autocast (GPU only); it reports
 iterations/s between ``--train-warmup`` and the last iteration. ``--large`` measures a
 960x540 -> 3840x2160 frame through :class:`asid_arch.ASIDUpsampler` (whole image or tiles).
 """
@@ -106,15 +108,15 @@ def time_forward(fn, x, device, repeat, warmup):
 
 
 def inference_paths(name, net, device):
-    """(path name, callable) pairs to time for one network."""
+    """(path name, callable) pairs to time for one network: the fast ones as ``basicsr infer`` runs them."""
     paths = [('plain', net)]
     if name.startswith('ASID'):
-        paths.append(('compile', copy.deepcopy(net).set_fast_path('compile')))
+        variants = [('compile', 'fp32', True)]
         if device.type == 'cuda':
-            half = copy.deepcopy(net).half()
-            paths.append(('fp16', lambda x, m=half: m(x.half())))
-            half_compiled = copy.deepcopy(net).half().set_fast_path('compile')
-            paths.append(('compile fp16', lambda x, m=half_compiled: m(x.half())))
+            variants += [('fp16', 'fp16', False), ('compile fp16', 'fp16', True)]
+        for path, precision, compiled in variants:
+            up = ASIDUpsampler(net, device=device, precision=precision, tile=0, compile=compiled)
+            paths.append((path, up.run_network))
     return paths
 
 
@@ -189,19 +191,21 @@ def make_train_data(root, count=64, hr_size=320, scale=4, seed=0):
         cv2.imwrite(os.path.join(root, 'LR', f'{i:04d}.png'), lr)
 
 
-def train_options(data, name, network, iters, device, workers, batch=16, lr_patch=64):
+def train_options(data, name, switches, iters, device, workers, batch=16, lr_patch=64):
+    """The recipe's options; ``switches``: None for BasicSR's SRModel, else ASIDModel's ``train.compile/precision``."""
     cuda = device.type == 'cuda'
     return {
-        'name': name, 'model_type': 'SRModel', 'scale': 4, 'num_gpu': 1 if cuda else 0, 'manual_seed': 0,
+        'name': name, 'model_type': 'SRModel' if switches is None else 'ASIDModel', 'scale': 4, 'num_gpu': 1 if cuda else 0, 'manual_seed': 0,
         'datasets': {'train': {
             'name': 'bench', 'type': 'PairedImageDataset', 'dataroot_gt': f'{data}/HR', 'dataroot_lq': f'{data}/LR',
             'io_backend': {'type': 'disk'}, 'gt_size': lr_patch * 4, 'use_hflip': True, 'use_rot': True,
             'use_shuffle': True,
             'num_worker_per_gpu': workers, 'batch_size_per_gpu': batch, 'dataset_enlarge_ratio': 100,
             'persistent_workers': workers > 0, 'pin_memory': cuda, 'prefetch_mode': 'cuda' if cuda else None}},
-        'network_g': network,
+        'network_g': {'type': 'ASID', 'upscale': 4, 'num_groups': 3},
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'optim_g': {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]},
+        'train': {**(switches or {}),
+                  'optim_g': {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]},
                   'scheduler': {'type': 'MultiStepLR', 'milestones': [iters], 'gamma': 0.5},
                   'total_iter': iters, 'warmup_iter': -1,
                   'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}},
@@ -211,35 +215,44 @@ def train_options(data, name, network, iters, device, workers, batch=16, lr_patc
 
 def time_training(opt_file, workdir, iters, warmup, device, train):
     """Run ``train(['-opt', opt_file])`` (``basicsr train``, which :mod:`basicsr_ext.cli` hands to
-    :func:`add_parser`) in this process; iterations/s after ``warmup`` iterations.
+    :func:`add_parser`) in this process; iterations/s after ``warmup`` iterations, peak memory (GB)
+    and the seconds from the command's start to the end of the first iteration (compilation).
 
-    Only measurement is added: ``SRModel.optimize_parameters`` is wrapped to read the clock
-    (after a device synchronisation) at the end of iteration ``warmup`` and of the last one.
+    Only measurement is added: ``optimize_parameters`` (SRModel's and ASIDModel's) is wrapped
+    to read the clock (after a device synchronisation) at the end of iteration ``warmup`` and of
+    the last one.
     """
     from basicsr.models.sr_model import SRModel
-    stamps = {}
-    original = SRModel.optimize_parameters
 
-    def timed(self, current_iter):
-        original(self, current_iter)
-        if current_iter in (warmup, iters):
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
-            stamps[current_iter] = time.perf_counter()
+    from basicsr_ext.models import ASIDModel
+    stamps = {}
+    originals = {cls: cls.optimize_parameters for cls in (SRModel, ASIDModel)}
+
+    def timed(original):
+        def optimize_parameters(self, current_iter):
+            original(self, current_iter)
+            if current_iter in (1, warmup, iters):
+                if device.type == 'cuda':
+                    torch.cuda.synchronize(device)
+                stamps[current_iter] = time.perf_counter()
+        return optimize_parameters
 
     cwd = os.getcwd()
-    SRModel.optimize_parameters = timed
+    for cls, original in originals.items():
+        cls.optimize_parameters = timed(original)
     try:
         os.chdir(workdir)
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
+        stamps[0] = time.perf_counter()
         if train(['-opt', opt_file]) != 0:
             raise RuntimeError(f'basicsr train -opt {opt_file} failed')
     finally:
-        SRModel.optimize_parameters = original
+        for cls, original in originals.items():
+            cls.optimize_parameters = original
         os.chdir(cwd)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None
-    return (iters - warmup) / (stamps[iters] - stamps[warmup]), peak
+    return (iters - warmup) / (stamps[iters] - stamps[warmup]), peak, stamps[1] - stamps[0]
 
 
 def bench_training(args, device, log):
@@ -248,25 +261,24 @@ def bench_training(args, device, log):
     workdir = tempfile.mkdtemp(prefix='asid_bench_')
     data = os.path.join(workdir, 'data')
     make_train_data(data)
-    variants = [('plain', {}), ('compile', {'fast_path': 'compile_train'})]
+    variants = [('plain', None), ('compile', {'compile': True})]
     if device.type == 'cuda':
-        variants.append(('compile bf16', {'fast_path': 'compile_train', 'precision': 'bf16'}))
+        variants.append(('compile bf16', {'compile': True, 'precision': 'bf16'}))
     for label, switches in variants:
         if label not in args.paths:
             continue
         torch._dynamo.reset()  # each run compiles afresh, as a `basicsr train` process does
-        network = {'type': 'ASID', 'upscale': 4, 'num_groups': 3, **switches}
         name = f'bench_{label.replace(" ", "_")}'
         opt_file = os.path.join(workdir, f'{name}.yml')
         with open(opt_file, 'w') as f:
-            yaml.safe_dump(train_options(data, name, network, args.train_iters, device, args.train_workers,
+            yaml.safe_dump(train_options(data, name, switches, args.train_iters, device, args.train_workers,
                                          args.train_batch, args.train_patch), f)
         log(f'training ASID x4 ({label}) through basicsr train: {args.train_iters} iterations')
-        its, peak = time_training(opt_file, workdir, args.train_iters, args.train_warmup, device,
+        its, peak, startup = time_training(opt_file, workdir, args.train_iters, args.train_warmup, device,
                                     args.train_command)
         rows.append({'network': 'ASID', 'path': label, 'batch': args.train_batch, 'lr_patch': args.train_patch,
-                     'iters_per_s': its,
-                     'peak_mem_gb': peak, 'workers': args.train_workers})
+                     'iters_per_s': its, 'first_iter_s': startup, 'peak_mem_gb': peak,
+                     'workers': args.train_workers})
     return rows
 
 
@@ -303,7 +315,7 @@ def print_tables(result, out=None):
               file=out)
         for r in result['training']:
             print(f'{r["path"]:<13} {r["iters_per_s"]:>7.2f} it/s   peak {_fmt(r["peak_mem_gb"], ".2f")} GB   '
-                  f'{r["workers"]} loader workers', file=out)
+                  f'first iteration after {r["first_iter_s"]:.1f} s   {r["workers"]} loader workers', file=out)
 
 
 def add_parser(commands, train_command=None):

@@ -11,7 +11,7 @@ import os
 import sys
 
 import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
-from basicsr_ext import benchmark, export, infer, models, prepare, testsets  # noqa: F401  (models: TiledSRModel)
+from basicsr_ext import benchmark, export, infer, models, prepare, testsets  # noqa: F401  (models: ASIDModel)
 from basicsr_ext.errors import CommandError
 from basicsr_ext.options import OptionError, load_and_check
 from basicsr_ext.safety import RunError

@@ -351,7 +351,7 @@ def build_upsampler(args):
             up = ASIDUpsampler(model, device=args.device, precision=args.precision, tile=args.tile,
                                tile_overlap=args.tile_overlap, alpha=args.alpha, scale=args.scale,
                                num_groups=args.num_groups, value_range=value_range, max_memory=max_memory,
-                               fast_path=None if args.onnx is not None else args.fast_path)
+                               compile=args.onnx is None and args.fast_path == 'compile')
     except (CheckpointError, ValueError, RuntimeError) as e:
         raise CommandError(str(e)) from None
     for w in caught:

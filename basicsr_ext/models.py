@@ -1,6 +1,18 @@
-"""``TiledSRModel``: BasicSR's SRModel that tests as the ASID authors did and reports against bicubic.
+"""``ASIDModel``: BasicSR's SRModel with ASID's fast training step, tested as the ASID authors did.
 
-Training is SRModel's; on top of it:
+With ``model_type: ASIDModel`` an option file gets, on top of SRModel:
+
+- A fast training step (:mod:`basicsr_ext.train_step`). With::
+
+      train:
+        compile: true     # forward, loss and backward through torch.compile; on a GPU the
+                          # whole step (update and EMA included) replayed as one CUDA graph
+        precision: bf16   # fp32 (default), bf16 or fp16: the forward under torch.autocast
+
+  the step computes what SRModel's computes (tested against it), and losses stay on the
+  device until ``print_freq``. Under DDP a compiled step averages the gradients itself (one
+  all-reduce inside the graph) instead of wrapping the network in DistributedDataParallel.
+  Validation runs the plain network in fp32.
 
 - Tiled testing. The ASID authors evaluated with 64x64 LR tiles overlapping by 24 px,
   averaging the overlaps. With::
@@ -20,25 +32,72 @@ Training is SRModel's; on top of it:
 """
 import logging
 import os
+from collections import OrderedDict
 
 import torch
+import torch.distributed as dist
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from asid_arch.tiling import tiled_forward
 from basicsr_ext import results
+from basicsr_ext.train_step import TrainStep
 
 
 @MODEL_REGISTRY.register()
-class TiledSRModel(SRModel):
-    """SRModel testing tile by tile when ``val.tile`` is set, and reporting bicubic beside the network."""
+class ASIDModel(SRModel):
+    """SRModel with a compiled training step (``train.compile``, ``train.precision``), testing tile by
+    tile when ``val.tile`` is set, and reporting bicubic beside the network."""
 
     def __init__(self, opt):
         self.figures = {}  # dataset name -> {'set', 'images', 'network', 'bicubic', 'iter'}
         self._bicubic = {}  # dataset name -> bicubic scores (they never change)
         self.last_iter = 0  # the last training iteration run
+        train = opt.get('train') or {}
+        self.compile = bool(opt.get('is_train') and train.get('compile'))
         super().__init__(opt)
+
+    # ---------------------------------------------------------------------------- training step
+    def model_to_device(self, net):
+        """A compiled step averages gradients itself, so under DDP the network is not wrapped;
+        rank 0's weights are broadcast, as DistributedDataParallel's constructor does."""
+        if not (self.compile and self.opt['dist']):
+            return super().model_to_device(net)
+        net = net.to(self.device)
+        with torch.no_grad():
+            for tensor in list(net.parameters()) + list(net.buffers()):
+                dist.broadcast(tensor, src=0)
+        return net
+
+    def init_training_settings(self):
+        super().init_training_settings()
+        ema = (self.net_g_ema, self.ema_decay) if self.ema_decay > 0 else None
+        self.train_step = TrainStep(self.net_g, self.losses, self.optimizer_g,
+                                    precision=self.opt['train'].get('precision') or 'fp32', compile=self.compile,
+                                    ema=ema, distributed=bool(self.opt['dist']))
+
+    def losses(self, output, gt):
+        """SRModel's losses: ``(total, {name: loss})``."""
+        total, terms = 0, OrderedDict()
+        if self.cri_pix:
+            terms['l_pix'] = self.cri_pix(output, gt)
+            total = total + terms['l_pix']
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(output, gt)
+            for name, term in (('l_percep', l_percep), ('l_style', l_style)):
+                if term is not None:
+                    terms[name] = term
+                    total = total + term
+        return total, terms
+
+    def optimize_parameters(self, current_iter):
+        self.last_iter = current_iter
+        self.log_dict = self.train_step(self.lq, self.gt)  # device tensors: no wait for the GPU here
+
+    def get_current_log(self):
+        """The losses of the last step, averaged over the ranks, read from the device (at ``print_freq``)."""
+        return self.reduce_loss_dict(self.log_dict)
 
     # ---------------------------------------------------------------------------- testing
     def tile_options(self):
@@ -110,13 +169,10 @@ class TiledSRModel(SRModel):
             if isinstance(handler, logging.FileHandler):
                 handler.handle(record)
 
-    def optimize_parameters(self, current_iter):
-        self.last_iter = current_iter
-        super().optimize_parameters(current_iter)
-
     def resume_training(self, resume_state):
         self.last_iter = resume_state['iter']
         super().resume_training(resume_state)
+        self.train_step.adopt_optimizer_state()
 
     def save(self, epoch, current_iter):
         super().save(epoch, current_iter)

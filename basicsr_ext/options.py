@@ -218,6 +218,37 @@ def _check_pretrained(opt, path, net):
                               f'({opt["network_g"]["type"]}): {"; ".join(parts)}')
 
 
+#: Options of earlier releases, and where they are now.
+MOVED = {
+    'model_type: TiledSRModel': 'model_type: ASIDModel (the same Model, renamed)',
+    'network_g.fast_path': 'train: compile: true (model_type: ASIDModel); the network holds the architecture only',
+    'network_g.precision': 'train: precision (model_type: ASIDModel); the network holds the architecture only',
+}
+
+
+def _check_speed_switches(opt, path, is_train):
+    """``train.compile`` / ``train.precision``: for ASIDModel, of the right type; old places refused."""
+    from basicsr_ext.train_step import AUTOCAST_DTYPES
+    moved = [key for key in ('fast_path', 'precision') if key in (opt.get('network_g') or {})]
+    if moved:
+        key = f'network_g.{moved[0]}'
+        raise OptionError(f'{path}: {key}: moved to {MOVED[key]}')
+    if opt.get('model_type') == 'TiledSRModel':
+        raise OptionError(f'{path}: model_type: TiledSRModel is now {MOVED["model_type: TiledSRModel"]}')
+    train = opt.get('train') or {}
+    switches = [key for key in ('compile', 'precision') if train.get(key) is not None]
+    if not is_train or not switches:
+        return
+    if opt.get('model_type') != 'ASIDModel':
+        raise OptionError(f'{path}: train.{switches[0]}: only model_type: ASIDModel reads it '
+                          f'({opt.get("model_type")} would train without it)')
+    if not isinstance(train.get('compile', False), bool):
+        raise OptionError(f'{path}: train.compile: must be true or false, got {train["compile"]!r}')
+    if train.get('precision', 'fp32') not in AUTOCAST_DTYPES:
+        raise OptionError(f'{path}: train.precision: must be one of {", ".join(AUTOCAST_DTYPES)}, '
+                          f'got {train["precision"]!r}')
+
+
 def check_options(opt, path, is_train=True, check_data=True):
     """Raise OptionError for the first problem BasicSR would otherwise hit later.
 
@@ -225,6 +256,7 @@ def check_options(opt, path, is_train=True, check_data=True):
     only rank 0 does it).
     """
     _require(opt, 'name', path)
+    _check_speed_switches(opt, path, is_train)
     _check_registered(_require(opt, 'model_type', path), MODEL_REGISTRY, 'model', 'model_type', path)
     network = _require(opt, 'network_g', path)
     _check_registered(_require(network, 'type', path, 'network_g.'), ARCH_REGISTRY, 'network', 'network_g.type', path)

@@ -432,11 +432,12 @@ def infer_args(tmp_path, ckpt, *extra):
                                       '--device', 'cpu', *extra])
 
 
-def test_fast_path_option_reaches_the_network_and_leaves_the_callers_network_alone(tiny_net, ckpt, tmp_path):
+def test_fast_path_option_compiles_in_the_upsampler_and_leaves_the_callers_network_alone(tiny_net, ckpt, tmp_path):
     args = infer_args(tmp_path, ckpt, '--fast-path', 'compile')
-    assert infer.build_upsampler(args).net.fast_path == 'compile'
-    up = ASIDUpsampler(tiny_net, device='cpu', fast_path='compile')
-    assert up.net.fast_path == 'compile' and tiny_net.fast_path == 'none'
+    assert infer.build_upsampler(args).compiled
+    assert not infer.build_upsampler(infer_args(tmp_path, ckpt)).compiled
+    up = ASIDUpsampler(tiny_net, device='cpu', compile=True)
+    assert up.compiled and type(up.net) is type(tiny_net)  # the module itself is not wrapped
     assert up.net.input.weight is tiny_net.input.weight  # the same weights, not a copy
 
 

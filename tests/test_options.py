@@ -18,7 +18,7 @@ import torch
 
 from basicsr_ext import prepare
 from basicsr_ext.cli import main
-from basicsr_ext.options import read_options
+from basicsr_ext.options import OptionError, check_options, read_options
 from asid_arch.tiling import tiled_forward
 from basicsr.utils import img2tensor, tensor2img  # noqa: E402  (after basicsr_ext)
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
@@ -35,7 +35,7 @@ BENCHMARKS = ['Set5', 'Set14', 'B100', 'Urban100', 'Manga109']
 #: What makes a one-iteration run fast on a CPU (each key exists in every train file).
 FAST_TRAIN = ['train:total_iter=1', 'datasets:train:batch_size_per_gpu=2', 'datasets:train:num_worker_per_gpu=0',
               'datasets:train:prefetch_mode=~', 'datasets:train:pin_memory=false', 'val:val_freq=1',
-              'logger:use_tb_logger=false', 'num_gpu=0', 'network_g:fast_path=~']
+              'logger:use_tb_logger=false', 'num_gpu=0', 'train:compile=false']
 
 
 def load(name):
@@ -67,7 +67,7 @@ def test_there_is_a_train_lmdb_finetune_and_test_file_for_each_variant_and_scale
 def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
     opt = load(name)
     net, groups, scale, lmdb = file_facts(name)
-    assert opt['name'] == name[:-4] and opt['model_type'] == 'TiledSRModel' and opt['scale'] == scale
+    assert opt['name'] == name[:-4] and opt['model_type'] == 'ASIDModel' and opt['scale'] == scale
     train = opt['datasets']['train']
     layout = prepare.div2k_layout(os.path.join('datasets', 'DIV2K'), 'DIV2K_train', [scale])
     assert train['type'] == 'PairedImageDataset'
@@ -84,9 +84,9 @@ def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
     assert (val['name'], val['type']) == ('Set5', 'PairedImageDataset')
     assert (val['dataroot_gt'], val['dataroot_lq']) == prepare.benchmark_layout('datasets', 'Set5', scale)
     assert opt['network_g'] == {'type': net, 'upscale': scale, 'num_groups': groups, 'num_feat': 48,
-                                'window_size': 8, 'value_range': [-1, 1], 'fast_path': 'compile_train',
-                                'precision': 'fp32'}
+                                'window_size': 8, 'value_range': [-1, 1]}
     recipe = opt['train']
+    assert (recipe['compile'], recipe['precision']) == (True, 'fp32')  # ASIDModel's step: compiled
     assert recipe['optim_g'] == {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]}
     total = recipe['total_iter']
     assert recipe['scheduler'] == {'type': 'MultiStepLR', 'milestones': [total // 4, total // 2, total * 3 // 4],
@@ -140,15 +140,14 @@ def test_finetune_file_is_its_phase_1_file_continued_from_phase_1_weights_at_lr_
 def test_test_file_evaluates_five_benchmarks_with_the_trained_checkpoint(name):
     opt = load(name)
     net, groups, scale, _ = file_facts(name)
-    assert opt['name'] == name[:-4] and opt['model_type'] == 'TiledSRModel' and opt['scale'] == scale
+    assert opt['name'] == name[:-4] and opt['model_type'] == 'ASIDModel' and opt['scale'] == scale
     sets = list(opt['datasets'].values())
     assert [d['name'] for d in sets] == BENCHMARKS
     for dataset in sets:
         assert (dataset['dataroot_gt'], dataset['dataroot_lq']) == prepare.benchmark_layout('datasets',
                                                                                             dataset['name'], scale)
     train = load(name.replace('test_', 'train_'))
-    speed_switches = ('fast_path', 'precision')  # how the training steps run, not which network
-    assert opt['network_g'] == {k: v for k, v in train['network_g'].items() if k not in speed_switches}
+    assert opt['network_g'] == train['network_g']
     assert opt['path']['pretrain_network_g'] == f'experiments/{train["name"]}/models/net_g_latest.pth'
     assert opt['path']['param_key_g'] == 'params'
     assert opt['val']['save_img'] is True
@@ -368,9 +367,28 @@ def test_bsds200_gpu_file_trains_one_iteration_on_a_cpu_with_its_gpu_switches_ov
         for i in range(2):
             cv2.imwrite(f'src/BSDS200/{i}.png', make_image(264, 264, i))
         assert main(['prepare', 'benchmark', '--input', 'src/BSDS200', '--scales', '4', '--workers', '1']) == 0
-    cpu = ['network_g:fast_path=~', 'network_g:precision=~', 'train:optim_g:fused=false',
+    cpu = ['train:precision=fp32', 'train:optim_g:fused=false',
            'datasets:train:persistent_workers=false']
     assert main(['train', '-opt', os.path.join(OPTIONS, 'train_ASID_x4_BSDS200.yml'), '--force_yml', *FAST_TRAIN,
                  *cpu]) == 0
     log = open(max(glob.glob(str(stub / 'experiments/train_ASID_x4_BSDS200/train_*.log')))).read()
     assert 'End of training' in log and set(metrics_in(log)) == {'Set5', 'Set14'}
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda o: o['network_g'].update(fast_path='compile_train'),
+     'network_g.fast_path: moved to train: compile: true (model_type: ASIDModel); the network holds the '
+     'architecture only'),
+    (lambda o: o['network_g'].update(precision='bf16'), 'network_g.precision: moved to train: precision'),
+    (lambda o: o.update(model_type='TiledSRModel'), 'model_type: TiledSRModel is now model_type: ASIDModel'),
+    (lambda o: o.update(model_type='SRModel'), 'train.compile: only model_type: ASIDModel reads it (SRModel would '
+                                               'train without it)'),
+    (lambda o: o['train'].update(compile='yes'), "train.compile: must be true or false, got 'yes'"),
+    (lambda o: o['train'].update(precision='fp8'), "train.precision: must be one of fp32, bf16, fp16, got 'fp8'"),
+])
+def test_speed_switches_in_old_places_or_of_wrong_values_are_refused_in_one_line(change, message):
+    opt = load('train_ASID_x4.yml')
+    change(opt)
+    with pytest.raises(OptionError) as err:
+        check_options(opt, 'train_ASID_x4.yml')
+    assert str(err.value).startswith('train_ASID_x4.yml: ' + message) and '\n' not in str(err.value)

@@ -8,10 +8,12 @@ from basicsr_ext.cli import main
 from conftest import run_basicsr, tiny_options, write_options
 
 
-def test_basicsr_train_with_type_asid_lowers_the_l1_loss(tmp_path, tiny_data, monkeypatch):
+@pytest.mark.parametrize('model_type', ['SRModel', 'ASIDModel'])  # BasicSR's own Model trains ASID as it is
+def test_basicsr_train_with_type_asid_lowers_the_l1_loss(model_type, tmp_path, tiny_data, monkeypatch):
     network = {'type': 'ASID', 'upscale': 4, 'num_groups': 3, 'num_feat': 48, 'window_size': 8,
                'value_range': [0, 1]}
     opt = tiny_options(tiny_data, name='asid', network=network, total_iter=20, checkpoint_freq=20, val_freq=20)
+    opt['model_type'] = model_type
     opt['train']['optim_g']['lr'] = 2e-3
     opt['train']['scheduler']['milestones'] = [15]
     monkeypatch.chdir(tmp_path)
@@ -31,7 +33,7 @@ def test_training_terminal_summarises_the_network_and_ends_with_the_latest_model
     network = {'type': 'ASID', 'upscale': 4, 'num_groups': 1, 'num_feat': 8}
     opt = tiny_options(tiny_data, name='quiet', network=network, total_iter=total_iter, checkpoint_freq=2,
                        val_freq=2)
-    opt['model_type'] = 'TiledSRModel'
+    opt['model_type'] = 'ASIDModel'
     # 4 images in batches of 2: BasicSR's loop ends with its iteration counter past the end
     result = run_basicsr('train', '-opt', write_options(tmp_path / 'quiet.yml', opt), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
