@@ -32,6 +32,7 @@ With ``model_type: ASIDModel`` an option file gets, on top of SRModel:
 """
 import logging
 import os
+import time
 from collections import OrderedDict
 
 import torch
@@ -93,7 +94,12 @@ class ASIDModel(SRModel):
 
     def optimize_parameters(self, current_iter):
         self.last_iter = current_iter
+        first = self.train_step.steps == 0
+        started = time.perf_counter()
         self.log_dict = self.train_step(self.lq, self.gt)  # device tensors: no wait for the GPU here
+        if first and self.compile:  # start-up cost: compilation, or loading it from the compile cache
+            get_root_logger().info(f'Iteration {current_iter}, the first of this process, compiled and ran in '
+                                   f'{time.perf_counter() - started:.1f} s')
 
     def get_current_log(self):
         """The losses of the last step, averaged over the ranks, read from the device (at ``print_freq``)."""

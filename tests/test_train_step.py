@@ -68,8 +68,9 @@ def train_step_steps(data, decay=0.9, device='cpu', lr_at=None, **kwargs):
     for i, (lq, gt) in enumerate(data):
         for group in step.optimizer.param_groups:
             group['lr'] = (lr_at or {}).get(i, group['lr'])
-        losses.append(step(lq.to(device), gt.to(device))['l_pix'])
-    return [float(v) for v in losses], net.cpu(), ema.cpu(), step
+        # read now: a CUDA graph's loss tensor is overwritten by the next replay
+        losses.append(float(step(lq.to(device), gt.to(device))['l_pix']))
+    return losses, net.cpu(), ema.cpu(), step
 
 
 @pytest.fixture
