@@ -8,7 +8,9 @@ graph and functionalisation as Inductor, without generating C++); ``pytest -m sl
 Inductor itself. The CUDA-graph replay is measured on a GPU by ``basicsr benchmark --train``.
 """
 import copy
+import glob
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,7 +22,7 @@ from asid_arch import ASID  # first: patches BasicSR for this stack before it is
 from basicsr.losses import build_loss  # noqa: I001
 from basicsr_ext import train_step as train_step_module
 from basicsr_ext.train_step import TrainStep
-from conftest import free_port
+from conftest import free_port, tiny_options, write_options
 
 
 def small_net():
@@ -238,3 +240,58 @@ def test_compiled_step_under_two_ranks_averages_gradients_as_ddp_does(tmp_path):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs 2 CUDA GPUs')
 def test_on_two_gpus_the_graph_step_all_reduces_inside_the_graph_as_ddp_does(tmp_path):
     run_two_ranks(tmp_path, 'cuda')
+
+
+SITECUSTOMIZE = '''
+import torch
+_compile = torch.compile
+
+
+def compile(fn, **kwargs):  # the test's stand-in for Inductor: AOTAutograd, no code generation
+    return _compile(fn, backend='aot_eager', **kwargs)
+
+
+torch.compile = compile
+'''
+
+
+def test_two_rank_basicsr_train_of_the_compiled_step_logs_trains_saves_and_resumes(tmp_path, tiny_data):
+    # ASIDModel under DDP as users launch it: torchrun, gloo, a spawned loader worker per rank,
+    # EMA; no DDP wrapper (rank 0's weights broadcast, gradients all-reduced by the step), losses
+    # reduced over the ranks only at print_freq (a collective every rank must reach); then resumed
+    # from its last state. Every process compiles through aot_eager (a sitecustomize on PYTHONPATH).
+    (tmp_path / 'site').mkdir()
+    (tmp_path / 'site' / 'sitecustomize.py').write_text(SITECUSTOMIZE)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1',
+           'PYTHONPATH': os.pathsep.join([str(tmp_path / 'site'), os.environ.get('PYTHONPATH', '')])}
+    opt = tiny_options(tiny_data, name='ddpc', network={'type': 'ASID', 'upscale': 4, 'num_groups': 2, 'num_feat': 8},
+                       total_iter=4, checkpoint_freq=2, val_freq=4)
+    opt['model_type'] = 'ASIDModel'
+    opt['train'].update(compile=True, ema_decay=0.9)
+    opt['datasets']['train'].update(num_worker_per_gpu=1, dataset_enlarge_ratio=4, persistent_workers=True)
+
+    def launch(*extra):
+        opt_file = write_options(tmp_path / 'ddpc.yml', opt)
+        return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                               f'--master_port={free_port()}', '-m', 'basicsr_ext', 'train', '-opt', opt_file,
+                               '--launcher', 'pytorch', *extra],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    result = launch()
+    assert result.returncode == 0, result.stderr[-3000:]
+    [log] = [open(f).read() for f in glob.glob(str(tmp_path / 'experiments/ddpc/train_ddpc_*.log'))]
+    assert 'World size (gpu number): 2' in log and 'Model [ASIDModel] is created.' in log
+    assert 'Iteration 1, the first of this process, compiled and ran in' in log
+    losses = [float(v) for v in re.findall(r'l_pix: (\S+)', log)]
+    assert len(losses) == 4 and all(0 < v < 1 for v in losses)
+    saved = torch.load(tmp_path / 'experiments/ddpc/models/net_g_4.pth', weights_only=True)
+    assert {'params', 'params_ema'} <= set(saved)
+
+    opt['train']['total_iter'] = 6
+    result = launch('--auto_resume')
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = sorted(glob.glob(str(tmp_path / 'experiments/ddpc/train_ddpc_*.log')))
+    resumed = open(logs[-1]).read()
+    assert re.search(r'Resuming training from epoch: \d+, iter: 4\.', resumed)
+    assert 'Iteration 5, the first of this process, compiled and ran in' in resumed
+    assert len(re.findall(r'l_pix: (\S+)', resumed)) == 2
