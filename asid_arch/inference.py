@@ -21,6 +21,10 @@ exactly constant either way.
 Precision: fp32 on the CPU; on a GPU fp16 by default (:data:`GPU_AUTO_PRECISION`: as
 accurate as fp32 on Set5 to 0.0001 dB and about 1.4x faster on an H100 for a 512 px input).
 
+Memory layout: on the CPU the network runs on channels-last tensors by default (the same
+function, to 1e-6; oneDNN's convolutions, depthwise ones above all, run about twice as fast
+in that layout: 177 against 340 ms for ASID x4 on a 128x128 input, 2 threads).
+
 Large images: by default the whole image goes through the network at once when its
 estimated memory fits (half the free GPU memory, or half the available RAM), otherwise it
 is cut into square tiles that fit (:func:`asid_arch.tiling.tiled_forward`, overlaps
@@ -149,6 +153,9 @@ class ASIDUpsampler:
         amp (bool): False (default): fp16/bf16 by casting a copy of the network and the
             inputs (the fastest on an H100, as accurate). True: run under ``torch.autocast``
             with fp32 weights instead.
+        channels_last (bool | None): run on channels-last tensors (a copy of the network is
+            converted). None (default): for convolutional networks on the CPU, where it was
+            measured faster; not on a GPU (not measured there).
         compile (bool): run the network through ``torch.compile`` (Inductor; on a GPU its
             kernels replayed as CUDA graphs): the same function (tested against the plain
             path), faster for many images of one size (video frames), with a compilation
@@ -159,7 +166,8 @@ class ASIDUpsampler:
     """
 
     def __init__(self, model, device='auto', precision='auto', tile=None, tile_overlap=24, alpha='asid',
-                 scale=None, num_groups=None, value_range=None, max_memory=None, amp=False, compile=False):
+                 scale=None, num_groups=None, value_range=None, max_memory=None, amp=False, channels_last=None,
+                 compile=False):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.dtype = PRECISIONS[self.precision]
@@ -184,8 +192,15 @@ class ASIDUpsampler:
         net = net.eval().requires_grad_(False).to(self.device)
         #: the fp32 network, for fp16 results that overflow
         self.net_fp32 = net
-        # nn.Module.to() works in place: cast a copy, leave the caller's network alone
-        self.net = copy.deepcopy(net).to(self.dtype) if self.cast else net
+        if channels_last is None:  # convolutional networks on the CPU (not e.g. an ONNX Runtime session)
+            channels_last = self.device.type == 'cpu' and any(p.dim() == 4 for p in net.parameters())
+        self.channels_last = bool(channels_last)
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        # nn.Module.to() works in place: convert a copy, leave the caller's network alone
+        if self.cast or self.channels_last:
+            net = copy.deepcopy(net).to(memory_format=self.memory_format)
+            net = net.to(self.dtype) if self.cast else net
+        self.net = net
         self.compiled = bool(compile)
         self._network = self.net
         if self.compiled:
@@ -253,7 +268,7 @@ class ASIDUpsampler:
         amp = nullcontext() if self.cast or self.dtype == torch.float32 else torch.autocast(self.device.type,
                                                                                              dtype=self.dtype)
         with amp:
-            out = self._network(x.to(self.dtype) if self.cast else x)
+            out = self._network(x.to(self.dtype if self.cast else x.dtype, memory_format=self.memory_format))
         if self.compiled and self.device.type == 'cuda':
             out = out.clone()  # a CUDA graph's output is overwritten by its next replay
         out = out.float()  # tiles are accumulated and averaged in fp32

@@ -10,7 +10,8 @@ Inference rows: parameters, multiply-adds for the frame (``--size``, default 320
 on a GPU, 128x128 on a CPU), latency (median of ``--repeat`` warm runs; CUDA events on a GPU),
 throughput in output megapixels/s, peak memory (GPU), and the largest deviation from the plain
 fp32 output of the same network. Paths: ``plain`` (eager, the definition), and as
-:class:`asid_arch.ASIDUpsampler` runs the network (``basicsr infer``): ``compile``
+:class:`asid_arch.ASIDUpsampler` runs the network (``basicsr infer``): ``default`` (its
+defaults for one image: fp32 on channels-last tensors on a CPU, fp16 on a GPU), ``compile``
 (``compile=True``), and on a GPU ``fp16`` (network and input cast to half, ``basicsr infer``'s
 default there) and ``compile fp16`` (both).
 
@@ -64,9 +65,10 @@ NETWORKS = {
 }
 
 
-#: Ways of running measured: inference ('plain', 'compile', and on a GPU 'fp16', 'compile fp16')
+#: Ways of running measured: inference ('plain'; 'default': what ``basicsr infer`` runs for one image,
+#: fp32 channels-last on a CPU, fp16 on a GPU; 'compile', and on a GPU 'fp16', 'compile fp16')
 #: and training ('plain', 'compile', and on a GPU 'compile bf16').
-PATHS = ('plain', 'compile', 'fp16', 'compile fp16', 'compile bf16')
+PATHS = ('plain', 'default', 'compile', 'fp16', 'compile fp16', 'compile bf16')
 
 
 def parse_size(text):
@@ -111,6 +113,7 @@ def inference_paths(name, net, device):
     """(path name, callable) pairs to time for one network: the fast ones as ``basicsr infer`` runs them."""
     paths = [('plain', net)]
     if name.startswith('ASID'):
+        paths.append(('default', ASIDUpsampler(net, device=device, tile=0).run_network))
         variants = [('compile', 'fp32', True)]
         if device.type == 'cuda':
             variants += [('fp16', 'fp16', False), ('compile fp16', 'fp16', True)]

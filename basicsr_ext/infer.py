@@ -26,7 +26,7 @@ Each image that cannot be done (unreadable, truncated, not an image, output larg
 ``--max-pixels``, out of memory, unwritable) is reported on one ``FAILED path: reason``
 line and the others still run; the exit status is 1 if any failed. An unusable checkpoint
 is one error before any image is read (exit status 2). The last line is the summary:
-``done N, skipped M, failed K in T s``. Ctrl-C stops after one line and that summary, with
+``done N, skipped M, failed K in T s (R images/s; R' after the first)``. Ctrl-C stops after one line and that summary, with
 exit status 130; every output written is complete, and a rerun continues with the rest.
 """
 import io
@@ -50,6 +50,9 @@ OUTPUT_EXTENSIONS = ('png', 'jpg', 'jpeg', 'bmp', 'tif', 'tiff', 'webp', 'ppm', 
 ALPHA_EXTENSIONS = ('.png', '.tif', '.tiff', '.webp')
 DEEP_EXTENSIONS = ('.png', '.tif', '.tiff', '.ppm', '.pgm')
 FLOAT_EXTENSIONS = ('.tif', '.tiff')
+#: ``--fast-path auto`` compiles on a GPU when at least this many inputs share one size (a
+#: compilation costs about a minute once, and then each frame runs faster).
+FRAMES_TO_COMPILE = 8
 #: Default ``--max-pixels``: output pixels per image (16384 x 16384).
 DEFAULT_MAX_PIXELS = 16384 * 16384
 JPEG_QUALITY = 95
@@ -204,9 +207,10 @@ def add_parser(commands):
     p.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto (default: auto)')
     p.add_argument('--precision', choices=['auto', 'fp32', 'fp16', 'bf16'], default='auto',
                    help='default auto: fp32 on the CPU, the measured best on a GPU')
-    p.add_argument('--fast-path', choices=['none', 'compile'], default='none',
+    p.add_argument('--fast-path', choices=['auto', 'none', 'compile'], default='auto',
                    help='compile: torch.compile the network (faster for many images of one size, e.g. video '
-                   'frames; compiles once per size). Default: none')
+                   'frames; compiles once per size); none: never; auto (default): compile on a GPU when at least '
+                   f'{FRAMES_TO_COMPILE} inputs share one size')
     p.add_argument('--alpha', choices=['asid', 'bicubic'], default='asid',
                    help='how the alpha channel is upscaled (default asid)')
     p.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
@@ -314,6 +318,8 @@ class _Run:
         for note in notes + more:
             self.say(f'{path}: {note}')
         self.done += 1
+        if self.done == 1:
+            self.first_done = time.perf_counter()
 
     def check_size(self, width, height):
         pixels = width * height * self.up.scale**2
@@ -322,7 +328,24 @@ class _Run:
                              f'more than --max-pixels {self.args.max_pixels}')
 
 
-def build_upsampler(args):
+def frames_to_compile(images, device):
+    """``((width, height), count)`` of the most common input size when ``--fast-path auto`` compiles
+    for it (on a GPU, at least :data:`FRAMES_TO_COMPILE` inputs of that size), else None."""
+    from PIL import Image
+    if device.type != 'cuda':
+        return None
+    sizes = {}
+    for path in images:
+        try:
+            with Image.open(path) as im:
+                sizes[im.size] = sizes.get(im.size, 0) + 1
+        except Exception:  # unreadable here: its own FAILED line comes when it is processed
+            continue
+    size, count = max(sizes.items(), key=lambda item: item[1], default=(None, 0))
+    return (size, count) if count >= FRAMES_TO_COMPILE else None
+
+
+def build_upsampler(args, compile=False):
     """The upsampler for ``args``; any problem with the checkpoint or options is a CommandError."""
     from asid_arch.checkpoint import CheckpointError
     from asid_arch.inference import ASIDUpsampler
@@ -334,7 +357,7 @@ def build_upsampler(args):
         from basicsr_ext.onnx_model import OnnxError, OnnxNetwork
         for option, value, default in (('--device', args.device, ('auto', 'cpu')),
                                        ('--precision', args.precision, ('auto', 'fp32')),
-                                       ('--fast-path', args.fast_path, ('none', )),
+                                       ('--fast-path', args.fast_path, ('auto', 'none')),
                                        ('--value-range', args.value_range, (None, )),
                                        ('--num-groups', args.num_groups, (None, ))):
             if value not in default:
@@ -351,7 +374,7 @@ def build_upsampler(args):
             up = ASIDUpsampler(model, device=args.device, precision=args.precision, tile=args.tile,
                                tile_overlap=args.tile_overlap, alpha=args.alpha, scale=args.scale,
                                num_groups=args.num_groups, value_range=value_range, max_memory=max_memory,
-                               compile=args.onnx is None and args.fast_path == 'compile')
+                               compile=args.onnx is None and (compile or args.fast_path == 'compile'))
     except (CheckpointError, ValueError, RuntimeError) as e:
         raise CommandError(str(e)) from None
     for w in caught:
@@ -393,6 +416,12 @@ def cmd_infer(args):
     run.inputs = {os.path.realpath(p) for p in images}  # earlier outputs may be replaced (--overwrite)
     if not images:
         run.say(f'no images in {args.input}')
+    frames = frames_to_compile(images, up.device) if args.fast_path == 'auto' and args.onnx is None else None
+    if frames:
+        (width, height), count = frames
+        run.say(f'basicsr infer: {count} inputs of {width}x{height}: the network is compiled for them '
+                f'(--fast-path none: never)')
+        run.up = build_upsampler(args, compile=True)
     status = None
     try:
         with warnings.catch_warnings(), opencv_log_level('ERROR'):  # no decode warnings: we report FAILED
@@ -403,7 +432,14 @@ def cmd_infer(args):
     except KeyboardInterrupt:  # outputs are written atomically: what is done is complete, a rerun resumes
         tqdm.write('basicsr infer: interrupted (a rerun continues with the images not done)', file=sys.stderr)
         status = 130
-    print(f'done {run.done}, skipped {run.skipped}, failed {run.failed} in {time.perf_counter() - start:.1f} s')
+    elapsed = time.perf_counter() - start
+    rate = ''
+    if run.done:
+        rate = f' ({run.done / elapsed:.2f} images/s'
+        if run.done > 1:  # the first image also paid for loading (and compiling) the network
+            rate += f'; {(run.done - 1) / (time.perf_counter() - run.first_done):.2f} after the first'
+        rate += ')'
+    print(f'done {run.done}, skipped {run.skipped}, failed {run.failed} in {elapsed:.1f} s{rate}')
     return status if status is not None else 1 if run.failed else 0
 
 

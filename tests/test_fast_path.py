@@ -74,6 +74,15 @@ def test_compiled_forward_equals_the_plain_path():
     _compare_compiled_with_plain()
 
 
+def test_the_cpu_default_runs_channels_last_and_computes_the_plain_function(golden, golden_net):
+    up = ASIDUpsampler(golden_net, device='cpu')
+    assert up.channels_last and up.net.input.weight.is_contiguous(memory_format=torch.channels_last)
+    assert golden_net.input.weight.is_contiguous()  # the caller's network keeps its layout
+    with torch.no_grad():
+        assert (up.run_network(golden['input']) - golden_net(golden['input'])).abs().max() <= 1e-5
+    assert not ASIDUpsampler(golden_net, device='cpu', channels_last=False).channels_last
+
+
 @pytest.mark.parametrize('amp', [True, False])
 @pytest.mark.parametrize('precision, min_psnr', [('bf16', 40.0), ('fp16', 50.0)])
 def test_reduced_precision_output_is_close_to_fp32_by_psnr(golden, golden_net, precision, min_psnr, amp):

@@ -18,7 +18,8 @@ from basicsr_ext import infer
 from basicsr_ext.cli import main
 from conftest import DATA
 
-SUMMARY = re.compile(r'^done (\d+), skipped (\d+), failed (\d+) in \d+\.\d s$', re.M)
+SUMMARY = re.compile(r'^done (\d+), skipped (\d+), failed (\d+) in \d+\.\d s'
+                     r'(?: \([\d.]+ images/s(?:; [\d.]+ after the first)?\))?$', re.M)
 
 
 def smooth(h, w, c=3, seed=0):
@@ -438,7 +439,35 @@ def test_fast_path_option_compiles_in_the_upsampler_and_leaves_the_callers_netwo
     assert not infer.build_upsampler(infer_args(tmp_path, ckpt)).compiled
     up = ASIDUpsampler(tiny_net, device='cpu', compile=True)
     assert up.compiled and type(up.net) is type(tiny_net)  # the module itself is not wrapped
-    assert up.net.input.weight is tiny_net.input.weight  # the same weights, not a copy
+    assert tiny_net.input.weight.is_contiguous()  # the channels-last copy is the upsampler's own
+    shared = ASIDUpsampler(tiny_net, device='cpu', compile=True, channels_last=False)
+    assert shared.net.input.weight is tiny_net.input.weight  # fp32, default layout: the same weights, not a copy
+
+
+def test_auto_fast_path_compiles_on_a_gpu_for_a_folder_of_same_size_frames(tmp_path):
+    frames = []
+    for i in range(infer.FRAMES_TO_COMPILE):
+        frames.append(str(tmp_path / f'frame{i:03d}.png'))
+        cv2.imwrite(frames[-1], np.full((18, 32, 3), i, np.uint8))
+    odd = str(tmp_path / 'odd.png')
+    cv2.imwrite(odd, np.zeros((20, 20, 3), np.uint8))
+    broken = str(tmp_path / 'broken.png')
+    open(broken, 'wb').write(b'not a png')  # its FAILED line comes later; it does not stop the count
+    gpu, cpu = torch.device('cuda'), torch.device('cpu')
+    assert infer.frames_to_compile(frames + [odd, broken], gpu) == ((32, 18), infer.FRAMES_TO_COMPILE)
+    assert infer.frames_to_compile(frames[1:] + [odd], gpu) is None  # too few of one size to pay for compiling
+    assert infer.frames_to_compile(frames, cpu) is None  # on a CPU the default path is already the fast one
+
+
+def test_the_summary_reports_images_per_second(tmp_path, ckpt, capsys):
+    src = tmp_path / 'in'
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f'{i}.png'), np.full((12, 12, 3), 40 * i, np.uint8))
+    assert main(['infer', '-i', str(src), '-o', str(tmp_path / 'out'), '--model-path', ckpt, '-q']) == 0
+    out = capsys.readouterr().out
+    assert re.search(r'^done 3, skipped 0, failed 0 in \d+\.\d s \([\d.]+ images/s; [\d.]+ after the first\)$',
+                     out, re.M), out
 
 
 def test_a_corrupt_png_is_one_line_naming_it_without_opencvs_own_log(ckpt, tmp_path, capfd):
