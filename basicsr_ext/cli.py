@@ -77,7 +77,8 @@ def _run_pipeline(args, is_train):
     try:
         # Every rank checks the options; only rank 0 reads the data sets' files (the launcher
         # stops the other ranks when rank 0 exits with an error).
-        load_and_check(args.opt, args.force_yml, is_train=is_train, check_data=_rank(args.launcher) == 0)
+        load_and_check(args.opt, args.force_yml, is_train=is_train, check_data=_rank(args.launcher) == 0,
+                       launcher=args.launcher)
     except OptionError as e:
         raise CommandError(str(e)) from None
     if is_train:

@@ -226,7 +226,7 @@ MOVED = {
 }
 
 
-def _check_speed_switches(opt, path, is_train):
+def _check_speed_switches(opt, path, is_train, launcher='none'):
     """``train.compile`` / ``train.precision``: for ASIDModel, of the right type; old places refused."""
     from basicsr_ext.train_step import AUTOCAST_DTYPES
     moved = [key for key in ('fast_path', 'precision') if key in (opt.get('network_g') or {})]
@@ -247,16 +247,25 @@ def _check_speed_switches(opt, path, is_train):
     if train.get('precision', 'fp32') not in AUTOCAST_DTYPES:
         raise OptionError(f'{path}: train.precision: must be one of {", ".join(AUTOCAST_DTYPES)}, '
                           f'got {train["precision"]!r}')
+    gpus = opt.get('num_gpu', 'auto')
+    if gpus == 'auto':
+        import torch
+        gpus = torch.cuda.device_count()
+    if train.get('compile') and launcher == 'none' and isinstance(gpus, int) and gpus > 1:
+        # BasicSR gives num_gpu > 1 without a launcher to DataParallel, whose threads a compiled step cannot use
+        raise OptionError(f'{path}: train.compile: {gpus} GPUs without a launcher would be DataParallel, which '
+                          f'cannot run a compiled step: launch torchrun --nproc_per_node={gpus} -m basicsr_ext '
+                          f'train ... --launcher pytorch (or pick one GPU with CUDA_VISIBLE_DEVICES=0)')
 
 
-def check_options(opt, path, is_train=True, check_data=True):
+def check_options(opt, path, is_train=True, check_data=True, launcher='none'):
     """Raise OptionError for the first problem BasicSR would otherwise hit later.
 
     ``check_data=False`` leaves out the look at every image file (the expensive part: under DDP
     only rank 0 does it).
     """
     _require(opt, 'name', path)
-    _check_speed_switches(opt, path, is_train)
+    _check_speed_switches(opt, path, is_train, launcher)
     _check_registered(_require(opt, 'model_type', path), MODEL_REGISTRY, 'model', 'model_type', path)
     network = _require(opt, 'network_g', path)
     _check_registered(_require(network, 'type', path, 'network_g.'), ARCH_REGISTRY, 'network', 'network_g.type', path)
@@ -284,10 +293,10 @@ def check_options(opt, path, is_train=True, check_data=True):
         _check_data(name, dataset, opt, path, is_train)
 
 
-def load_and_check(path, force_yml=None, is_train=True, check_data=True):
+def load_and_check(path, force_yml=None, is_train=True, check_data=True, launcher='none'):
     """Read, override and check an option file; returns the options BasicSR will see."""
     opt = apply_force_yml(read_options(path), force_yml, path)
     if not is_train:  # test the sets that are prepared, skipping the others with one line each
         testsets.drop_missing(opt, path, OptionError)
-    check_options(opt, path, is_train=is_train, check_data=check_data)
+    check_options(opt, path, is_train=is_train, check_data=check_data, launcher=launcher)
     return opt
