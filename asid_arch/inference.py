@@ -22,8 +22,9 @@ Precision: fp32 on the CPU; on a GPU fp16 by default (:data:`GPU_AUTO_PRECISION`
 accurate as fp32 on Set5 to 0.0001 dB and about 1.4x faster on an H100 for a 512 px input).
 
 Memory layout: on the CPU the network runs on channels-last tensors by default (the same
-function, to 1e-6; oneDNN's convolutions, depthwise ones above all, run about twice as fast
-in that layout: 177 against 340 ms for ASID x4 on a 128x128 input, 2 threads).
+function, to 1e-6; oneDNN's convolutions, the depthwise ones above all, are faster in that
+layout: 121-140 against 219-220 ms for ASID x4 on a 128x128 input, 2 threads, in
+``basicsr benchmark --device cpu --paths plain default``).
 
 Large images: by default the whole image goes through the network at once when its
 estimated memory fits (half the free GPU memory, or half the available RAM), otherwise it

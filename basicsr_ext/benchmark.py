@@ -198,7 +198,8 @@ def train_options(data, name, switches, iters, device, workers, batch=16, lr_pat
     """The recipe's options; ``switches``: None for BasicSR's SRModel, else ASIDModel's ``train.compile/precision``."""
     cuda = device.type == 'cuda'
     return {
-        'name': name, 'model_type': 'SRModel' if switches is None else 'ASIDModel', 'scale': 4, 'num_gpu': 1 if cuda else 0, 'manual_seed': 0,
+        'name': name, 'model_type': 'SRModel' if switches is None else 'ASIDModel', 'scale': 4,
+        'num_gpu': 1 if cuda else 0, 'manual_seed': 0,
         'datasets': {'train': {
             'name': 'bench', 'type': 'PairedImageDataset', 'dataroot_gt': f'{data}/HR', 'dataroot_lq': f'{data}/LR',
             'io_backend': {'type': 'disk'}, 'gt_size': lr_patch * 4, 'use_hflip': True, 'use_rot': True,

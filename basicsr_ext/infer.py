@@ -26,8 +26,9 @@ Each image that cannot be done (unreadable, truncated, not an image, output larg
 ``--max-pixels``, out of memory, unwritable) is reported on one ``FAILED path: reason``
 line and the others still run; the exit status is 1 if any failed. An unusable checkpoint
 is one error before any image is read (exit status 2). The last line is the summary:
-``done N, skipped M, failed K in T s (R images/s; R' after the first)``. Ctrl-C stops after one line and that summary, with
-exit status 130; every output written is complete, and a rerun continues with the rest.
+``done N, skipped M, failed K in T s (R images/s; R' after the first)``. Ctrl-C stops
+after one line and that summary, with exit status 130; every output written is complete,
+and a rerun continues with the rest.
 """
 import io
 import os

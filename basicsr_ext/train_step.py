@@ -48,11 +48,9 @@ class TrainStep:
             become ``decay * ema + (1 - decay) * param``, as ``BaseModel.model_ema``.
         distributed (bool): average gradients over the default process group (compiled
             steps only; an eager step leaves that to the DDP wrapper).
-        cuda_graph (bool | None): None: capture on CUDA when ``compile`` is on.
     """
 
-    def __init__(self, net, losses, optimizer, precision='fp32', compile=False, ema=None, distributed=False,
-                 cuda_graph=None):
+    def __init__(self, net, losses, optimizer, precision='fp32', compile=False, ema=None, distributed=False):
         if precision not in AUTOCAST_DTYPES:
             raise ValueError(f'precision must be one of {", ".join(AUTOCAST_DTYPES)}; got {precision!r}')
         self.net, self.losses, self.optimizer = net, losses, optimizer
@@ -61,14 +59,15 @@ class TrainStep:
         self.distributed = distributed and self.compiled
         params = [p for p in net.parameters() if p.requires_grad]
         self.ema = None
-        if ema is not None:  # (EMA parameters, network parameters, decay), paired in order as BasicSR's names pair them
+        if ema is not None:  # parameters paired in order, as BasicSR's model_ema pairs them by name
             net_ema, decay = ema
             ema_params, net_params = list(net_ema.parameters()), list(net.parameters())
             if [p.shape for p in ema_params] != [p.shape for p in net_params]:
                 raise ValueError('the EMA network does not have the network\'s parameters')
             self.ema = (ema_params, net_params, float(decay))
         self.device = params[0].device
-        self.cuda_graph = (self.compiled and self.device.type == 'cuda') if cuda_graph is None else cuda_graph
+        #: capture the step as a CUDA graph (compiled, on a GPU; False after a failed capture)
+        self.cuda_graph = self.compiled and self.device.type == 'cuda'
         self.steps = 0
         self.graph = None
         self._forward = torch.compile(self.forward, dynamic=False) if self.compiled else self.forward
@@ -118,25 +117,25 @@ class TrainStep:
         return {name: loss.detach() for name, loss in losses.items()}
 
     def __call__(self, lq, gt):
-        """Run one step on a batch; returns ``{name: loss}`` as device tensors (read them at ``print_freq``)."""
+        """Run one step on a batch; returns ``{name: loss}`` as device tensors, valid until the next
+        call (a CUDA graph overwrites them): read them at ``print_freq``."""
         self.steps += 1
+        if self.cuda_graph and self.graph is None and self.steps > WARMUP_STEPS:
+            self._capture(lq, gt)  # on failure: a warning, and the compiled step without a graph
         if self.graph is not None and lq.shape == self._lq.shape and gt.shape == self._gt.shape:
             self._sync_learning_rates()
             self._lq.copy_(lq, non_blocking=True)
             self._gt.copy_(gt, non_blocking=True)
             self.graph.replay()
             return self._losses
-        if not self.cuda_graph or self.graph is not None:  # CPU, eager, or a batch of another shape
-            return self.step(lq, gt)
-        if self.steps <= WARMUP_STEPS:
+        if self.cuda_graph and self.graph is None:  # warm-up steps: on a side stream, as the capture recipe has them
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 losses = self.step(lq, gt)
             torch.cuda.current_stream(self.device).wait_stream(side)
             return losses
-        self._capture(lq, gt)
-        return self(lq, gt) if self.graph is not None else self.step(lq, gt)
+        return self.step(lq, gt)  # eager, on the CPU, or a batch of another shape than the graph's
 
     # ------------------------------------------------------------------------ plumbing
     def _flat_grads(self, params):
@@ -148,7 +147,7 @@ class TrainStep:
             offset += p.numel()
 
     def _capture(self, lq, gt):
-        self.steps -= 1  # the capture records the step; the replay that follows runs it
+        """Record one step into :attr:`graph` (nothing runs: the replay that follows trains on the batch)."""
         self._lq, self._gt = lq.clone(), gt.clone()
         groups = self.optimizer.param_groups
         # the graph reads the learning rate from device memory: BasicSR's schedulers change it

@@ -1,4 +1,4 @@
-"""Inference fast paths (``ASIDUpsampler(compile=True)``, ``precision='bf16'|'fp16'``) compute the plain path's function.
+"""Inference fast paths (``ASIDUpsampler(compile=True)``, ``precision``, channels-last) compute the plain function.
 
 The plain eager network is the definition; how it runs is chosen by the inference helper
 (and, for training, by ASIDModel's step: ``tests/test_train_step.py``), never by the network,
