@@ -68,6 +68,22 @@ def tiny_options(data_root, name='tiny', network=None, total_iter=10, checkpoint
     }
 
 
+def compile_with_backend(monkeypatch, backend):
+    """Make ``torch.compile``, as the code under test calls it, compile through ``backend`` with
+    ``fullgraph=True`` ('eager': Dynamo's trace alone; 'aot_eager': also AOTAutograd's joint
+    forward/backward graph), without generating code. Returns the keyword arguments of each call."""
+    import torch
+    calls, real_compile = [], torch.compile
+
+    def compile(fn, **kwargs):
+        calls.append(kwargs)
+        return real_compile(fn, backend=backend, fullgraph=True, **kwargs)
+
+    monkeypatch.setattr(torch, 'compile', compile)
+    torch._dynamo.reset()
+    return calls
+
+
 def write_options(path, opt):
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from asid_arch import ASID, ASID_D8, ASIDUpsampler  # first: patches BasicSR for this stack before it is imported
-from asid_arch import inference as inference_module
+from conftest import compile_with_backend
 
 
 def psnr(a, b):
@@ -51,14 +51,7 @@ def test_compile_plumbing_traces_the_network_whole_and_keeps_its_function(monkey
     # The cheap check of the compile path: the same call of torch.compile that compile=True
     # makes, with Inductor replaced by the 'eager' backend, so that Dynamo traces the whole network
     # (every reshape, the shared attention, padding and cropping) without generating C++ kernels.
-    calls, real_compile = [], torch.compile
-
-    def compile_eagerly(fn, **kwargs):
-        calls.append(kwargs)
-        return real_compile(fn, backend='eager', fullgraph=True, **kwargs)
-
-    monkeypatch.setattr(inference_module.torch, 'compile', compile_eagerly)
-    torch._dynamo.reset()
+    calls = compile_with_backend(monkeypatch, 'eager')
     try:
         _compare_compiled_with_plain()
     finally:

@@ -22,7 +22,7 @@ from asid_arch import ASID  # first: patches BasicSR for this stack before it is
 from basicsr.losses import build_loss  # noqa: I001
 from basicsr_ext import train_step as train_step_module
 from basicsr_ext.train_step import TrainStep
-from conftest import free_port, tiny_options, write_options
+from conftest import compile_with_backend, free_port, tiny_options, write_options
 
 
 def small_net():
@@ -78,15 +78,7 @@ def train_step_steps(data, decay=0.9, device='cpu', lr_at=None, **kwargs):
 @pytest.fixture
 def aot_eager(monkeypatch):
     """torch.compile as TrainStep calls it, through AOTAutograd without code generation."""
-    calls, real_compile = [], torch.compile
-
-    def compile_aot_eager(fn, **kwargs):
-        calls.append(kwargs)
-        return real_compile(fn, backend='aot_eager', fullgraph=True, **kwargs)
-
-    monkeypatch.setattr(train_step_module.torch, 'compile', compile_aot_eager)
-    torch._dynamo.reset()
-    yield calls
+    yield compile_with_backend(monkeypatch, 'aot_eager')
     torch._dynamo.reset()
 
 
