@@ -150,6 +150,7 @@ def bench_inference(args, device, log):
                              'input': f'{w}x{h}', 'output': f'{w * 4}x{h * 4}', 'latency_ms': seconds * 1000,
                              'mpix_per_s': (w * 4) * (h * 4) / seconds / 1e6,
                              'peak_mem_gb': None if peak is None else peak / 2**30, 'max_abs_diff': deviation})
+                log(f'{name} {path}: {seconds * 1000:.2f} ms, max|diff| {deviation:.1e}')  # kept if the run is cut
     order = {name: i for i, name in enumerate(args.networks)}
     return sorted(rows, key=lambda r: (order[r['network']], PATHS.index(r['path'])))
 
@@ -283,6 +284,8 @@ def bench_training(args, device, log):
         rows.append({'network': 'ASID', 'path': label, 'batch': args.train_batch, 'lr_patch': args.train_patch,
                      'iters_per_s': its, 'first_iter_s': startup, 'peak_mem_gb': peak,
                      'workers': args.train_workers})
+        log(f'training ASID x4 ({label}): {its:.2f} it/s, first iteration after {startup:.1f} s'
+            + ('' if peak is None else f', peak {peak:.2f} GB'))  # each figure as soon as it exists
     return rows
 
 

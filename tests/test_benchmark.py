@@ -1,5 +1,6 @@
 """``basicsr benchmark``: the figures it prints are measured, and training goes through ``basicsr train``."""
 import json
+import re
 
 import torch
 
@@ -21,20 +22,28 @@ def test_swinir_light_takes_sizes_that_are_not_window_multiples():
 def test_benchmark_prints_the_table_and_json_with_inference_and_training_rows(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out_json = tmp_path / 'bench.json'
-    code = main(['benchmark', '--device', 'cpu', '--networks', 'ASID', 'SwinIR-light', '--paths', 'plain',
+    code = main(['benchmark', '--device', 'cpu', '--networks', 'ASID', 'SwinIR-light', '--paths', 'plain', 'default',
                  '--size', '24x16', '--repeat', '2', '--warmup', '1', '--train', '--train-iters', '2',
                  '--train-warmup', '1', '--train-workers', '0', '--train-batch', '2', '--train-patch', '16',
                  '--json', str(out_json)])
     assert code == 0
     result = json.loads(out_json.read_text())
-    rows = {r['network']: r for r in result['inference']}
+    rows = {r['network']: r for r in result['inference'] if r['path'] == 'plain'}
+    default = [r for r in result['inference'] if r['path'] == 'default']
+    assert [r['network'] for r in default] == ['ASID'] and default[0]['max_abs_diff'] < 1e-5  # channels-last
     assert rows['ASID']['params'] == 313_104
     assert rows['ASID']['output'] == '96x64'
     assert rows['ASID']['latency_ms'] > 0 and rows['ASID']['max_abs_diff'] == 0
     assert rows['SwinIR-light']['params'] > rows['ASID']['params']
     (train,) = result['training']
     assert train['path'] == 'plain' and (train['batch'], train['lr_patch']) == (2, 16) and train['iters_per_s'] > 0
-    printed = capsys.readouterr().out
+    assert train['first_iter_s'] > 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    # each figure is also logged as soon as it is measured, so a run cut short keeps what it measured
+    assert re.search(r'^ASID default: [\d.]+ ms, max\|diff\| ', captured.err, re.M)
+    assert re.search(r'^training ASID x4 \(plain\): [\d.]+ it/s, first iteration after [\d.]+ s$', captured.err,
+                     re.M)
     assert 'ASID plain:' in printed and "SwinIR-light's time" in printed
     assert 'training through basicsr train, ASID x4, batch 2, LR patch 16' in printed
     assert (tmp_path / 'experiments').exists() is False  # runs in its own temporary folder
