@@ -7,7 +7,7 @@ With ``model_type: ASIDModel`` an option file gets, on top of SRModel:
       train:
         compile: true     # forward, loss and backward through torch.compile; on a GPU the
                           # whole step (update and EMA included) replayed as one CUDA graph
-        precision: bf16   # fp32 (default), bf16 or fp16: the forward under torch.autocast
+        precision: bf16   # fp32 (default) or bf16: the forward under torch.autocast
 
   the step computes what SRModel's computes (tested against it), and losses stay on the
   device until ``print_freq``. Under DDP a compiled step averages the gradients itself (one

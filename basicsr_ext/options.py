@@ -244,6 +244,9 @@ def _check_speed_switches(opt, path, is_train, launcher='none'):
                           f'({opt.get("model_type")} would train without it)')
     if not isinstance(train.get('compile', False), bool):
         raise OptionError(f'{path}: train.compile: must be true or false, got {train["compile"]!r}')
+    if train.get('precision') == 'fp16':
+        raise OptionError(f'{path}: train.precision: fp16 would train without loss scaling (its gradients can '
+                          f'underflow): use bf16, or fp32')
     if train.get('precision', 'fp32') not in AUTOCAST_DTYPES:
         raise OptionError(f'{path}: train.precision: must be one of {", ".join(AUTOCAST_DTYPES)}, '
                           f'got {train["precision"]!r}')

@@ -4,7 +4,7 @@ A step is what BasicSR's ``SRModel.optimize_parameters`` does: forward, loss, ba
 optimizer update and the EMA update; under DDP the gradients are averaged over the ranks
 between backward and update. :class:`TrainStep` runs that same step three ways:
 
-- ``compile=False``: eagerly (:meth:`TrainStep.step`), under ``torch.autocast`` for bf16/fp16;
+- ``compile=False``: eagerly (:meth:`TrainStep.step`), under ``torch.autocast`` for bf16;
 - ``compile=True`` on the CPU: the forward and the loss through ``torch.compile`` (Inductor
   also compiles their backward), the rest as above;
 - ``compile=True`` on CUDA: as on the CPU for the first :data:`WARMUP_STEPS` steps (they
@@ -27,8 +27,9 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-#: Values of ``train: precision`` and their autocast dtypes (None: no autocast).
-AUTOCAST_DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+#: Values of ``train: precision`` and their autocast dtypes (None: no autocast). No fp16: its
+#: gradients need loss scaling, whose overflow checks would stop the GPU every step.
+AUTOCAST_DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
 #: Steps run before the CUDA graph is captured: they compile, autotune and create the
 #: optimizer's state, none of which may happen inside a capture.
 WARMUP_STEPS = 3
@@ -42,7 +43,7 @@ class TrainStep:
         losses (callable): ``losses(output, gt) -> (total, {name: loss})``.
         optimizer (torch.optim.Optimizer): updates ``net``'s parameters (Adam-type optimizers
             are made ``capturable`` for a CUDA graph: :meth:`adopt_optimizer_state`).
-        precision (str): 'fp32', 'bf16' or 'fp16': the forward under ``torch.autocast``.
+        precision (str): 'fp32' or 'bf16' (the forward under ``torch.autocast``).
         compile (bool): compile the forward and losses (and, on CUDA, capture the whole step).
         ema (tuple | None): ``(net_ema, decay)``: after each update ``net_ema``'s parameters
             become ``decay * ema + (1 - decay) * param``, as ``BaseModel.model_ema``.

@@ -384,7 +384,9 @@ def test_bsds200_gpu_file_trains_one_iteration_on_a_cpu_with_its_gpu_switches_ov
     (lambda o: o.update(model_type='SRModel'), 'train.compile: only model_type: ASIDModel reads it (SRModel would '
                                                'train without it)'),
     (lambda o: o['train'].update(compile='yes'), "train.compile: must be true or false, got 'yes'"),
-    (lambda o: o['train'].update(precision='fp8'), "train.precision: must be one of fp32, bf16, fp16, got 'fp8'"),
+    (lambda o: o['train'].update(precision='fp8'), "train.precision: must be one of fp32, bf16, got 'fp8'"),
+    (lambda o: o['train'].update(precision='fp16'), 'train.precision: fp16 would train without loss scaling (its '
+                                                     'gradients can underflow): use bf16, or fp32'),
     (lambda o: o.update(num_gpu=2), 'train.compile: 2 GPUs without a launcher would be DataParallel, which cannot '
                                     'run a compiled step: launch torchrun --nproc_per_node=2 -m basicsr_ext train '
                                     '... --launcher pytorch (or pick one GPU with CUDA_VISIBLE_DEVICES=0)'),

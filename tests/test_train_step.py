@@ -171,10 +171,11 @@ def test_a_state_saved_by_a_cuda_graph_run_resumes_in_an_eager_cpu_run():
     step(*data[1])  # an AdamW step with capturable=True on CPU tensors would raise
 
 
-def test_unknown_precision_is_refused_with_the_choices():
+@pytest.mark.parametrize('precision', ['fp8', 'fp16'])  # fp16 would need loss scaling
+def test_unknown_precision_is_refused_with_the_choices(precision):
     net = small_net()
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16; got 'fp8'"):
-        TrainStep(net, l1_losses(), adamw(net), precision='fp8')
+    with pytest.raises(ValueError, match=f"precision must be one of fp32, bf16; got '{precision}'"):
+        TrainStep(net, l1_losses(), adamw(net), precision=precision)
 
 
 DDP_SCRIPT = textwrap.dedent('''
