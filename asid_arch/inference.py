@@ -157,10 +157,12 @@ class ASIDUpsampler:
         channels_last (bool | None): run on channels-last tensors (a copy of the network is
             converted). None (default): for convolutional networks on the CPU, where it was
             measured faster; not on a GPU (not measured there).
-        compile (bool): run the network through ``torch.compile`` (Inductor; on a GPU its
+        compile (bool | collection): run the network through ``torch.compile`` (Inductor; on a GPU its
             kernels replayed as CUDA graphs): the same function (tested against the plain
             path), faster for many images of one size (video frames), with a compilation
-            for each new size. Default: False (eager).
+            for each new size. Default: False (eager). A collection of (height, width) sizes
+            compiles for network inputs of those sizes only and runs the others eagerly (a
+            folder of video frames with a few odd images compiles once).
 
     Precision and compilation are chosen here, for every caller (``basicsr infer``, the
     benchmark, Python users); the network itself only defines the function.
@@ -203,6 +205,8 @@ class ASIDUpsampler:
             net = net.to(self.dtype) if self.cast else net
         self.net = net
         self.compiled = bool(compile)
+        #: network input sizes (H, W) that run compiled; None: all
+        self.compile_sizes = None if isinstance(compile, bool) else {tuple(size) for size in compile}
         self._network = self.net
         if self.compiled:
             # CUDA graphs on a GPU ('reduce-overhead'); one static graph per input size (dynamic=False)
@@ -268,9 +272,11 @@ class ASIDUpsampler:
         :attr:`device` in, float32 out, not clamped (fp16 overflow computed again in fp32)."""
         amp = nullcontext() if self.cast or self.dtype == torch.float32 else torch.autocast(self.device.type,
                                                                                              dtype=self.dtype)
+        compiled = self.compiled and (self.compile_sizes is None or tuple(x.shape[-2:]) in self.compile_sizes)
         with amp:
-            out = self._network(x.to(self.dtype if self.cast else x.dtype, memory_format=self.memory_format))
-        if self.compiled and self.device.type == 'cuda':
+            network = self._network if compiled else self.net
+            out = network(x.to(self.dtype if self.cast else x.dtype, memory_format=self.memory_format))
+        if compiled and self.device.type == 'cuda':
             out = out.clone()  # a CUDA graph's output is overwritten by its next replay
         out = out.float()  # tiles are accumulated and averaged in fp32
         if self.dtype == torch.float16 and not torch.isfinite(out).all():

@@ -347,7 +347,8 @@ def frames_to_compile(images, device):
 
 
 def build_upsampler(args, compile=False):
-    """The upsampler for ``args``; any problem with the checkpoint or options is a CommandError."""
+    """The upsampler for ``args``; any problem with the checkpoint or options is a CommandError.
+    ``compile``: sizes to compile for (``--fast-path auto``), beside ``--fast-path compile``'s all."""
     from asid_arch.checkpoint import CheckpointError
     from asid_arch.inference import ASIDUpsampler
 
@@ -422,7 +423,7 @@ def cmd_infer(args):
         (width, height), count = frames
         run.say(f'basicsr infer: {count} inputs of {width}x{height}: the network is compiled for them '
                 f'(--fast-path none: never)')
-        run.up = build_upsampler(args, compile=True)
+        run.up = build_upsampler(args, compile=[(height, width)])  # other sizes stay eager: no compile each
     status = None
     try:
         with warnings.catch_warnings(), opencv_log_level('ERROR'):  # no decode warnings: we report FAILED

@@ -459,6 +459,21 @@ def test_auto_fast_path_compiles_on_a_gpu_for_a_folder_of_same_size_frames(tmp_p
     assert infer.frames_to_compile(frames, cpu) is None  # on a CPU the default path is already the fast one
 
 
+def test_compiling_for_the_frames_size_leaves_other_sizes_eager(tiny_net):
+    # --fast-path auto compiles for the frames' size only: an odd image must not compile again
+    up = ASIDUpsampler(tiny_net, device='cpu', compile=[(18, 32)])
+    seen = []
+
+    def compiled(x):
+        seen.append(tuple(x.shape[-2:]))
+        return up.net(x)
+
+    up._network = compiled
+    up.upscale_tensor(torch.rand(3, 18, 32))
+    up.upscale_tensor(torch.rand(3, 20, 20))
+    assert seen == [(18, 32)]
+
+
 def test_the_summary_reports_images_per_second(tmp_path, ckpt, capsys):
     src = tmp_path / 'in'
     src.mkdir()
