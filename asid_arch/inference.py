@@ -203,17 +203,22 @@ class ASIDUpsampler:
         if self.cast or self.channels_last:
             net = copy.deepcopy(net).to(memory_format=self.memory_format)
             net = net.to(self.dtype) if self.cast else net
-        self.net = net
-        self.compiled = bool(compile)
-        #: network input sizes (H, W) that run compiled; None: all
-        self.compile_sizes = None if isinstance(compile, bool) else {tuple(size) for size in compile}
-        self._network = self.net
-        if self.compiled:
-            # CUDA graphs on a GPU ('reduce-overhead'); one static graph per input size (dynamic=False)
-            mode = 'reduce-overhead' if self.device.type == 'cuda' else None
-            self._network = torch.compile(self.net, mode=mode, dynamic=False)
+        self.net = self._network = net
+        self.compiled, self.compile_sizes = False, None
+        if compile:
+            self.compile_network(None if isinstance(compile, bool) else compile)
         self._warned_overflow = False
         self._bytes_per_pixel = BYTES_PER_PIXEL * getattr(net, 'num_feat', 48) / 48
+
+    def compile_network(self, sizes=None):
+        """Run the network through ``torch.compile`` from now on (see ``compile`` above); ``sizes``:
+        the network input sizes (H, W) to compile for, the others staying eager (None: all)."""
+        # CUDA graphs on a GPU ('reduce-overhead'); one static graph per input size (dynamic=False)
+        mode = 'reduce-overhead' if self.device.type == 'cuda' else None
+        self._network = torch.compile(self.net, mode=mode, dynamic=False)
+        self.compiled = True
+        #: network input sizes (H, W) that run compiled; None: all
+        self.compile_sizes = None if sizes is None else {tuple(size) for size in sizes}
 
     def __repr__(self):
         net = self.net

@@ -346,9 +346,8 @@ def frames_to_compile(images, device):
     return (size, count) if count >= FRAMES_TO_COMPILE else None
 
 
-def build_upsampler(args, compile=False):
-    """The upsampler for ``args``; any problem with the checkpoint or options is a CommandError.
-    ``compile``: sizes to compile for (``--fast-path auto``), beside ``--fast-path compile``'s all."""
+def build_upsampler(args):
+    """The upsampler for ``args``; any problem with the checkpoint or options is a CommandError."""
     from asid_arch.checkpoint import CheckpointError
     from asid_arch.inference import ASIDUpsampler
 
@@ -376,7 +375,7 @@ def build_upsampler(args, compile=False):
             up = ASIDUpsampler(model, device=args.device, precision=args.precision, tile=args.tile,
                                tile_overlap=args.tile_overlap, alpha=args.alpha, scale=args.scale,
                                num_groups=args.num_groups, value_range=value_range, max_memory=max_memory,
-                               compile=args.onnx is None and (compile or args.fast_path == 'compile'))
+                               compile=args.onnx is None and args.fast_path == 'compile')
     except (CheckpointError, ValueError, RuntimeError) as e:
         raise CommandError(str(e)) from None
     for w in caught:
@@ -423,7 +422,7 @@ def cmd_infer(args):
         (width, height), count = frames
         run.say(f'basicsr infer: {count} inputs of {width}x{height}: the network is compiled for them '
                 f'(--fast-path none: never)')
-        run.up = build_upsampler(args, compile=[(height, width)])  # other sizes stay eager: no compile each
+        up.compile_network([(height, width)])  # the other sizes stay eager: no compilation for each
     status = None
     try:
         with warnings.catch_warnings(), opencv_log_level('ERROR'):  # no decode warnings: we report FAILED

@@ -459,6 +459,18 @@ def test_auto_fast_path_compiles_on_a_gpu_for_a_folder_of_same_size_frames(tmp_p
     assert infer.frames_to_compile(frames, cpu) is None  # on a CPU the default path is already the fast one
 
 
+def test_infer_compiles_the_upsampler_it_loaded_for_the_frames_size(tmp_path, ckpt, monkeypatch, capsys):
+    # the decision is the GPU's (frames_to_compile); here it is forced, to check the wiring on a CPU
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f'{i}.png'), np.full((12, 16, 3), 60 * i, np.uint8))
+    compiled = []
+    monkeypatch.setattr(infer, 'frames_to_compile', lambda images, device: ((16, 12), len(images)))
+    monkeypatch.setattr(ASIDUpsampler, 'compile_network', lambda self, sizes=None: compiled.append(sizes))
+    assert main(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'out'), '--model-path', ckpt]) == 0
+    assert compiled == [[(12, 16)]]  # (height, width) of the frames, once, on the upsampler already loaded
+    assert '2 inputs of 16x12: the network is compiled for them' in capsys.readouterr().err
+
+
 def test_compiling_for_the_frames_size_leaves_other_sizes_eager(tiny_net):
     # --fast-path auto compiles for the frames' size only: an odd image must not compile again
     up = ASIDUpsampler(tiny_net, device='cpu', compile=[(18, 32)])
