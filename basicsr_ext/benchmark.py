@@ -7,7 +7,8 @@
     basicsr benchmark --json results.json   # the same figures for machines
 
 Inference rows: parameters, multiply-adds for the frame (``--size``, default 320x180 -> 1280x720
-on a GPU, 128x128 on a CPU), latency (median of ``--repeat`` warm runs; CUDA events on a GPU),
+on a GPU, 128x128 on a CPU), latency (median of ``--repeat`` warm runs; CUDA events on a GPU) of
+a call and per frame (``--batch 1 4``: the compiled paths also with 4 frames a call),
 throughput in output megapixels/s, peak memory (GPU), and the largest deviation from the plain
 fp32 output of the same network. Paths: ``plain`` (eager, the definition), and as
 :class:`asid_arch.ASIDUpsampler` runs the network (``basicsr infer``): ``default`` (its
@@ -123,36 +124,49 @@ def inference_paths(name, net, device):
     return paths
 
 
+#: Issue 16's targets for one 320x180 -> 1280x720 frame on one H100, ms a frame.
+TARGETS_720P_MS = {'ASID': 3.0, 'ASID-D8': 7.0}
+
+
 def bench_inference(args, device, log):
     w, h = args.size
-    x = torch.rand(1, 3, h, w, device=device)
     nets = []
     for name in args.networks:
         torch.manual_seed(0)
         net = NETWORKS[name]().eval().to(device)
-        with torch.no_grad():
-            reference = net(x).float()
-        nets.append((name, net, reference, sum(p.numel() for p in net.parameters()), multiply_adds(net, x)))
+        x = torch.rand(1, 3, h, w, device=device)
+        nets.append((name, net, sum(p.numel() for p in net.parameters()), multiply_adds(net, x)))
     rows = []
     # eager paths first: compiling leaves the process changed (on a CPU, eager SwinIR-light ran
     # 1.5x faster after a compilation), which would flatter the eager rows measured after it
     for compiled_phase in (False, True):
-        for name, net, reference, params, macs in nets:
+        for name, net, params, macs in nets:
             repeat = args.repeat if name != 'SwinIR-light' or device.type == 'cuda' else max(3, args.repeat // 3)
-            for path, fn in inference_paths(name, net, device):
-                if path not in args.paths or ('compile' in path) != compiled_phase:
-                    continue
-                log(f'{name} {path}: timing ({"compiling first, " if compiled_phase else ""}{repeat} runs)')
-                seconds, peak = time_forward(fn, x, device, repeat, args.warmup)
+            for batch in args.batch:
+                if batch > 1 and not (compiled_phase and name.startswith('ASID')):
+                    continue  # frames in batches: how the compiled path runs video (basicsr infer --batch)
+                x = torch.rand(batch, 3, h, w, device=device, generator=torch.Generator(device).manual_seed(0))
                 with torch.no_grad():
-                    deviation = float((fn(x).float() - reference).abs().max())
-                rows.append({'network': name, 'path': path, 'params': params, 'gmacs': macs / 1e9,
-                             'input': f'{w}x{h}', 'output': f'{w * 4}x{h * 4}', 'latency_ms': seconds * 1000,
-                             'mpix_per_s': (w * 4) * (h * 4) / seconds / 1e6,
-                             'peak_mem_gb': None if peak is None else peak / 2**30, 'max_abs_diff': deviation})
-                log(f'{name} {path}: {seconds * 1000:.2f} ms, max|diff| {deviation:.1e}')  # kept if the run is cut
+                    reference = net(x).float()
+                for path, fn in inference_paths(name, net, device):
+                    if path not in args.paths or ('compile' in path) != compiled_phase:
+                        continue
+                    log(f'{name} {path} batch {batch}: timing ({"compiling first, " if compiled_phase else ""}'
+                        f'{repeat} runs)')
+                    seconds, peak = time_forward(fn, x, device, repeat, args.warmup)
+                    with torch.no_grad():
+                        deviation = float((fn(x).float() - reference).abs().max())
+                    rows.append({'network': name, 'path': path, 'batch': batch, 'params': params,
+                                 'gmacs': macs / 1e9, 'input': f'{w}x{h}', 'output': f'{w * 4}x{h * 4}',
+                                 'latency_ms': seconds * 1000, 'ms_per_frame': seconds * 1000 / batch,
+                                 'mpix_per_s': batch * (w * 4) * (h * 4) / seconds / 1e6,
+                                 'peak_mem_gb': None if peak is None else peak / 2**30, 'max_abs_diff': deviation,
+                                 'target_ms': TARGETS_720P_MS.get(name) if device.type == 'cuda' and (w, h) == (
+                                     320, 180) else None})
+                    log(f'{name} {path} batch {batch}: {seconds * 1000:.2f} ms ({seconds * 1000 / batch:.2f} a '
+                        f'frame), max|diff| {deviation:.1e}')  # kept if the run is cut
     order = {name: i for i, name in enumerate(args.networks)}
-    return sorted(rows, key=lambda r: (order[r['network']], PATHS.index(r['path'])))
+    return sorted(rows, key=lambda r: (order[r['network']], PATHS.index(r['path']), r['batch']))
 
 
 def bench_large(device, log):
@@ -210,7 +224,9 @@ def train_options(data, name, switches, iters, device, workers, batch=16, lr_pat
         'network_g': {'type': 'ASID', 'upscale': 4, 'num_groups': 3},
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
         'train': {**(switches or {}),
-                  'optim_g': {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]},
+                  # the GPU recipe's (options/train_ASID_x4_BSDS200.yml) one-kernel update
+                  'optim_g': {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999],
+                              **({'fused': True} if cuda else {})},
                   'scheduler': {'type': 'MultiStepLR', 'milestones': [iters], 'gamma': 0.5},
                   'total_iter': iters, 'warmup_iter': -1,
                   'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}},
@@ -218,14 +234,16 @@ def train_options(data, name, switches, iters, device, workers, batch=16, lr_pat
     }
 
 
-def time_training(opt_file, workdir, iters, warmup, device, train):
+def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=None):
     """Run ``train(['-opt', opt_file])`` (``basicsr train``, which :mod:`basicsr_ext.cli` hands to
     :func:`add_parser`) in this process; iterations/s after ``warmup`` iterations, peak memory (GB)
     and the seconds from the command's start to the end of the first iteration (compilation).
 
     Only measurement is added: ``optimize_parameters`` (SRModel's and ASIDModel's) is wrapped
     to read the clock (after a device synchronisation) at the end of iteration ``warmup`` and of
-    the last one.
+    the last one. With ``profile_file``, the :data:`PROFILED_ITERS` iterations that end
+    5 before ``warmup`` (outside the timed ones) run under the torch profiler, whose
+    table of kernels (GPU) or operators (CPU) is written there.
     """
     from basicsr.models.sr_model import SRModel
 
@@ -233,9 +251,18 @@ def time_training(opt_file, workdir, iters, warmup, device, train):
     stamps = {}
     originals = {cls: cls.optimize_parameters for cls in (SRModel, ASIDModel)}
 
+    profiled = range(warmup - 5 - PROFILED_ITERS, warmup - 5) if profile_file else range(0)
+    profiler = None
+
     def timed(original):
         def optimize_parameters(self, current_iter):
+            nonlocal profiler
+            if current_iter == profiled.start:
+                profiler = start_profiler(device)
             original(self, current_iter)
+            if profiler is not None and current_iter == profiled.stop - 1:
+                write_profile(profiler, profile_file, device, len(profiled))
+                profiler = None
             if current_iter in (1, warmup, iters):
                 if device.type == 'cuda':
                     torch.cuda.synchronize(device)
@@ -260,6 +287,29 @@ def time_training(opt_file, workdir, iters, warmup, device, train):
     return (iters - warmup) / (stamps[iters] - stamps[warmup]), peak, stamps[1] - stamps[0]
 
 
+#: Training iterations that ``--train-profile`` records.
+PROFILED_ITERS = 20
+
+
+def start_profiler(device):
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CUDA] if device.type == 'cuda' else [ProfilerActivity.CPU]
+    profiler = profile(activities=activities)
+    profiler.__enter__()
+    return profiler
+
+
+def write_profile(profiler, path, device, iterations):
+    """Stop ``profiler`` and write its table (the GPU's kernels, or CPU operators) to ``path``."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    profiler.__exit__(None, None, None)
+    key = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    table = profiler.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=100)
+    with open(path, 'w') as f:
+        f.write(f'{iterations} training iterations\n{table}')
+
+
 def bench_training(args, device, log):
     import yaml
     rows = []
@@ -279,8 +329,11 @@ def bench_training(args, device, log):
             yaml.safe_dump(train_options(data, name, switches, args.train_iters, device, args.train_workers,
                                          args.train_batch, args.train_patch), f)
         log(f'training ASID x4 ({label}) through basicsr train: {args.train_iters} iterations')
+        profile_file = None
+        if args.train_profile:
+            profile_file = f'{args.train_profile}.{label.replace(" ", "_")}.txt'
         its, peak, startup = time_training(opt_file, workdir, args.train_iters, args.train_warmup, device,
-                                    args.train_command)
+                                           args.train_command, profile_file)
         rows.append({'network': 'ASID', 'path': label, 'batch': args.train_batch, 'lr_patch': args.train_patch,
                      'iters_per_s': its, 'first_iter_s': startup, 'peak_mem_gb': peak,
                      'workers': args.train_workers})
@@ -301,16 +354,20 @@ def print_tables(result, out=None):
     print(f'\ndevice: {result["device"]}, torch {result["torch"]}', file=out)
     rows = result['inference']
     if rows:
-        print(f'\ninference, x4, {rows[0]["input"]} -> {rows[0]["output"]}, batch 1, fp32 input', file=out)
-        print(f'{"network":<13} {"path":<13} {"params":>9} {"GMACs":>7} {"ms":>9} {"Mpx/s":>8} {"peak GB":>8} '
-              f'{"max|diff|":>9}', file=out)
+        print(f'\ninference, x4, {rows[0]["input"]} -> {rows[0]["output"]}, fp32 input; ms: one call, '
+              f'ms/frame: one call / batch', file=out)
+        print(f'{"network":<13} {"path":<13} {"batch":>5} {"params":>9} {"GMACs":>7} {"ms":>9} {"ms/frame":>9} '
+              f'{"Mpx/s":>8} {"peak GB":>8} {"max|diff|":>9}  target', file=out)
         for r in rows:
-            print(f'{r["network"]:<13} {r["path"]:<13} {r["params"]:>9,} {r["gmacs"]:>7.1f} {r["latency_ms"]:>9.2f} '
-                  f'{r["mpix_per_s"]:>8.2f} {_fmt(r["peak_mem_gb"], ".3f"):>8} {r["max_abs_diff"]:>9.1e}', file=out)
+            target = '' if r['target_ms'] is None else (
+                f'<= {r["target_ms"]:g} ms/frame: {"met" if r["ms_per_frame"] <= r["target_ms"] else "missed"}')
+            print(f'{r["network"]:<13} {r["path"]:<13} {r["batch"]:>5} {r["params"]:>9,} {r["gmacs"]:>7.1f} '
+                  f'{r["latency_ms"]:>9.2f} {r["ms_per_frame"]:>9.2f} {r["mpix_per_s"]:>8.2f} '
+                  f'{_fmt(r["peak_mem_gb"], ".3f"):>8} {r["max_abs_diff"]:>9.1e}  {target}', file=out)
         swin = [r for r in rows if r['network'] == 'SwinIR-light' and r['path'] == 'plain']
         if swin:
             for r in rows:
-                if r['network'] == 'ASID':
+                if r['network'] == 'ASID' and r['batch'] == 1:
                     print(f'ASID {r["path"]}: {r["latency_ms"] / swin[0]["latency_ms"]:.3f}x SwinIR-light\'s time',
                           file=out)
     for r in result.get('large', []):
@@ -335,6 +392,9 @@ def add_parser(commands, train_command=None):
     p.add_argument('--networks', nargs='+', choices=list(NETWORKS), default=list(NETWORKS))
     p.add_argument('--paths', nargs='+', choices=PATHS, default=list(PATHS),
                    help='which ways of running to measure (default: all that the device supports)')
+    p.add_argument('--batch', type=int, nargs='+', default=[1], metavar='N',
+                   help='frames per call; batches above 1 for the compiled ASID paths (as basicsr infer --batch '
+                   'runs video frames) (default: 1)')
     p.add_argument('--repeat', type=int, default=None, help='timed runs (default: 50 on a GPU, 9 on a CPU)')
     p.add_argument('--warmup', type=int, default=3, help='untimed runs first (default: 3)')
     p.add_argument('--large', action='store_true', help='also a 960x540 -> 3840x2160 frame (memory)')
@@ -344,6 +404,9 @@ def add_parser(commands, train_command=None):
     p.add_argument('--train-batch', type=int, default=16, help='batch size (default: 16, the recipe\'s)')
     p.add_argument('--train-patch', type=int, default=64, help='LR patch size (default: 64, the recipe\'s)')
     p.add_argument('--train-workers', type=int, default=6, help='data loader workers (default: 6)')
+    p.add_argument('--train-profile', default=None, metavar='PREFIX',
+                   help=f'write a torch profiler table of {PROFILED_ITERS} iterations (before the timed ones) of '
+                        f'each training run to PREFIX.<path>.txt (needs --train-warmup >= {PROFILED_ITERS + 10})')
     p.add_argument('--json', default=None, metavar='FILE', help='also write the figures as JSON')
     p.set_defaults(func=run, train_command=train_command)
 
@@ -353,6 +416,8 @@ def run(args):
                           'cpu' if args.device == 'auto' else args.device)
     args.size = args.size or ((320, 180) if device.type == 'cuda' else (128, 128))
     args.repeat = args.repeat or (50 if device.type == 'cuda' else 9)
+    if args.train_profile and args.train_warmup < PROFILED_ITERS + 10:  # the CUDA graph, captured at 4, profiled
+        raise SystemExit(f'--train-profile needs --train-warmup >= {PROFILED_ITERS + 10}')
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)

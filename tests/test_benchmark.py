@@ -4,7 +4,9 @@ import re
 
 import torch
 
+from basicsr_ext import benchmark
 from basicsr_ext.benchmark import NETWORKS, multiply_adds
+from conftest import compile_with_backend
 from basicsr_ext.cli import main
 
 
@@ -41,9 +43,33 @@ def test_benchmark_prints_the_table_and_json_with_inference_and_training_rows(tm
     captured = capsys.readouterr()
     printed = captured.out
     # each figure is also logged as soon as it is measured, so a run cut short keeps what it measured
-    assert re.search(r'^ASID default: [\d.]+ ms, max\|diff\| ', captured.err, re.M)
+    assert re.search(r'^ASID default batch 1: [\d.]+ ms \([\d.]+ a frame\), max\|diff\| ', captured.err, re.M)
     assert re.search(r'^training ASID x4 \(plain\): [\d.]+ it/s, first iteration after [\d.]+ s$', captured.err,
                      re.M)
     assert 'ASID plain:' in printed and "SwinIR-light's time" in printed
     assert 'training through basicsr train, ASID x4, batch 2, LR patch 16' in printed
     assert (tmp_path / 'experiments').exists() is False  # runs in its own temporary folder
+
+
+def test_compiled_paths_are_also_timed_on_batches_of_frames_and_report_ms_per_frame(tmp_path, capsys, monkeypatch):
+    compile_with_backend(monkeypatch, 'eager')  # the wiring, not Inductor's code (tested in test_fast_path)
+    out_json = tmp_path / 'bench.json'
+    assert main(['benchmark', '--device', 'cpu', '--networks', 'ASID', '--paths', 'plain', 'compile', '--size',
+                 '24x16', '--repeat', '2', '--warmup', '1', '--batch', '1', '3', '--json', str(out_json)]) == 0
+    rows = json.loads(out_json.read_text())['inference']
+    assert [(r['path'], r['batch']) for r in rows] == [('plain', 1), ('compile', 1), ('compile', 3)]
+    batched = rows[2]
+    assert batched['ms_per_frame'] == batched['latency_ms'] / 3 and batched['max_abs_diff'] < 1e-5
+    assert batched['target_ms'] is None  # the 720p targets are for a GPU
+    assert re.search(r'^ASID +compile +3 ', capsys.readouterr().out, re.M)
+
+
+def test_train_profile_writes_the_profilers_table_of_iterations_before_the_timed_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(benchmark, 'PROFILED_ITERS', 2)
+    assert main(['benchmark', '--device', 'cpu', '--networks', 'ASID', '--paths', 'plain', '--size', '24x16',
+                 '--repeat', '1', '--warmup', '0', '--train', '--train-iters', '13', '--train-warmup', '12',
+                 '--train-workers', '0', '--train-batch', '2', '--train-patch', '16', '--train-profile',
+                 str(tmp_path / 'prof')]) == 0
+    table = (tmp_path / 'prof.plain.txt').read_text()
+    assert table.startswith('2 training iterations') and 'aten::convolution_backward' in table
