@@ -8,7 +8,7 @@
 
 For every precision (fp32, bf16, fp16) and way of running it (``cast``: weights and inputs
 cast, what :class:`asid_arch.inference.ASIDUpsampler` does by default; ``amp``: autocast with
-fp32 weights), it upscales the MATLAB-bicubic LR of each HR image (as ``basicsr prepare
+fp32 weights; ``compile``: cast and compiled, ``basicsr infer``'s fast path), it upscales the MATLAB-bicubic LR of each HR image (as ``basicsr prepare
 benchmark`` makes them) and prints the Y-channel PSNR against HR (border ``scale`` cropped,
 8-bit output, as BasicSR's validation), its difference to fp32's, the PSNR of the output
 against fp32's output (how far the numbers moved), and the time of one
@@ -100,11 +100,12 @@ def time_one(up, size, repeats):
     return time_forward(up.upscale_tensor, x, up.device, repeats, warmup=2)[0]
 
 
-def compare(net, pairs, scale, device, precisions, modes, bench_size, repeats, tolerance):
+def compare(net, pairs, scale, device, precisions, modes, bench_size, repeats, tolerance, tile=0):
     rows, reference = [], None
     runs = [('fp32', 'amp')] + [(p, m) for p in precisions if p != 'fp32' for m in modes]
     for precision, mode in runs:
-        up = ASIDUpsampler(net, device=device, precision=precision, tile=0, amp=mode == 'amp')
+        up = ASIDUpsampler(net, device=device, precision=precision, tile=tile, amp=mode == 'amp',
+                           compile=mode == 'compile')
         outs = [up.upscale_tensor(torch.from_numpy(lr.transpose(2, 0, 1).copy()).float().div(255))
                 for _, _, lr in pairs]
         psnrs = [psnr_y((o.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8), hr, scale)
@@ -138,7 +139,11 @@ def main(argv=None):
     p.add_argument('--train-seconds', type=float, default=None, help='stop training after this long')
     p.add_argument('--device', default='auto')
     p.add_argument('--precisions', nargs='+', default=['fp32', 'bf16', 'fp16'], choices=list(PRECISIONS))
-    p.add_argument('--modes', nargs='+', default=['amp', 'cast'], choices=['amp', 'cast'])
+    p.add_argument('--modes', nargs='+', default=['amp', 'cast'], choices=['amp', 'cast', 'compile'],
+                   help="compile: cast and torch.compile'd, as basicsr infer's fast path (default: amp cast)")
+    p.add_argument('--tile', type=int, default=0,
+                   help='LR tiles (overlap 24) instead of whole images (0, default); 64: the authors\' protocol, '
+                   'and one compilation for all tiles of one size')
     p.add_argument('--bench-size', type=int, default=256, help='LR side of the timed image (0: no timing)')
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--tolerance', type=float, default=0.01, help='allowed PSNR loss in dB (default 0.01)')
@@ -169,7 +174,7 @@ def main(argv=None):
           f'data: {len(pairs)} images from {args.hr_dir}, x{args.scale}, Y-channel PSNR, border {args.scale}')
 
     rows, best = compare(net, pairs, args.scale, device, args.precisions, args.modes, args.bench_size, args.repeats,
-                         args.tolerance)
+                         args.tolerance, args.tile)
     print(f'\n{"precision":<9} {"mode":<5} {"PSNR dB":>8} {"vs fp32":>8} {"max|d| img":>10} {"PSNR to fp32 out":>16} '
           f'{f"ms @{args.bench_size}px":>11}')
     for r in rows:

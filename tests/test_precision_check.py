@@ -28,3 +28,17 @@ def test_precision_check_reports_every_run_and_recommends_one_within_tolerance(t
     assert set(result['rows'][0]['per_image']) == {'0.png', '1.png'}  # HR cropped to 32x28, LR 8x7
     fastest = min(result['rows'], key=lambda r: r['seconds'])
     assert result['best'] == {'precision': fastest['precision'], 'mode': fastest['mode']}
+
+
+def test_the_compiled_fast_path_gets_a_row_of_its_own_on_tiles(tmp_path, capsys, monkeypatch):
+    from conftest import compile_with_backend
+    calls = compile_with_backend(monkeypatch, 'eager')  # the wiring; Inductor's code is tested in test_fast_path
+    hr = tmp_path / 'hr'
+    hr.mkdir()
+    cv2.imwrite(str(hr / 'a.png'), np.random.default_rng(0).integers(0, 256, (160, 192, 3), np.uint8))
+    assert precision_check.main(['--hr-dir', str(hr), '--num-groups', '1', '--device', 'cpu', '--precisions', 'fp32',
+                                 'bf16', '--modes', 'compile', '--tile', '32', '--bench-size', '0',
+                                 '--json', str(tmp_path / 'r.json')]) == 0
+    rows = json.load(open(tmp_path / 'r.json'))['rows']
+    assert [(r['precision'], r['mode']) for r in rows] == [('fp32', 'fp32'), ('bf16', 'compile')]
+    assert len(calls) == 1 and all(r['finite'] for r in rows)
