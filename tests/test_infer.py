@@ -244,7 +244,7 @@ def test_two_inputs_with_one_output_name_fail_the_second(tmp_path, capsys, ckpt)
     cv2.imwrite(str(folder / 'a.png'), img8(8, 8, seed=1))
     code, out, err = run(capsys, folder, tmp_path / 'out', ckpt, '--ext', 'png')
     assert code == 1 and summary(out) == (1, 0, 1)
-    assert re.search(r'^FAILED .*a\.png: output .*a_ASID_x2\.png was already written from .*a\.jpg', err, re.M)
+    assert re.search(r'^FAILED .*a\.png: output .*a_ASID_x2\.png is already the output of .*a\.jpg', err, re.M)
 
 
 # ----------------------------------------------------------------------------------------
@@ -486,6 +486,141 @@ def test_compiling_for_the_frames_size_leaves_other_sizes_eager(tiny_net):
     assert seen == [(18, 32)]
 
 
+def test_upscale_frames_gives_what_upscale_gives_for_each_frame(api):
+    frames = [img8(12, 16, seed=i) for i in range(3)]
+    batched = api.upscale_frames(frames, pad_to=4)  # a last, shorter batch is padded: one compiled shape
+    assert len(batched) == 3
+    for frame, out in zip(frames, batched):
+        assert out.dtype == np.uint8 and out.shape == (12 * api.scale, 16 * api.scale, 3)
+        assert np.abs(out.astype(int) - api.upscale(frame).astype(int)).max() <= 1  # float rounding, batched
+    deep = [(f.astype(np.uint16) * 257) for f in frames[:2]]
+    assert api.upscale_frames(deep)[1].dtype == np.uint16
+    with pytest.raises(ValueError, match='one shape and dtype'):
+        api.upscale_frames([frames[0], img8(12, 12)])
+    with pytest.raises(ValueError, match='HxWx3'):
+        api.upscale_frames([img8(12, 16, c=4)])
+
+
+def test_a_network_compiled_for_batches_of_frames_runs_single_images_eagerly(tiny_net):
+    up = ASIDUpsampler(tiny_net, device='cpu', compile=[(4, 18, 32)])
+    seen = []
+
+    def compiled(x):
+        seen.append(tuple(x.shape))
+        return up.net(x)
+
+    up._network = compiled
+    up.upscale_tensor(torch.rand(4, 3, 18, 32))
+    up.upscale_tensor(torch.rand(3, 18, 32))  # an RGBA or grey image of the frames' size: no second compilation
+    assert seen == [(4, 3, 18, 32)]
+
+
+def frame_folder(tmp_path, count=7):
+    src = tmp_path / 'frames'
+    src.mkdir()
+    for i in range(count):
+        cv2.imwrite(str(src / f'f{i:02d}.png'), img8(12, 16, seed=i))
+    return src
+
+
+def test_a_folder_of_frames_is_upscaled_in_batches_as_one_at_a_time(tmp_path, ckpt, capsys, monkeypatch):
+    src = frame_folder(tmp_path)
+    cv2.imwrite(str(src / 'g_alpha.png'), img8(12, 16, c=4))  # the frames' size, but RGBA: on its own
+    cv2.imwrite(str(src / 'h_odd.png'), img8(10, 10))
+    (src / 'i_broken.png').write_bytes(b'not a png')
+    calls = []
+    run_network = ASIDUpsampler.run_network
+    monkeypatch.setattr(ASIDUpsampler, 'run_network', lambda self, x: calls.append(x.shape[0]) or run_network(self, x))
+    assert main(['infer', '-i', str(src), '-o', str(tmp_path / 'one'), '--model-path', ckpt, '-q']) == 1
+    assert set(calls) == {1}
+    calls.clear()
+    assert main(['infer', '-i', str(src), '-o', str(tmp_path / 'three'), '--model-path', ckpt, '--batch', '3']) == 1
+    out, err = capsys.readouterr()
+    assert sorted(calls) == [1, 1, 1, 3, 3, 3]  # 7 frames: 3 + 3 + 1 padded to 3; alpha is 2 passes; the odd one
+    assert '3 frames in one call' in err and '1 frames in one call' in err
+    assert re.search(r'^FAILED .*i_broken\.png', err, re.M)
+    assert summary(out)[:3] == (9, 0, 1)
+    for name in sorted(os.listdir(tmp_path / 'one')):
+        one = cv2.imread(str(tmp_path / 'one' / name), cv2.IMREAD_UNCHANGED).astype(int)
+        three = cv2.imread(str(tmp_path / 'three' / name), cv2.IMREAD_UNCHANGED).astype(int)
+        assert np.abs(one - three).max() <= 1, name
+
+
+def test_a_frame_whose_output_is_not_finite_fails_alone_out_of_its_batch(tmp_path, ckpt, capsys, monkeypatch):
+    src = frame_folder(tmp_path, count=4)
+    cv2.imwrite(str(src / 'f01.png'), np.zeros((12, 16, 3), np.uint8))  # this frame's output will be NaN
+    run_network = ASIDUpsampler.run_network
+
+    def nan_for_black_frames(self, x):
+        out = run_network(self, x)
+        out[x.flatten(1).amax(1) == 0] = float('nan')
+        return out
+
+    monkeypatch.setattr(ASIDUpsampler, 'run_network', nan_for_black_frames)
+    assert main(['infer', '-i', str(src), '-o', str(tmp_path / 'out'), '--model-path', ckpt, '--batch', '4',
+                 '-q']) == 1
+    out, err = capsys.readouterr()
+    assert re.findall(r'^FAILED (.*): the network gave NaN', err, re.M) == [str(src / 'f01.png')]
+    assert summary(out)[:3] == (3, 0, 1)
+
+
+class _FakeUpsampler:
+    """What plan_frames reads of an upsampler on a GPU, without one."""
+
+    def __init__(self, fits=True):
+        self.device, self.compiled, self.fits, self.compiled_for = torch.device('cuda'), False, fits, None
+        self.scale = 4
+
+    def plan(self, height, width, batch=1):
+        return None if self.fits else 64
+
+    def compile_network(self, sizes=None):
+        self.compiled, self.compiled_for = True, sizes
+
+
+@pytest.mark.parametrize('fits', [True, False])
+def test_on_a_gpu_frames_are_compiled_for_batches_of_four_when_they_fit(tmp_path, ckpt, fits):
+    src = frame_folder(tmp_path, count=infer.FRAMES_TO_COMPILE + 1)
+    cv2.imwrite(str(src / 'odd.png'), img8(10, 10))
+    args = infer_args(src, ckpt)
+    run = infer._Run(args, _FakeUpsampler(fits), [])
+    run.say = lambda msg: None
+    infer.plan_frames(run, sorted(str(p) for p in src.iterdir()))
+    if fits:
+        assert (run.batch, run.frame_size) == (infer.GPU_FRAME_BATCH, (12, 16))
+        assert run.up.compiled_for == [(infer.GPU_FRAME_BATCH, 12, 16)]
+    else:  # a batch would be cut into tiles: frames one at a time, compiled for that
+        assert run.batch == 1 and run.up.compiled_for == [(12, 16)]
+
+
+def test_batch_must_be_positive(tmp_path, ckpt, capsys):
+    assert main(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'o'), '--model-path', ckpt, '--batch', '0']) == 2
+    assert '--batch must be positive, got 0' in capsys.readouterr().err
+
+
+def test_outputs_are_written_by_threads_and_a_failed_write_fails_only_its_image(tmp_path, ckpt, capsys,
+                                                                               monkeypatch):
+    import threading
+    src = frame_folder(tmp_path, count=6)
+    writers, real_write = set(), infer.write_atomically
+
+    def write_atomically(path, data):
+        writers.add(threading.current_thread().name)
+        if 'f03' in path:  # the disk fills up for this one
+            raise infer.ImageError(f'cannot write {path}: No space left on device')
+        return real_write(path, data)
+
+    monkeypatch.setattr(infer, 'write_atomically', write_atomically)
+    monkeypatch.setattr(infer, 'MAX_WAITING_OUTPUTS', 2)  # the network waits for the writers: that path too
+    assert main(['infer', '-i', str(src), '-o', str(tmp_path / 'out'), '--model-path', ckpt, '--batch', '2',
+                 '-q']) == 1
+    out, err = capsys.readouterr()
+    assert all(name.startswith('basicsr-infer-write') for name in writers), writers
+    assert re.findall(r'^FAILED (.*): cannot write .*No space left on device$', err, re.M) == [str(src / 'f03.png')]
+    assert summary(out)[:3] == (5, 0, 1)
+    assert sorted(os.listdir(tmp_path / 'out')) == [f'f{i:02d}_ASID_x2.png' for i in (0, 1, 2, 4, 5)]
+
+
 def test_the_summary_reports_images_per_second(tmp_path, ckpt, capsys):
     src = tmp_path / 'in'
     src.mkdir()
@@ -586,6 +721,7 @@ def test_ctrl_c_prints_one_line_and_the_summary_so_far_and_exits_130(tmp_path, c
     assert proc.returncode == 130, err
     assert 'Traceback' not in err and err.count('interrupted') == 1, err
     assert summary(out)[1:] == (0, 0)
+    assert summary(out)[0] == len(os.listdir(tmp_path / 'out'))  # a write under way was finished and counted
     for name in os.listdir(tmp_path / 'out'):  # only complete outputs
         assert read(tmp_path / 'out' / name).shape == (16, 16, 3)
 
