@@ -561,9 +561,10 @@ def plan_frames(run, images):
     frames = frames_to_compile(images, up.device) if args.fast_path == 'auto' and args.onnx is None else None
     if frames is None and (args.batch or 1) == 1 and not (up.compiled and up.device.type == 'cuda'):
         return  # one image per network call
-    (width, height), count = frames or most_common_size(images)
-    if width is None:
+    size, count = frames or most_common_size(images)
+    if size is None:  # no readable image
         return
+    width, height = size
     batch = args.batch or (GPU_FRAME_BATCH if up.device.type == 'cuda' and (frames or up.compiled) else 1)
     batch = min(batch, count)
     if batch > 1 and up.plan(height, width, batch) is not None:  # would be cut into tiles: one at a time

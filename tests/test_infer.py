@@ -598,6 +598,16 @@ def test_batch_must_be_positive(tmp_path, ckpt, capsys):
     assert '--batch must be positive, got 0' in capsys.readouterr().err
 
 
+def test_batches_of_a_folder_without_a_readable_image_are_nothing_to_do(tmp_path, ckpt, capsys):
+    (tmp_path / 'broken.png').write_bytes(b'not a png')
+    assert main(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'o'), '--model-path', ckpt, '--batch', '2']) == 1
+    out, err = capsys.readouterr()
+    assert summary(out)[:3] == (0, 0, 1) and 'FAILED' in err
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert main(['infer', '-i', str(empty), '-o', str(tmp_path / 'o2'), '--model-path', ckpt, '--batch', '2']) == 0
+
+
 def test_outputs_are_written_by_threads_and_a_failed_write_fails_only_its_image(tmp_path, ckpt, capsys,
                                                                                monkeypatch):
     import threading
