@@ -63,8 +63,9 @@ FLOAT_EXTENSIONS = ('.tif', '.tiff')
 #: compilation costs about a minute once, and then each frame runs faster).
 FRAMES_TO_COMPILE = 8
 #: Frames per network call (``--batch``) on a GPU when the network is compiled: 320x180 -> 1280x720
-#: on an H100 (torch 2.11, fp16) took 3.79 ms a frame one at a time, 2.56 in batches of 4 and
-#: 2.41 in batches of 8 (ASID-D8: 9.95 and 6.62), so 4 gets most of it at little memory.
+#: on an H100 (torch 2.11, fp16, ``basicsr benchmark --batch 1 4``) took 3.97 ms a frame one at a
+#: time and 2.65 in batches of 4 (ASID-D8: 9.97 and 6.49); batches of 8 gained only 6% more
+#: (2.41 against 2.56 ms in another run), so 4 gets most of it at little memory.
 GPU_FRAME_BATCH = 4
 #: Threads that encode and write outputs while the network works on the next images (PNG
 #: encoding a 1280x720 output takes longer than ASID's forward on a GPU), and how many outputs
