@@ -8,6 +8,7 @@
                                              # a loaded state_dict or an nn.Module
     sr = up.upscale(rgb)                     # numpy: HxW, HxWx1, HxWx2, HxWx3, HxWx4 (RGB order)
     sr = up.upscale_tensor(batch)            # torch: (N, 3, H, W) or (3, H, W), float in [0, 1]
+    srs = up.upscale_frames(frames)          # numpy RGB frames of one size, in one network call
 
 Arrays are RGB / RGBA (as PIL, imageio and matplotlib give them; convert OpenCV's BGR first)
 in ``uint8``, ``uint16`` or floating point in [0, 1], and come back in the same layout and
