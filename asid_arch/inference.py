@@ -279,9 +279,8 @@ class ASIDUpsampler:
         :attr:`device` in, float32 out, not clamped (fp16 overflow computed again in fp32)."""
         amp = nullcontext() if self.cast or self.dtype == torch.float32 else torch.autocast(self.device.type,
                                                                                              dtype=self.dtype)
-        sizes = self.compile_sizes
-        compiled = self.compiled and (sizes is None or tuple(x.shape[-2:]) in sizes or tuple(x.shape[:1]) + tuple(
-            x.shape[-2:]) in sizes)
+        sizes, size = self.compile_sizes, tuple(x.shape[-2:])
+        compiled = self.compiled and (sizes is None or size in sizes or (x.shape[0], *size) in sizes)
         with amp:
             network = self._network if compiled else self.net
             out = network(x.to(self.dtype if self.cast else x.dtype, memory_format=self.memory_format))
@@ -411,7 +410,8 @@ class ASIDUpsampler:
                                  f'and {a.shape} {a.dtype}')
         if pad_to is not None and len(arrs) > pad_to:
             raise ValueError(f'{len(arrs)} frames do not fit pad_to={pad_to}')
-        batch = np.stack([_to_float(a) for a in arrs] + [_to_float(arrs[-1])] * ((pad_to or 0) - len(arrs)))
+        floats = [_to_float(a) for a in arrs]
+        batch = np.stack(floats + floats[-1:] * ((pad_to or 0) - len(arrs)))  # padded with the last frame
         x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(self.device)
         out = self.upscale_tensor(x)[:len(arrs)].permute(0, 2, 3, 1)  # stays on the device: quantised there
         if first.dtype == np.uint8 or first.dtype == np.uint16:  # as _from_float, before the copy to the host
