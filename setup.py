@@ -2,16 +2,16 @@
 import os
 import zipfile
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 #: One line that site.py runs at every interpreter start-up: it installs the import hook of
-#: basicsr_ext.hook, which patches BasicSR when (and only when) a process imports it. This is how
+#: basicsr_ext.patches.hook, which patches BasicSR when (and only when) a process imports it. This is how
 #: DataLoader workers started with 'spawn' (BasicSR's choice under DDP) get the patches too.
 PTH_NAME = 'asid_basicsr.pth'
 PTH_LINE = ("import importlib.util as u; u.find_spec('basicsr_ext') and "
-            "__import__('basicsr_ext.hook').hook.install()\n")
+            "__import__('basicsr_ext.patches.hook').patches.hook.install()\n")
 
 
 class BuildPyWithPth(build_py):
@@ -41,11 +41,12 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     python_requires='>=3.9',
-    packages=['asid_arch', 'basicsr_ext'],
+    packages=find_packages(include=['asid_arch', 'basicsr_ext', 'basicsr_ext.*']),
     install_requires=[
         'basicsr==1.4.2',  # the compatibility patches in basicsr_ext target this release
         'torch>=2.1',
         'torchvision>=0.16',
+        'einops',
         'opencv-python',
         'lmdb',
         'numpy',
@@ -59,7 +60,7 @@ setup(
         'test': ['pytest>=7', 'onnx', 'onnxruntime', 'spandrel'],
     },
     cmdclass={'build_py': BuildPyWithPth, 'editable_wheel': EditableWheelWithPth},
-    entry_points={'console_scripts': ['basicsr = basicsr_ext.cli:main']},
+    entry_points={'console_scripts': ['basicsr = basicsr_ext.commands.cli:main']},
     classifiers=[
         'Programming Language :: Python :: 3',
         'License :: OSI Approved :: Apache Software License',

@@ -603,7 +603,7 @@ class ASID(nn.Module):
             trained and evaluated, use it for their checkpoints. Default: (0, 1).
 
     How the network runs (compiled, in reduced precision, as CUDA graphs) is not its concern:
-    that is chosen by the training Model (:class:`basicsr_ext.models.ASIDModel`, options
+    that is chosen by the training Model (:class:`basicsr_ext.training.models.ASIDModel`, options
     ``train: compile/precision``) and by the inference helper
     (:class:`asid_arch.inference.ASIDUpsampler`), which run this same module.
     """

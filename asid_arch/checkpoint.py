@@ -202,7 +202,7 @@ def training_value_range(path):
     return ranges.pop() if len(ranges) == 1 else None
 
 
-#: Top-level key under which checkpoints saved by ``basicsr train`` (:mod:`basicsr_ext.safety`)
+#: Top-level key under which checkpoints saved by ``basicsr train`` (:mod:`basicsr_ext.patches.safety`)
 #: describe the ASID they hold; BasicSR's ``load_network`` reads only ``params`` and ignores it.
 METADATA_KEY = 'asid'
 

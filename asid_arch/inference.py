@@ -56,7 +56,7 @@ from .tiling import tile_grid, tiled_forward
 #: Accepted ``precision`` names and their dtypes.
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 #: What ``precision='auto'`` picks on a GPU: the fastest precision whose Set5 PSNR stays
-#: within 0.01 dB of fp32 (``python -m basicsr_ext.precision_check``). Measured on an H100
+#: within 0.01 dB of fp32 (``python -m basicsr_ext.commands.precision_check``). Measured on an H100
 #: (torch 2.11, ASID x4 trained briefly on BSDS200, Set5 x4 Y-PSNR 28.23 dB, one 512x512 LR
 #: image): fp32 38.1 ms; fp16 cast 27.2 ms, -0.0001 dB; fp16 autocast 30.7 ms, +0.0000 dB;
 #: bf16 cast 31.8 ms, -0.0073 dB; bf16 autocast 35.0 ms, -0.0074 dB. So fp16, cast. (On a

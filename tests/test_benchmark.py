@@ -4,10 +4,10 @@ import re
 
 import torch
 
-from basicsr_ext import benchmark
-from basicsr_ext.benchmark import NETWORKS, multiply_adds
+from basicsr_ext.commands import benchmark
+from basicsr_ext.commands.benchmark import NETWORKS, multiply_adds
 from conftest import compile_with_backend
-from basicsr_ext.cli import main
+from basicsr_ext.commands.cli import main
 
 
 def test_multiply_adds_of_a_720p_x4_frame_match_the_papers_21_g():

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from basicsr_ext import cli
-from basicsr_ext.cli import main
-from basicsr_ext.options import OptionError, load_and_check
+from basicsr_ext.commands import cli
+from basicsr_ext.commands.cli import main
+from basicsr_ext.common.options import OptionError, load_and_check
 from conftest import REPO, free_port, run_basicsr, tiny_options, write_options
 
 
@@ -193,7 +193,7 @@ def test_train_keeps_torch_compile_caches_beside_the_experiments(tmp_path, tiny_
     # fresh interpreter, where importing torch has already set the variable to torch's default
     opt_file = write_options(tmp_path / 'tiny.yml', tiny_options(tiny_data))
     script = ('import os, sys, basicsr.train\n'
-              'from basicsr_ext.cli import main\n'
+              'from basicsr_ext.commands.cli import main\n'
               'basicsr.train.train_pipeline = lambda root: print(os.environ["TORCHINDUCTOR_CACHE_DIR"])\n'
               'sys.exit(main(sys.argv[1:]))')
     command = [sys.executable, '-c', script, 'train', '-opt', opt_file]

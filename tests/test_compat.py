@@ -1,4 +1,4 @@
-"""Each patch in basicsr_ext.compat: the upstream breakage it works around is gone."""
+"""Each patch in basicsr_ext.patches.compat: the upstream breakage it works around is gone."""
 import collections
 import io
 import pickle
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import basicsr_ext  # noqa: F401  (applies the patches)
-from basicsr_ext import compat
+from basicsr_ext.patches import compat
 from conftest import free_port
 
 
@@ -153,7 +153,7 @@ def test_distributed_init_uses_gloo_without_gpu(monkeypatch):
 
 def test_loose_version_stand_in_orders_versions_as_basicsr_needs():
     # used by basicsr.archs.arch_util where Python >= 3.12 has no distutils
-    from basicsr_ext.compat import LooseVersion
+    from basicsr_ext.patches.compat import LooseVersion
     assert LooseVersion('0.29.1') >= LooseVersion('0.9.0')
     assert LooseVersion('0.8.2') < '0.9.0'
     assert LooseVersion('2.14.1+cu130') > '2.14'
@@ -174,14 +174,14 @@ def test_any_fresh_interpreter_imports_basicsr_patched_whatever_it_imports_first
     # user's script needs no particular import order (and a spawned worker needs no import of ours).
     result = _fresh_python(f'import {first}, basicsr, asid_arch\n'
                            'from basicsr.utils.registry import ARCH_REGISTRY\n'
-                           'from basicsr_ext import compat\n'
+                           'from basicsr_ext.patches import compat\n'
                            'print("ASID" in ARCH_REGISTRY, sorted(compat.APPLIED) == sorted(set(compat.APPLIED)))')
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ['True', 'True']
 
 
 def test_the_startup_hook_imports_nothing_until_basicsr_is_imported():
-    result = _fresh_python('import sys; from basicsr_ext import hook\n'
+    result = _fresh_python('import sys; from basicsr_ext.patches import hook\n'
                            'print(hook.installed() is not None, "torch" in sys.modules, "basicsr" in sys.modules)')
     assert result.stdout.split() == ['True', 'False', 'False'], result.stderr[-2000:]
 

@@ -5,7 +5,7 @@ import shutil
 import cv2
 import pytest
 
-from basicsr_ext.cli import main
+from basicsr_ext.commands.cli import main
 from conftest import make_image, tiny_options, write_options, write_pairs
 
 

@@ -15,9 +15,9 @@ pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 
 from asid_arch import ASID, ASID_D8, ASIDUpsampler  # noqa: E402
-from basicsr_ext import export  # noqa: E402
-from basicsr_ext.cli import main  # noqa: E402
-from basicsr_ext.onnx_model import OnnxNetwork  # noqa: E402
+from basicsr_ext.commands import export  # noqa: E402
+from basicsr_ext.commands.cli import main  # noqa: E402
+from basicsr_ext.common.onnx_model import OnnxNetwork  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from asid_arch import ASID
-from basicsr_ext.cli import main
+from basicsr_ext.commands.cli import main
 from conftest import tiny_options, write_options
 
 #: A tiny ASID, for option files that train or test the network itself.

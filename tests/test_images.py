@@ -1,9 +1,9 @@
-"""basicsr_ext.images: the one image reader of prepare, infer and the data checks."""
+"""basicsr_ext.common.images: the one image reader of prepare, infer and the data checks."""
 import cv2
 import numpy as np
 import pytest
 
-from basicsr_ext import images
+from basicsr_ext.common import images
 from conftest import make_image
 
 
@@ -22,7 +22,7 @@ def test_load_image_decodes_a_sound_image_once_and_as_opencv_reads_it(ext, tmp_p
 
 
 def test_one_extension_list_for_every_command():
-    from basicsr_ext import infer, precision_check, prepare  # noqa: F401
+    from basicsr_ext.commands import infer, precision_check, prepare  # noqa: F401
     for name in ('a.png', 'b.JPG', 'c.jpeg', 'd.tiff', 'e.webp', 'f.pgm'):
         assert images.is_image_name(name), name
     assert not images.is_image_name('notes.txt') and not images.is_image_name('net.pth')

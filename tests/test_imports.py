@@ -15,13 +15,14 @@ PACKAGES = ('asid_arch', 'basicsr_ext')
 
 
 def our_modules():
-    """{'asid_arch.checkpoint': path, 'asid_arch': path of its __init__, ...}"""
+    """{'asid_arch.checkpoint': path, 'asid_arch': path of its __init__, 'basicsr_ext.commands.cli': ...}"""
     modules = {}
     for package in PACKAGES:
-        for name in sorted(os.listdir(os.path.join(REPO, package))):
-            if name.endswith('.py'):
+        for folder, _, files in os.walk(os.path.join(REPO, package)):
+            dotted = os.path.relpath(folder, REPO).replace(os.sep, '.')
+            for name in sorted(f for f in files if f.endswith('.py')):
                 stem = name[:-3]
-                modules[package if stem == '__init__' else f'{package}.{stem}'] = os.path.join(REPO, package, name)
+                modules[dotted if stem == '__init__' else f'{dotted}.{stem}'] = os.path.join(folder, name)
     return modules
 
 
@@ -70,8 +71,8 @@ def imports_of(module, module_level_only):
 
 
 def test_the_module_list_is_read():
-    assert {'asid_arch', 'asid_arch.asid_arch', 'basicsr_ext', 'basicsr_ext.cli', 'basicsr_ext.hook'} <= set(MODULES)
-    assert imports_of('basicsr_ext.cli', True) >= {'asid_arch', 'basicsr_ext.prepare', 'basicsr_ext.errors'}
+    assert {'asid_arch', 'asid_arch.asid_arch', 'basicsr_ext', 'basicsr_ext.commands.cli', 'basicsr_ext.patches.hook'} <= set(MODULES)
+    assert imports_of('basicsr_ext.commands.cli', True) >= {'asid_arch', 'basicsr_ext.commands.prepare', 'basicsr_ext.common.errors'}
     assert imports_of('asid_arch.inference', True) == {'asid_arch.checkpoint', 'asid_arch.tiling'}
 
 
@@ -98,12 +99,12 @@ def test_the_network_package_imports_nothing_of_the_glue_but_the_hook():
     # anywhere in its files, not only at module level
     for module in (m for m in MODULES if m.split('.')[0] == 'asid_arch'):
         glue = {m for m in imports_of(module, module_level_only=False) if m.split('.')[0] == 'basicsr_ext'}
-        assert glue <= {'basicsr_ext', 'basicsr_ext.hook'}, (module, glue)
+        assert glue <= {'basicsr_ext', 'basicsr_ext.patches.hook'}, (module, glue)
 
 
 def test_patches_and_the_hook_do_not_import_the_network_when_imported():
     # the hook patches BasicSR while asid_arch may be half imported (it imports BasicSR)
-    for module in ('basicsr_ext', 'basicsr_ext.hook', 'basicsr_ext.compat', 'basicsr_ext.safety'):
+    for module in ('basicsr_ext', 'basicsr_ext.patches.hook', 'basicsr_ext.patches.compat', 'basicsr_ext.patches.safety'):
         assert not {m for m in imports_of(module, True) if m.split('.')[0] == 'asid_arch'}, module
 
 
@@ -111,5 +112,5 @@ def test_only_the_entry_point_imports_the_command_line_module():
     # the commands share errors and image reading through their own modules, never through cli
     # (not even inside a function: cli hands benchmark its train command instead)
     for module in MODULES:
-        if module not in ('basicsr_ext.cli', 'basicsr_ext.__main__'):
-            assert 'basicsr_ext.cli' not in imports_of(module, module_level_only=False), module
+        if module not in ('basicsr_ext.commands.cli', 'basicsr_ext.__main__'):
+            assert 'basicsr_ext.commands.cli' not in imports_of(module, module_level_only=False), module

@@ -14,8 +14,8 @@ from PIL import Image, ImageOps
 
 from asid_arch import ASID
 from asid_arch.inference import ASIDUpsampler
-from basicsr_ext import infer
-from basicsr_ext.cli import main
+from basicsr_ext.commands import infer
+from basicsr_ext.commands.cli import main
 from conftest import DATA
 
 SUMMARY = re.compile(r'^done (\d+), skipped (\d+), failed (\d+) in \d+\.\d s'
@@ -428,7 +428,7 @@ def test_out_of_memory_on_one_image_fails_that_image_only(tmp_path, capsys, ckpt
 
 def infer_args(tmp_path, ckpt, *extra):
     """The parsed arguments of ``basicsr infer -i IN -o OUT --model-path CKPT --device cpu EXTRA``."""
-    from basicsr_ext.cli import build_parser
+    from basicsr_ext.commands.cli import build_parser
     return build_parser().parse_args(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'out'), '--model-path', ckpt,
                                       '--device', 'cpu', *extra])
 

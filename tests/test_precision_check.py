@@ -1,10 +1,10 @@
-"""``python -m basicsr_ext.precision_check``: PSNR and speed per precision, and the recommendation."""
+"""``python -m basicsr_ext.commands.precision_check``: PSNR and speed per precision, and the recommendation."""
 import json
 
 import cv2
 import numpy as np
 
-from basicsr_ext import precision_check
+from basicsr_ext.commands import precision_check
 
 
 def test_precision_check_reports_every_run_and_recommends_one_within_tolerance(tmp_path, capsys):

@@ -7,8 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from basicsr_ext import images, prepare  # first: patches BasicSR for today's torchvision
-from basicsr_ext.cli import main
+from basicsr_ext.common import images  # first: patches BasicSR for today's torchvision
+
+from basicsr_ext.commands import prepare
+from basicsr_ext.commands.cli import main
 from basicsr.data.paired_image_dataset import PairedImageDataset  # noqa: E402  (after basicsr_ext)
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 from conftest import REPO, make_image

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from basicsr_ext.cli import main
+from basicsr_ext.commands.cli import main
 from conftest import run_basicsr, tiny_options, write_options
 
 

@@ -20,8 +20,8 @@ import torch
 
 from asid_arch import ASID  # first: patches BasicSR for this stack before it is imported
 from basicsr.losses import build_loss  # noqa: I001
-from basicsr_ext import train_step as train_step_module
-from basicsr_ext.train_step import TrainStep
+from basicsr_ext.training import train_step as train_step_module
+from basicsr_ext.training.train_step import TrainStep
 from conftest import compile_with_backend, free_port, tiny_options, write_options
 
 

@@ -1,6 +1,6 @@
 """Long runs that never lose work, and files that are read safely.
 
-Patches of BasicSR 1.4.2 in the style of :mod:`basicsr_ext.compat` (one small function per
+Patches of BasicSR 1.4.2 in the style of :mod:`basicsr_ext.patches.compat` (one small function per
 shortcoming, each checking first whether the running BasicSR needs it; they are registered in
 ``compat.PATCHES``):
 
@@ -15,7 +15,7 @@ shortcoming, each checking first whether the running BasicSR needs it; they are 
   once and dropped, instead of a traceback for every log line.
 * :func:`patch_force_yml_values`: ``--force_yml`` values are parsed without ``eval``.
 
-Nothing here imports BasicSR at module level: :mod:`basicsr_ext.compat` imports this module
+Nothing here imports BasicSR at module level: :mod:`basicsr_ext.patches.compat` imports this module
 before BasicSR may be imported.
 """
 import ast

@@ -2,8 +2,8 @@
 
 ::
 
-    python -m basicsr_ext.precision_check --hr-dir ../shared/datasets/Set5 --model-path net_g.pth
-    python -m basicsr_ext.precision_check --hr-dir ../shared/datasets/Set5 --train-dir ../shared/datasets/Set14 \
+    python -m basicsr_ext.commands.precision_check --hr-dir ../shared/datasets/Set5 --model-path net_g.pth
+    python -m basicsr_ext.commands.precision_check --hr-dir ../shared/datasets/Set5 --train-dir ../shared/datasets/Set14 \
         --train-steps 2000          # no trained weights at hand: a briefly trained random ASID
 
 For every precision (fp32, bf16, fp16) and way of running it (``cast``: weights and inputs
@@ -34,8 +34,8 @@ import basicsr_ext  # noqa: F401  (compatibility patches before BasicSR is impor
 from asid_arch import ASID
 from asid_arch.checkpoint import build_asid
 from asid_arch.inference import PRECISIONS, ASIDUpsampler, resolve_device
-from basicsr_ext.benchmark import time_forward
-from basicsr_ext.images import bicubic_downscale, is_image_name, load_image, modcrop
+from basicsr_ext.commands.benchmark import time_forward
+from basicsr_ext.common.images import bicubic_downscale, is_image_name, load_image, modcrop
 
 def load_pairs(folder, scale):
     """[(name, HR uint8 RGB cropped to a multiple of scale, LR uint8 RGB)] for the images in ``folder``."""
@@ -129,7 +129,7 @@ def compare(net, pairs, scale, device, precisions, modes, bench_size, repeats, t
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog='python -m basicsr_ext.precision_check', description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(prog='python -m basicsr_ext.commands.precision_check', description=__doc__.split('\n')[0])
     p.add_argument('--hr-dir', required=True, help='HR benchmark images (e.g. Set5)')
     p.add_argument('--model-path', default=None, help='ASID checkpoint (default: a random ASID, see --train-steps)')
     p.add_argument('--scale', type=int, default=4)

@@ -49,9 +49,9 @@ import numpy as np
 from tqdm import tqdm
 
 from asid_arch.inference import NonFiniteOutput
-from basicsr_ext.errors import CommandError
-from basicsr_ext.images import decode as decode_image
-from basicsr_ext.images import is_image_name, opencv_log_level
+from basicsr_ext.common.errors import CommandError
+from basicsr_ext.common.images import decode as decode_image
+from basicsr_ext.common.images import is_image_name, opencv_log_level
 
 #: Output formats for ``--ext``.
 OUTPUT_EXTENSIONS = ('png', 'jpg', 'jpeg', 'bmp', 'tif', 'tiff', 'webp', 'ppm', 'pgm')
@@ -457,7 +457,7 @@ def build_upsampler(args):
     max_memory = None if args.max_memory is None else int(args.max_memory * 2**30)
     model = args.model_path
     if args.onnx is not None:
-        from basicsr_ext.onnx_model import OnnxError, OnnxNetwork
+        from basicsr_ext.common.onnx_model import OnnxError, OnnxNetwork
         for option, value, default in (('--device', args.device, ('auto', 'cpu')),
                                        ('--precision', args.precision, ('auto', 'fp32')),
                                        ('--fast-path', args.fast_path, ('auto', 'none')),

@@ -4,7 +4,7 @@ BasicSR reports a missing file, a typo in a network name or a dataset folder tha
 exist as a long traceback from deep inside its pipeline, often after minutes of set-up.
 :func:`load_and_check` finds those mistakes first and raises :class:`OptionError` with one
 line naming the file and the key. The files of PairedImageDataset and SingleImageDataset
-phases are checked too (:mod:`basicsr_ext.datacheck`): an empty folder, an HR image without
+phases are checked too (:mod:`basicsr_ext.common.datacheck`): an empty folder, an HR image without
 its LR partner (or the reverse), an LR that is not HR / scale, an HR smaller than ``gt_size``
 or a file that is not a readable image is named, with what is wrong, before training starts.
 ``network_g`` is built once (unknown keys, ``upscale`` against ``scale``, values the network
@@ -21,9 +21,9 @@ from basicsr.data import DATASET_REGISTRY
 from basicsr.models import MODEL_REGISTRY
 from basicsr.utils.options import ordered_yaml
 
-from basicsr_ext import testsets
-from basicsr_ext.datacheck import DataError, check_paired, check_single
-from basicsr_ext.safety import RunError, params_of, parse_yml_value, read_checkpoint
+from basicsr_ext.patches import testsets
+from basicsr_ext.common.datacheck import DataError, check_paired, check_single
+from basicsr_ext.patches.safety import RunError, params_of, parse_yml_value, read_checkpoint
 
 
 class OptionError(ValueError):
@@ -228,7 +228,7 @@ MOVED = {
 
 def _check_speed_switches(opt, path, is_train, launcher='none'):
     """``train.compile`` / ``train.precision``: for ASIDModel, of the right type; old places refused."""
-    from basicsr_ext.train_step import AUTOCAST_DTYPES
+    from basicsr_ext.training.train_step import AUTOCAST_DTYPES
     moved = [key for key in ('fast_path', 'precision') if key in (opt.get('network_g') or {})]
     if moved:
         key = f'network_g.{moved[0]}'

@@ -4,7 +4,7 @@ Each patch is a small function whose docstring names the upstream breakage it wo
 It first checks whether the running stack needs it and returns ``False`` without touching
 anything when it does not. :func:`apply` runs them all once, in order, the import fixes
 before anything imports ``basicsr``, and records the names of those applied in
-:data:`APPLIED`; :mod:`basicsr_ext.hook` runs it in every process that imports BasicSR.
+:data:`APPLIED`; :mod:`basicsr_ext.patches.hook` runs it in every process that imports BasicSR.
 README.md has a section per patch for users who hit the same breakages.
 """
 import collections
@@ -15,7 +15,7 @@ import types
 
 import torch
 
-from basicsr_ext import safety
+from basicsr_ext.patches import safety
 
 APPLIED = []
 
@@ -155,7 +155,7 @@ def patch_eta_off_by_one():
 
 #: Before anything imports ``basicsr``: without these, ``import basicsr`` fails.
 IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
-#: After: these change what BasicSR does; those of :mod:`basicsr_ext.safety` (saving, loading,
+#: After: these change what BasicSR does; those of :mod:`basicsr_ext.patches.safety` (saving, loading,
 #: resuming, logging, --force_yml) come last.
 BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, safety.patch_resume,
                    safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,

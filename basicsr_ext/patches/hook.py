@@ -1,6 +1,6 @@
 """Applies the compatibility patches in every process that imports BasicSR.
 
-PyPI BasicSR 1.4.2 cannot even be imported on today's stack until :mod:`basicsr_ext.compat`
+PyPI BasicSR 1.4.2 cannot even be imported on today's stack until :mod:`basicsr_ext.patches.compat`
 has run, and ``import basicsr`` happens where this package has no say: DataLoader workers that
 ``multiprocessing`` starts with ``spawn`` (BasicSR's ``init_dist`` sets it under DDP) or
 ``forkserver`` are fresh interpreters that import BasicSR to unpickle the data set, and a
@@ -28,7 +28,7 @@ class _PatchedLoader(importlib.abc.Loader):
     def exec_module(self, module):
         module.__loader__ = module.__spec__.loader = self.loader  # leave no trace in the module
         self.loader.exec_module(module)
-        from basicsr_ext import compat
+        from basicsr_ext.patches import compat
         compat.apply()
 
 
@@ -39,7 +39,7 @@ class BasicSRImportHook(importlib.abc.MetaPathFinder):
         if fullname != 'basicsr':
             return None
         uninstall()  # one shot: the real finders locate BasicSR below
-        from basicsr_ext import compat
+        from basicsr_ext.patches import compat
         compat.apply_import_fixes()
         spec = importlib.util.find_spec('basicsr')
         if spec is not None and spec.loader is not None:
@@ -55,7 +55,7 @@ def installed():
 def install():
     """Patch BasicSR when it is imported (now, if it already is)."""
     if 'basicsr' in sys.modules:
-        from basicsr_ext import compat
+        from basicsr_ext.patches import compat
         compat.apply()
     elif installed() is None:
         sys.meta_path.insert(0, BasicSRImportHook())

@@ -1,6 +1,6 @@
 """The figures of a test or validation run: the network's PSNR/SSIM beside bicubic's, per set.
 
-:class:`basicsr_ext.models.ASIDModel` scores bicubic upscaling of the same LR images with
+:class:`basicsr_ext.training.models.ASIDModel` scores bicubic upscaling of the same LR images with
 the same metric options (BasicSR's ``calculate_metric``: Y channel, border = scale in our
 option files), so every validation says how far the network is above the papers' "Bicubic"
 row; at the end of ``basicsr test`` it writes the table of all sets as Markdown and CSV.
@@ -11,7 +11,7 @@ import os
 from basicsr.metrics import calculate_metric
 from basicsr.utils import tensor2img
 
-from basicsr_ext.images import bicubic_upscale
+from basicsr_ext.common.images import bicubic_upscale
 
 
 def bicubic_scores(dataset, metrics, scale):

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from basicsr_ext.errors import CommandError
+from basicsr_ext.common.errors import CommandError
 
 #: Largest max |ONNX Runtime - PyTorch| accepted for an fp32 export, in [0, 1] units
 #: (1e-4 = 0.0255 of an 8-bit level). Measured: about 1e-6 for ASID and ASID-D8.

@@ -1,4 +1,4 @@
-"""One training step of :class:`basicsr_ext.models.ASIDModel`, compiled and (on a GPU) replayed as a CUDA graph.
+"""One training step of :class:`basicsr_ext.training.models.ASIDModel`, compiled and (on a GPU) replayed as a CUDA graph.
 
 A step is what BasicSR's ``SRModel.optimize_parameters`` does: forward, loss, backward, the
 optimizer update and the EMA update; under DDP the gradients are averaged over the ranks

@@ -1,7 +1,7 @@
 """The error every ``basicsr`` command raises for a user-facing failure.
 
 In its own module so that the commands (``prepare``, ``infer``, ``benchmark``) and
-:mod:`basicsr_ext.cli`, which imports them, share it without importing each other.
+:mod:`basicsr_ext.commands.cli`, which imports them, share it without importing each other.
 """
 
 

@@ -235,7 +235,7 @@ def train_options(data, name, switches, iters, device, workers, batch=16, lr_pat
 
 
 def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=None):
-    """Run ``train(['-opt', opt_file])`` (``basicsr train``, which :mod:`basicsr_ext.cli` hands to
+    """Run ``train(['-opt', opt_file])`` (``basicsr train``, which :mod:`basicsr_ext.commands.cli` hands to
     :func:`add_parser`) in this process; iterations/s after ``warmup`` iterations, peak memory (GB)
     and the seconds from the command's start to the end of the first iteration (compilation).
 
@@ -247,7 +247,7 @@ def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=
     """
     from basicsr.models.sr_model import SRModel
 
-    from basicsr_ext.models import ASIDModel
+    from basicsr_ext.training.models import ASIDModel
     stamps = {}
     originals = {cls: cls.optimize_parameters for cls in (SRModel, ASIDModel)}
 

@@ -67,7 +67,7 @@ def image_size(path):
             return img.size
     except Exception:  # noqa: BLE001  (PIL raises many kinds; fall back to OpenCV's full decoder)
         pass
-    from basicsr_ext.images import decode
+    from basicsr_ext.common.images import decode
     try:
         with open(path, 'rb') as f:
             img = decode(f.read())  # quiet: OpenCV's own complaints about the file would add lines

@@ -2,7 +2,7 @@
 
 With ``model_type: ASIDModel`` an option file gets, on top of SRModel:
 
-- A fast training step (:mod:`basicsr_ext.train_step`). With::
+- A fast training step (:mod:`basicsr_ext.training.train_step`). With::
 
       train:
         compile: true     # forward, loss and backward through torch.compile; on a GPU the
@@ -23,7 +23,7 @@ With ``model_type: ASIDModel`` an option file gets, on top of SRModel:
 
   BasicSR's validation and ``basicsr test`` run their loop (:func:`asid_arch.tiling.tiled_forward`).
 - Bicubic beside the network. Every validation also scores MATLAB-bicubic upscaling of the
-  same LR images with the same metrics (:mod:`basicsr_ext.results`) and logs both on one
+  same LR images with the same metrics (:mod:`basicsr_ext.common.results`) and logs both on one
   line; ``basicsr test`` ends with the table of all its sets, also written to
   ``results/<name>/results.md`` and ``results.csv``.
 - A readable training terminal: the network's module tree goes to the log file only (one
@@ -42,8 +42,8 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from asid_arch.tiling import tiled_forward
-from basicsr_ext import results
-from basicsr_ext.train_step import TrainStep
+from basicsr_ext.common import results
+from basicsr_ext.training.train_step import TrainStep
 
 
 @MODEL_REGISTRY.register()

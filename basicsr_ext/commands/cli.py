@@ -11,10 +11,12 @@ import os
 import sys
 
 import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
-from basicsr_ext import benchmark, export, infer, models, prepare, testsets  # noqa: F401  (models: ASIDModel)
-from basicsr_ext.errors import CommandError
-from basicsr_ext.options import OptionError, load_and_check
-from basicsr_ext.safety import RunError
+from basicsr_ext.commands import benchmark, export, infer, prepare  # noqa: F401  (models: ASIDModel)
+from basicsr_ext.training import models
+from basicsr_ext.patches import testsets
+from basicsr_ext.common.errors import CommandError
+from basicsr_ext.common.options import OptionError, load_and_check
+from basicsr_ext.patches.safety import RunError
 
 
 def _add_pipeline_arguments(parser):

@@ -46,8 +46,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from basicsr_ext.errors import CommandError
-from basicsr_ext.images import (IMAGE_EXTENSIONS, UnreadableImage, bicubic_downscale, bicubic_upscale, load_image,
+from basicsr_ext.common.errors import CommandError
+from basicsr_ext.common.images import (IMAGE_EXTENSIONS, UnreadableImage, bicubic_downscale, bicubic_upscale, load_image,
                                 modcrop)
 
 #: PNG compression of written images (lossless; 3 is OpenCV's default and fast).
