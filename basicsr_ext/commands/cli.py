@@ -8,6 +8,7 @@ and results land under the current directory, as when running BasicSR from its c
 import argparse
 import logging
 import os
+import shlex
 import sys
 
 import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
@@ -15,7 +16,9 @@ from basicsr_ext.commands import benchmark, export, infer, prepare  # noqa: F401
 from basicsr_ext.training import models
 from basicsr_ext.patches import testsets
 from basicsr_ext.common.errors import CommandError
+from basicsr_ext.common.interrupts import Interrupted, raising_on_signals
 from basicsr_ext.common.options import OptionError, load_and_check
+from basicsr_ext.patches.runs import TrainingStopped
 from basicsr_ext.patches.safety import RunError
 
 
@@ -95,7 +98,27 @@ def _run_pipeline(args, is_train):
     except RunError as e:  # a failed save, nothing to resume from, an unusable checkpoint: one line
         print(f'basicsr {args.command}: error: {e}', file=sys.stderr)
         return 1
+    except TrainingStopped as e:  # a signal during training: saved (basicsr_ext/patches/runs.py)
+        if _rank(args.launcher) == 0:
+            print(f'basicsr train: {e.name}: stopped after iteration {e.iteration}, saved {_shown(e.state_path)}; '
+                  f'to continue: {resume_command(args)}', file=sys.stderr, flush=True)
+        return e.code
     return 0
+
+
+def _shown(path):
+    rel = os.path.relpath(path)
+    return path if rel.startswith('..') else rel
+
+
+def resume_command(args):
+    """The command that continues a stopped run: this one, with ``--auto_resume``."""
+    if args.launcher != 'none':
+        return 'the same launch command with --auto_resume'
+    words = ['basicsr', 'train', '-opt', args.opt] + (['--debug'] if args.debug else [])
+    if args.force_yml:
+        words += ['--force_yml', *args.force_yml]
+    return ' '.join(shlex.quote(w) for w in words + ['--auto_resume'])
 
 
 def cmd_train(args):
@@ -132,10 +155,15 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with raising_on_signals():  # SIGINT / SIGTERM: one line (training saves first: patches/runs.py)
+            return args.func(args)
     except CommandError as e:
         print(f'basicsr {args.command}: error: {e}', file=sys.stderr)
         return 2
+    except Interrupted as e:
+        done = f'; {e.summary}' if e.summary else ''
+        print(f'basicsr {args.command}: stopped by {e.name}{done}', file=sys.stderr, flush=True)
+        return e.status
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ import types
 
 import torch
 
-from basicsr_ext.patches import safety
+from basicsr_ext.patches import runs, safety
 
 APPLIED = []
 
@@ -153,13 +153,38 @@ def patch_eta_off_by_one():
     return True
 
 
+def patch_validate_bare_network():
+    """BasicSR's ``SRModel.test`` runs the DDP wrapper on rank 0 alone; its buffer broadcast then waits for the others."""
+    import inspect
+
+    from basicsr.models.sr_model import SRModel
+    if 'self.net_g(self.lq)' not in inspect.getsource(SRModel.test):
+        return False
+
+    def test(self):
+        # The bare network computes what the wrapper's forward does, without the collectives that
+        # DistributedDataParallel runs first (broadcasting buffers such as ASID's relative position
+        # index), which pair with the other ranks' next training step mid-run and fail or hang at the end.
+        ema = hasattr(self, 'net_g_ema')
+        net = self.get_bare_model(self.net_g_ema if ema else self.net_g)
+        net.eval()
+        with torch.no_grad():
+            self.output = net(self.lq)
+        if not ema:
+            net.train()
+
+    SRModel.test = test
+    return True
+
+
 #: Before anything imports ``basicsr``: without these, ``import basicsr`` fails.
 IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: After: these change what BasicSR does; those of :mod:`basicsr_ext.patches.safety` (saving, loading,
 #: resuming, logging, --force_yml) come last.
 BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, safety.patch_resume,
                    safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
-                   safety.patch_force_yml_values, patch_eta_off_by_one)
+                   safety.patch_force_yml_values, patch_eta_off_by_one, patch_validate_bare_network,
+                   runs.patch_train_lock_and_signals)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()

@@ -30,6 +30,8 @@ import sys
 
 import torch
 
+from basicsr_ext.common.files import write_file
+
 
 class RunError(Exception):
     """A failure during a run (a save that failed, nothing to resume from, an unusable
@@ -57,26 +59,14 @@ def _reason(e):
 
 
 def save_atomically(obj, path):
-    """``torch.save(obj, path)`` that never leaves a half-written file under ``path``.
-
-    The bytes go to a temporary file in the same folder, which is synced and then renamed over
-    ``path``; on any failure the temporary file is removed and RunError names the path and why.
-    """
+    """``torch.save(obj, path)`` that never leaves a half-written file under ``path``
+    (:func:`basicsr_ext.common.files.write_file`); RunError names the path and why on failure."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)  # serialised first: a write error is then a plain OSError (ENOSPC, EFBIG)
-    tmp = f'{path}.tmp{os.getpid()}'  # same folder: the rename is atomic; not *.pth / *.state: never resumed from
     try:
-        with open(tmp, 'wb') as f:  # (not mkstemp: its files are private, 0600, whatever the umask)
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:  # KeyboardInterrupt too: no temporary file is left behind
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, Exception):
-            raise RunError(f'cannot save {path}: {_reason(e)}') from None
-        raise
+        write_file(path, buffer.getbuffer())
+    except Exception as e:
+        raise RunError(f'cannot save {path}: {_reason(e)}') from None
 
 
 # ----------------------------------------------------------------------------------------

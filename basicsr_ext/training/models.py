@@ -115,16 +115,20 @@ class ASIDModel(SRModel):
         return int(tile), int(val.get('tile_overlap', 0) or 0)
 
     def test(self):
+        """Upscale ``self.lq`` whole or tile by tile (``val.tile``) with the bare network: under DDP rank 0
+        validates alone, and the DistributedDataParallel wrapper's forward would first broadcast ASID's
+        buffers, a collective the other ranks never join (a crash or a hang at the last iteration)."""
+        ema = hasattr(self, 'net_g_ema')
+        net = self.get_bare_model(self.net_g_ema if ema else self.net_g)
         tiling = self.tile_options()
-        if tiling is None:
-            return super().test()
-        tile, overlap = tiling
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
         was_training = net.training
         net.eval()
         with torch.no_grad():
-            self.output = tiled_forward(net, self.lq, self.opt['scale'], tile, overlap)
-        if was_training and not hasattr(self, 'net_g_ema'):
+            if tiling is None:
+                self.output = net(self.lq)
+            else:
+                self.output = tiled_forward(net, self.lq, self.opt['scale'], *tiling)
+        if was_training and not ema:
             net.train()
 
     def network_name(self):

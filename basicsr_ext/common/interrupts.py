@@ -1,0 +1,68 @@
+"""SIGINT and SIGTERM as one exception, for every ``basicsr`` command.
+
+Ctrl-C sends SIGINT, and slurm (before it preempts a job), ``timeout``, ``kill`` and
+``docker stop`` send SIGTERM. Python turns the first into a KeyboardInterrupt with a traceback
+and dies silently on the second. Under :func:`raising_on_signals` both raise
+:class:`Interrupted` in the main thread, once: later signals are noted and ignored, so that the
+clean-up the first one started (removing a temporary, writing a summary) is not cut short. A
+command reports it on one line and exits with :attr:`Interrupted.status` (128 + the signal's
+number, what a shell reports for a process the signal killed: 130, 143).
+"""
+import contextlib
+import signal
+import threading
+
+#: The signals a command stops on.
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A SIGINT or SIGTERM; a KeyboardInterrupt, so that code handling Ctrl-C handles both."""
+
+    def __init__(self, signum, summary=''):
+        super().__init__(signum)
+        self.signum = signum
+        self.summary = summary  # what was done so far, for the one line; set on the way up
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name
+
+    @property
+    def status(self):
+        """The exit status: 128 + the signal's number."""
+        return 128 + self.signum
+
+
+def _raise_once(signum, frame):
+    for s in SIGNALS:  # a second signal must not interrupt the clean-up of the first
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def raising_on_signals():
+    """SIGINT and SIGTERM raise :class:`Interrupted` (once) inside the block; the handlers before
+    are restored after it. Does nothing outside the main thread (Python handles signals there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_once) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def ignore_in_worker():
+    """For worker processes of a pool that the main process stops: SIGINT (Ctrl-C reaches the whole
+    process group) is the main process's to handle; SIGTERM (the pool's ``terminate``) ends the
+    worker through SystemExit, so that a write under way removes its temporary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)

@@ -1,0 +1,309 @@
+"""Training runs that own their experiment and stop cleanly on SIGTERM / SIGINT.
+
+Patches of BasicSR 1.4.2's ``basicsr.train`` in the style of :mod:`basicsr_ext.patches.compat`
+(registered in ``compat.PATCHES``), so that every ``model_type`` gets them, BasicSR's own
+SRModel as well as ASIDModel. ``train_pipeline`` is upstream code with no hook of its own; it
+calls its helpers through ``basicsr.train``'s module globals, and those are what is wrapped:
+
+* ``parse_options``: after it, rank 0 takes the experiment's lock (:class:`ExperimentLock`),
+  before ``make_exp_dirs`` could move the folder of a live run aside, and removes what killed
+  saves left in the folder (:func:`basicsr_ext.common.files.remove_temporaries`).
+* ``build_model``: the model's ``optimize_parameters`` is followed by :meth:`StopOnSignal.check`.
+  That is the one point of the loop where an iteration is complete (learning rate stepped,
+  weights updated) and the next has not begun, so a state saved there is exactly the one the
+  loop's own ``save_checkpoint_freq`` would save at that iteration.
+* ``create_train_val_dataloader``: its sampler tells the epoch to save with the state.
+* ``train_pipeline``: the lock is released and the signal handlers restored when it ends.
+
+A signal sets a flag (:class:`StopOnSignal`); the iteration under way finishes; the networks and
+the training state are saved under its number (atomically, as every save); the run exits with
+128 + the signal's number (:class:`TrainingStopped`). Further signals are ignored, so nothing cuts
+the save short. SIGINT and SIGTERM are blocked in the main thread while training (a helper thread
+receives them for Python's handler): DataLoader workers, forked or spawned, inherit the block and
+keep serving until the main process stops them, instead of dying under the same Ctrl-C or slurm
+signal and failing the iteration under way.
+
+Under DDP the ranks agree on the stop: after every iteration they all-reduce (max) the signal
+number over a gloo group, so all ranks stop after the same iteration even when only one was
+signalled, and rank 0 writes the one state. Every iteration, because a stop checked only every
+``print_freq`` iterations could come after slurm's grace period (30 s by default); gloo, because
+it is a CPU all-reduce of one number that never waits for the GPU (NCCL would need a
+device-to-host copy, a stream sync, every iteration). It costs tens of microseconds on one host
+(``basicsr benchmark``-style figures: docs/long-runs.md), against BasicSR's pace of tens of
+milliseconds an iteration.
+"""
+import datetime
+import fcntl
+import functools
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+
+from basicsr_ext.common.errors import CommandError
+from basicsr_ext.common.files import pid_alive, remove_temporaries
+from basicsr_ext.common.interrupts import SIGNALS
+
+
+class ExperimentInUse(CommandError):
+    """Another live process trains an experiment of the same name (exit status 2)."""
+
+
+class TrainingStopped(SystemExit):
+    """Training stopped by a signal after saving; exits with 128 + the signal's number.
+
+    A SystemExit, so that BasicSR's own ``basicsr/train.py`` exits with that status too;
+    ``basicsr train`` catches it to say how to resume.
+    """
+
+    def __init__(self, signum, iteration, state_path):
+        super().__init__(128 + signum)
+        self.signum, self.iteration, self.state_path = signum, iteration, state_path
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name
+
+
+# ----------------------------------------------------------------------------------------
+# the lock
+# ----------------------------------------------------------------------------------------
+def lock_path(opt):
+    """``experiments/.<name>.lock``: beside the experiment folder, which BasicSR may move aside."""
+    root = opt['path']['experiments_root']
+    return os.path.join(os.path.dirname(root), f'.{os.path.basename(root)}.lock')
+
+
+class ExperimentLock:
+    """An exclusive ``flock`` on a file holding the owner's pid, host and start time.
+
+    The kernel drops the lock when its process dies, however it dies, so the lock of a killed
+    run is simply taken over. Where the file system has no ``flock``, the pid decides: a lock
+    of this host whose process is gone is taken over.
+    """
+
+    def __init__(self, path, name):
+        self.path, self.name, self.fd = path, name, None
+
+    def _refuse(self, holder):
+        raise ExperimentInUse(f'experiment {self.name!r} is in use by {holder or "another process"} '
+                              f'({self.path}); wait for that run to end or choose another name')
+
+    def acquire(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors='replace').strip()
+                os.close(fd)
+                self._refuse(holder)
+            except OSError:  # no flock here (some network file systems): the pid decides
+                holder = os.read(fd, 200).decode(errors='replace').strip()
+                if self._held_by_live_process(holder):
+                    os.close(fd)
+                    self._refuse(holder)
+            try:  # the file locked may have been removed by its owner's release meanwhile
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        started = datetime.datetime.now().isoformat(timespec='seconds')
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()} since {started}\n'.encode(), 0)
+        self.fd = fd
+        return self
+
+    @staticmethod
+    def _held_by_live_process(holder):
+        match = re.match(r'pid (\d+) on (\S+)', holder)
+        if not match:
+            return False
+        if match.group(2) != socket.gethostname():
+            return True  # cannot tell: another host's process is taken to be alive
+        return int(match.group(1)) != os.getpid() and pid_alive(int(match.group(1)))
+
+    def release(self):
+        if self.fd is None:
+            return
+        try:
+            if os.fstat(self.fd).st_ino == os.stat(self.path).st_ino:
+                os.remove(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+#: Names of training states and checkpoints as safety.save_atomically wrote their temporaries
+#: before basicsr_ext.common.files existed (``5000.state.tmp1234``).
+_OLD_TEMPORARY = re.compile(r'(\d+\.state|net_\w+\.pth)\.tmp(\d+)')
+
+
+def remove_killed_saves(experiments_root):
+    """Remove the temporaries of saves that were killed in ``experiments_root``; the paths removed."""
+    removed = remove_temporaries(experiments_root, recursive=True)
+    for sub in ('models', 'training_states'):
+        folder = os.path.join(experiments_root, sub)
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            match = _OLD_TEMPORARY.fullmatch(name)
+            if match and not pid_alive(int(match.group(2))):
+                os.remove(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+    return removed
+
+
+# ----------------------------------------------------------------------------------------
+# stopping on a signal
+# ----------------------------------------------------------------------------------------
+class StopOnSignal:
+    """SIGINT / SIGTERM during the training loop: noted, acted on after the iteration under way."""
+
+    def __init__(self):
+        self.signum = None  # the first signal received
+        self.ignored = 0  # signals after the first
+        self.previous = None
+        self.receiver = self.done = None
+        self.sampler = None  # the training sampler: its epoch goes into the state
+        self.group = None  # the process group the ranks agree over
+
+    def _note(self, signum, frame):  # (no printing here: the main thread may be inside a print)
+        if self.signum is None:
+            self.signum = signum
+        else:
+            self.ignored += 1
+
+    def install(self, opt):
+        """Note the signals from now on, in the main thread; under DDP, make the group to agree over
+        (every rank calls this at the same point: BasicSR builds the model on every rank)."""
+        if opt.get('dist'):
+            import torch.distributed as dist
+            self.group = None if dist.get_backend() == 'gloo' else dist.new_group(backend='gloo')
+        if threading.current_thread() is not threading.main_thread() or self.previous is not None:
+            return
+        self.previous = {s: signal.signal(s, self._note) for s in SIGNALS}
+        # a thread that leaves the signals unblocked receives them, made before the main thread blocks them
+        self.done = threading.Event()
+        self.receiver = threading.Thread(target=self.done.wait, name='basicsr-signal-receiver', daemon=True)
+        self.receiver.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+    def restore(self):
+        """Undo :meth:`install`; a signal noted and not acted on is then delivered as before."""
+        if self.previous is None:
+            return
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self.done.set()
+        self.receiver.join()
+        self.previous = None
+
+    def agreed(self, opt):
+        """The signal to stop on, the same on every rank (the largest number noted by any); 0 for none."""
+        signum = self.signum or 0
+        if not opt.get('dist'):
+            return signum
+        import torch
+        import torch.distributed as dist
+        flag = torch.tensor([signum], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        return int(flag.item())
+
+    def check(self, model, current_iter):
+        """After the iteration ``current_iter``: save and raise TrainingStopped if a signal came."""
+        signum = self.agreed(model.opt)
+        if signum:
+            self.stop(model, current_iter, signum)
+
+    def stop(self, model, current_iter, signum):
+        from basicsr.utils import get_root_logger
+        from basicsr_ext.patches.safety import RunError
+        opt = model.opt
+        name = signal.Signals(signum).name
+        logger = get_root_logger()
+        logger.info(f'{name}: saving the models and the training state of iteration {current_iter}, then '
+                    f'stopping (further signals are ignored until the save ends)')
+        epoch = self.sampler.epoch if self.sampler is not None else 0
+        error = None
+        try:
+            model.save(epoch, current_iter)
+        except RunError as e:  # rank 0's; the other ranks must still hear of it below
+            error = e
+        if opt.get('dist'):  # the ranks leave together, after rank 0's save
+            import torch
+            import torch.distributed as dist
+            ok = torch.tensor([0 if error else 1], dtype=torch.int32)
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=self.group)
+            if error is None and not ok.item():
+                error = RunError(f'{name}: rank 0 could not save the state of iteration {current_iter}')
+        if error is not None:
+            raise error
+        state = os.path.join(opt['path']['training_states'], f'{current_iter}.state')
+        logger.info(f'{name}: saved {state}; stopped after iteration {current_iter}')
+        raise TrainingStopped(signum, current_iter, state)
+
+
+#: The run in this process: its lock and its signal handling.
+RUN = {'lock': None, 'stop': None}
+
+
+def patch_train_lock_and_signals():
+    """BasicSR's ``train_pipeline`` saves nothing on SIGTERM / SIGINT and moves a live run's folder aside."""
+    import basicsr.train as train
+    if getattr(train.train_pipeline, '_stops_on_signals', False):
+        return False
+    upstream = {name: getattr(train, name) for name in
+                ('parse_options', 'build_model', 'create_train_val_dataloader', 'train_pipeline')}
+
+    @functools.wraps(upstream['parse_options'])
+    def parse_options(root_path, is_train=True):
+        opt, args = upstream['parse_options'](root_path, is_train=is_train)
+        if is_train and opt['rank'] == 0:
+            RUN['lock'] = ExperimentLock(lock_path(opt), opt['name']).acquire()
+            for path in remove_killed_saves(opt['path']['experiments_root']):
+                print(f'basicsr train: removed {path}, left by a save that was killed', file=sys.stderr)
+        return opt, args
+
+    @functools.wraps(upstream['create_train_val_dataloader'])
+    def create_train_val_dataloader(opt, logger):
+        result = upstream['create_train_val_dataloader'](opt, logger)
+        RUN['stop'].sampler = result[1]
+        return result
+
+    @functools.wraps(upstream['build_model'])
+    def build_model(opt):
+        model = upstream['build_model'](opt)
+        optimize_parameters = model.optimize_parameters
+        stop = RUN['stop']
+
+        def optimize_then_check(current_iter):
+            optimize_parameters(current_iter)
+            stop.check(model, current_iter)
+
+        model.optimize_parameters = optimize_then_check
+        stop.install(opt)  # before the loop starts the loader workers: they inherit the blocked signals
+        return model
+
+    @functools.wraps(upstream['train_pipeline'])
+    def train_pipeline(root_path):
+        RUN['stop'] = StopOnSignal()
+        try:
+            return upstream['train_pipeline'](root_path)
+        finally:
+            RUN['stop'].restore()
+            if RUN['lock'] is not None:
+                RUN['lock'].release()
+                RUN['lock'] = None
+
+    train_pipeline._stops_on_signals = True
+    train.parse_options = parse_options
+    train.create_train_val_dataloader = create_train_val_dataloader
+    train.build_model = build_model
+    train.train_pipeline = train_pipeline
+    return True
