@@ -1,0 +1,269 @@
+"""Runs that survive their cluster: a signal saves the run, a run owns its experiment, eager DDP of
+ASID ends cleanly, killed saves leave nothing for good (docs/long-runs.md)."""
+import glob
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from basicsr_ext.common import files
+from basicsr_ext.patches.runs import ExperimentInUse, ExperimentLock
+from conftest import free_port, tiny_options, write_options
+
+#: ASID small enough for a CPU test: 14,606 parameters.
+TINY_ASID = {'type': 'ASID', 'upscale': 4, 'num_groups': 1, 'num_feat': 8}
+
+
+def basicsr(*args):
+    return [sys.executable, '-m', 'basicsr_ext', *args]
+
+
+class Running:
+    """A ``basicsr`` command started in the background; its stderr read line by line."""
+
+    def __init__(self, command, cwd, env=None, timeout=240):
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True, start_new_session=True)
+        self.lines = []
+        self.watchdog = threading.Timer(timeout, self.kill)  # a hung run fails the test instead of hanging it
+        self.watchdog.start()
+
+    def kill(self):
+        os.killpg(self.process.pid, signal.SIGKILL)
+
+    def wait_for(self, pattern):
+        """Read stderr until a line matches ``pattern``; the match (None if the process ended first)."""
+        for line in self.process.stderr:
+            self.lines.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        return None
+
+    def finish(self):
+        """The exit status, once the process has ended; the rest of stderr is in ``lines``."""
+        self.lines += self.process.stderr.readlines()
+        status = self.process.wait()
+        self.watchdog.cancel()
+        self.process.stderr.close()
+        return status
+
+    @property
+    def stderr(self):
+        return ''.join(self.lines)
+
+
+ITERATION = r'\[epoch:\s*\d+, iter:\s*([\d,]+),'
+
+
+def signal_options(tiny_data, name, total_iter=1000, workers=1, model_type='ASIDModel'):
+    opt = tiny_options(tiny_data, name=name, network=dict(TINY_ASID), total_iter=total_iter,
+                       checkpoint_freq=10000, val_freq=10000)
+    opt['model_type'] = model_type
+    opt['datasets']['train'].update(num_worker_per_gpu=workers, dataset_enlarge_ratio=50)
+    return opt
+
+
+# ----------------------------------------------------------------------------------------
+# 1: a signal during training saves the iteration under way
+# ----------------------------------------------------------------------------------------
+def iterations_logged(run):
+    return [int(m.group(1)) for m in re.finditer(ITERATION, run.stderr)]
+
+
+def test_signal_during_training_saves_that_iteration_and_auto_resume_continues_from_it(tmp_path, tiny_data):
+    # As slurm preempts (SIGTERM to every process of the job) and Ctrl-C interrupts (SIGINT to the
+    # terminal's process group): the loader worker gets the signal too, and must keep serving.
+    opt_file = write_options(tmp_path / 'sig.yml', signal_options(tiny_data, 'sig'))
+    states = tmp_path / 'experiments/sig/training_states'
+    first = Running(basicsr('train', '-opt', opt_file), cwd=tmp_path)
+    assert first.wait_for(ITERATION) and first.wait_for(ITERATION), first.stderr[-3000:]  # the worker serves
+    os.killpg(first.process.pid, signal.SIGTERM)  # the whole group: the run and its loader worker
+    assert first.finish() == 143, first.stderr[-3000:]
+    stopped = re.search(r'basicsr train: SIGTERM: stopped after iteration (\d+), saved (\S+\.state); to continue: '
+                        rf'basicsr train -opt {re.escape(opt_file)} --auto_resume\n', first.stderr)
+    assert stopped and 'Traceback' not in first.stderr, first.stderr[-3000:]
+    saved = int(stopped.group(1))
+    assert saved >= max(iterations_logged(first))  # the iteration under way was finished
+    assert torch.load(tmp_path / stopped.group(2), weights_only=True)['iter'] == saved
+    assert (tmp_path / f'experiments/sig/models/net_g_{saved}.pth').is_file()
+    assert os.listdir(states) == [f'{saved}.state']  # no temporary
+
+    # a save killed with SIGKILL leaves its temporary: the next start removes it
+    killed_save = states / f'.{saved + 5}.state.asid-tmp-{dead_pid()}'
+    killed_save.write_bytes(b'\0' * 100)
+    second = Running(basicsr('train', '-opt', opt_file, '--auto_resume'), cwd=tmp_path)
+    assert second.wait_for(ITERATION), second.stderr[-3000:]
+    os.killpg(second.process.pid, signal.SIGINT)  # Ctrl-C
+    assert second.finish() == 130, second.stderr[-3000:]
+    assert f'basicsr train: removed {killed_save}, left by a save that was killed' in second.stderr
+    assert not killed_save.exists()
+    assert f'Resuming training from epoch: 0, iter: {saved}.' in second.stderr
+    assert min(iterations_logged(second)) == saved + 1
+    again = re.search(r'basicsr train: SIGINT: stopped after iteration (\d+)', second.stderr)
+    assert again and 'Traceback' not in second.stderr, second.stderr[-3000:]
+    assert sorted(os.listdir(states)) == sorted([f'{saved}.state', f'{again.group(1)}.state'])
+    assert not glob.glob(str(tmp_path / 'experiments/sig_archived_*'))  # nothing moved aside
+
+
+def test_signal_before_training_starts_is_one_line_and_saves_nothing(tmp_path, tiny_data, monkeypatch, capsys):
+    import basicsr.train
+
+    from basicsr_ext.commands.cli import main
+    opt_file = write_options(tmp_path / 'early.yml', tiny_options(tiny_data, name='early'))
+    build_model = basicsr.train.build_model
+
+    def signalled_while_building(opt):  # e.g. while a large data set is being listed
+        os.kill(os.getpid(), signal.SIGTERM)
+        return build_model(opt)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, 'argv', sys.argv[:])
+    monkeypatch.setattr(basicsr.train, 'build_model', signalled_while_building)
+    assert main(['train', '-opt', opt_file]) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == 'basicsr train: stopped by SIGTERM'
+    assert not os.listdir(tmp_path / 'experiments/early/training_states')
+    assert not (tmp_path / 'experiments/.early.lock').exists()
+
+
+def rank_pid(launcher_pid, rank):
+    """The pid of the process of ``rank`` that torchrun (``launcher_pid``) started."""
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                parent = int(f.read().rsplit(')', 1)[1].split()[1])
+            with open(f'/proc/{pid}/environ', 'rb') as f:
+                environ = f.read().split(b'\0')
+        except OSError:
+            continue
+        if parent == launcher_pid and f'RANK={rank}'.encode() in environ:
+            return int(pid)
+    raise AssertionError(f'no rank {rank} under {launcher_pid}')
+
+
+def test_signal_to_one_ddp_rank_stops_every_rank_after_the_same_iteration_with_one_state(tmp_path, tiny_data):
+    # Spawned loader workers (BasicSR sets 'spawn' under DDP) and a signal to rank 1 alone: rank 0,
+    # never signalled, stops after the same iteration and writes the state.
+    opt = signal_options(tiny_data, 'ddps', model_type='SRModel')
+    opt['datasets']['train']['persistent_workers'] = True
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    run = Running([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
+                   '-m', 'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'ddps.yml', opt), '--launcher',
+                   'pytorch'], cwd=tmp_path, env=env)
+    assert run.wait_for(ITERATION) and run.wait_for(ITERATION), run.stderr[-3000:]
+    os.kill(rank_pid(run.process.pid, 1), signal.SIGTERM)
+    run.finish()
+    stopped = re.findall(r'basicsr train: SIGTERM: stopped after iteration (\d+), saved (\S+); to continue: the same '
+                         r'launch command with --auto_resume', run.stderr)
+    assert len(stopped) == 1, run.stderr[-3000:]  # said by rank 0 only
+    iteration = int(stopped[0][0])
+    assert os.listdir(tmp_path / 'experiments/ddps/training_states') == [f'{iteration}.state']
+    assert os.listdir(tmp_path / 'experiments/ddps/models') == [f'net_g_{iteration}.pth']
+    assert torch.load(tmp_path / stopped[0][1], weights_only=True)['iter'] == iteration
+    assert 'exited unexpectedly' not in run.stderr  # the loader workers were not killed
+    # both ranks exited with 128 + SIGTERM (torchrun's report of its workers)
+    assert len(re.findall(r'exitcode\s*: 143 ', run.stderr)) == 2, run.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------------------
+# 2: one live run per experiment name
+# ----------------------------------------------------------------------------------------
+def test_second_run_of_a_live_experiment_refuses_in_one_line_and_leaves_its_folder_alone(tmp_path, tiny_data):
+    opt_file = write_options(tmp_path / 'own.yml', signal_options(tiny_data, 'own', workers=0))
+    first = Running(basicsr('train', '-opt', opt_file), cwd=tmp_path)
+    try:
+        assert first.wait_for(ITERATION) is not None, first.stderr[-3000:]
+        second = subprocess.run(basicsr('train', '-opt', opt_file), cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2, second.stderr[-3000:]
+        line = f'basicsr train: error: experiment \'own\' is in use by pid {first.process.pid} on ' \
+               f'{socket.gethostname()} since '
+        assert second.stderr.startswith(line), second.stderr[-3000:]
+        assert len(second.stderr.splitlines()) == 1
+        assert not glob.glob(str(tmp_path / 'experiments/own_archived_*'))  # the live run's folder stays
+        assert first.process.poll() is None
+    finally:
+        first.kill()  # SIGKILL: the lock file stays, naming a process that is gone
+        first.finish()
+    assert (tmp_path / 'experiments/.own.lock').exists()
+
+    third = subprocess.run(basicsr('train', '-opt', opt_file, '--force_yml', 'train:total_iter=1'), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr[-3000:]  # the lock of the killed run is taken over
+    assert not (tmp_path / 'experiments/.own.lock').exists()  # and released at the end
+
+
+def test_lock_is_exclusive_until_released_and_names_its_holder(tmp_path):
+    path = str(tmp_path / 'experiments' / '.x.lock')
+    held = ExperimentLock(path, 'x').acquire()
+    with pytest.raises(ExperimentInUse, match=rf"experiment 'x' is in use by pid {os.getpid()} on "):
+        # another open file description: as another process would see it
+        ExperimentLock(path, 'x').acquire()
+    held.release()
+    assert not os.path.exists(path)
+    ExperimentLock(path, 'x').acquire().release()
+
+
+# ----------------------------------------------------------------------------------------
+# 5: eager DDP of ASID validates at the last iteration and ends
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize('model_type', ['SRModel', 'ASIDModel'])
+def test_eager_ddp_of_asid_validates_at_the_last_iteration_and_ends_cleanly(model_type, tmp_path, tiny_data):
+    # ASID has buffers (relative position index), which DistributedDataParallel broadcasts in its
+    # forward: rank 0 validating through the wrapper alone ran a collective the other rank never joined.
+    opt = tiny_options(tiny_data, name='ddpv', network=dict(TINY_ASID), total_iter=2, checkpoint_freq=2, val_freq=2)
+    opt['model_type'] = model_type
+    if model_type == 'ASIDModel':
+        opt['train']['compile'] = False
+    opt['datasets']['train'].update(num_worker_per_gpu=1, dataset_enlarge_ratio=2, persistent_workers=True)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    result = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
+         'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'ddpv.yml', opt), '--launcher', 'pytorch'],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = open(glob.glob(str(tmp_path / 'experiments/ddpv/train_ddpv_*.log'))[0]).read()
+    assert 'World size (gpu number): 2' in log
+    assert re.search(r'Validation tiny_val\s+# psnr: [\d.]+', log)
+    assert 'End of training' in log
+
+
+# ----------------------------------------------------------------------------------------
+# 9: temporaries of killed writes
+# ----------------------------------------------------------------------------------------
+def dead_pid():
+    """The pid of a process that has ended."""
+    child = subprocess.Popen([sys.executable, '-c', ''])
+    child.wait()
+    return child.pid
+
+
+def test_write_file_leaves_the_old_file_or_the_new_one_and_no_temporary(tmp_path):
+    path = tmp_path / 'a.bin'
+    files.write_file(str(path), b'old')
+
+    def fail(f):
+        f.write(b'half')
+        raise OSError(28, 'No space left on device')
+
+    with pytest.raises(OSError, match=re.escape(f"No space left on device: '{path}'")):
+        files.write_file(str(path), write=fail)
+    assert path.read_bytes() == b'old'
+    assert os.listdir(tmp_path) == ['a.bin']
+
+
+def test_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path):
+    pid = dead_pid()
+    ours_dead = tmp_path / f'.x.png.asid-tmp-{pid}'
+    ours_live = tmp_path / f'.y.png.asid-tmp-{os.getppid()}'
+    users = [tmp_path / f'.x.png.tmp{pid}', tmp_path / 'x.asid-tmp-1', tmp_path / f'.x.png.asid-tmp-{pid}.bak']
+    for path in [ours_dead, ours_live, *users]:
+        path.write_bytes(b'')
+    assert files.remove_temporaries(str(tmp_path)) == [str(ours_dead)]
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in [ours_live, *users])
