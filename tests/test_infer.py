@@ -709,14 +709,21 @@ def test_rerun_into_the_input_folder_skips_its_earlier_outputs(tmp_path, capsys,
     assert sorted(os.listdir(folder)) == ['a.png', 'a_ASID_x2.png']
 
 
-def test_ctrl_c_prints_one_line_and_the_summary_so_far_and_exits_130(tmp_path, ckpt):
+@pytest.mark.parametrize('signum', ['SIGINT', 'SIGTERM'])  # Ctrl-C; slurm, timeout, kill
+def test_a_signal_prints_one_line_and_the_summary_so_far_and_exits_128_plus_its_number(signum, tmp_path, ckpt):
     import signal
     import subprocess
     import sys
+    signum = getattr(signal, signum)
     folder = tmp_path / 'in'
     folder.mkdir()
     cv2.imwrite(str(folder / 'a.png'), img8(8, 8))
-    os.mkfifo(folder / 'b.png')  # reading it waits until a writer comes: none does, so Ctrl-C finds it there
+    os.mkfifo(folder / 'b.png')  # reading it waits until a writer comes: none does, so the signal finds it there
+    (tmp_path / 'out').mkdir()
+    dead = subprocess.Popen([sys.executable, '-c', ''])
+    dead.wait()
+    killed_write = tmp_path / 'out' / f'.b_ASID_x2.png.asid-tmp-{dead.pid}'  # left by a run killed while writing
+    killed_write.write_bytes(b'\x89PNG')
     proc = subprocess.Popen([sys.executable, '-m', 'basicsr_ext', 'infer', '-i', str(folder), '-o',
                              str(tmp_path / 'out'), '--model-path', ckpt, '--device', 'cpu'],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -725,11 +732,12 @@ def test_ctrl_c_prints_one_line_and_the_summary_so_far_and_exits_130(tmp_path, c
         seen.append(line)
         if 'a.png:' in line:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     err = ''.join(seen) + err
-    assert proc.returncode == 130, err
-    assert 'Traceback' not in err and err.count('interrupted') == 1, err
+    assert proc.returncode == 128 + signum, err
+    name = signal.Signals(signum).name
+    assert 'Traceback' not in err and err.count(f'basicsr infer: stopped by {name}') == 1, err
     assert summary(out)[1:] == (0, 0)
     assert summary(out)[0] == len(os.listdir(tmp_path / 'out'))  # a write under way was finished and counted
     for name in os.listdir(tmp_path / 'out'):  # only complete outputs

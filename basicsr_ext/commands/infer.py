@@ -31,9 +31,10 @@ Each image that cannot be done (unreadable, truncated, not an image, output larg
 ``--max-pixels``, out of memory, unwritable) is reported on one ``FAILED path: reason``
 line and the others still run; the exit status is 1 if any failed. An unusable checkpoint
 is one error before any image is read (exit status 2). The last line is the summary:
-``done N, skipped M, failed K in T s (R images/s; R' after the first)``. Ctrl-C stops
-after one line and that summary, with exit status 130; every output written is complete,
-and a rerun continues with the rest.
+``done N, skipped M, failed K in T s (R images/s; R' after the first)``. Ctrl-C or SIGTERM
+stops after one line and that summary, with exit status 128 + the signal's number (130, 143);
+every output written is complete, and a rerun continues with the rest (and removes what a
+run killed while writing left: :func:`basicsr_ext.common.files.remove_temporaries`).
 """
 import collections
 import io
@@ -50,8 +51,10 @@ from tqdm import tqdm
 
 from asid_arch.inference import NonFiniteOutput
 from basicsr_ext.common.errors import CommandError
+from basicsr_ext.common.files import remove_temporaries, write_file
 from basicsr_ext.common.images import decode as decode_image
 from basicsr_ext.common.images import is_image_name, opencv_log_level
+from basicsr_ext.common.interrupts import Interrupted
 
 #: Output formats for ``--ext``.
 OUTPUT_EXTENSIONS = ('png', 'jpg', 'jpeg', 'bmp', 'tif', 'tiff', 'webp', 'ppm', 'pgm')
@@ -178,17 +181,11 @@ def encode(img, ext):
 
 
 def write_atomically(path, data):
-    tmp = f'{path}.part{os.getpid()}'
+    """Write ``data`` to ``path`` whole or not at all (:func:`basicsr_ext.common.files.write_file`)."""
     try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException as e:  # Ctrl-C too: no partial file is left behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise ImageError(f'cannot write {path}: {e.strerror or e}') from None
-        raise
+        write_file(path, data)
+    except OSError as e:
+        raise ImageError(f'cannot write {path}: {e.strerror or e}') from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -511,6 +508,7 @@ def cmd_infer(args):
         os.makedirs(args.output, exist_ok=True)
     except OSError as e:
         raise CommandError(f'cannot create output folder {args.output}: {e.strerror or e}') from None
+    remove_temporaries(args.output)  # of an earlier run that was killed while writing
 
     run = _Run(args, up, images)
     for note in notes:
@@ -537,10 +535,12 @@ def cmd_infer(args):
                 run.collect()
             run.flush()
             run.close()
-    except KeyboardInterrupt:  # outputs are written atomically: what is done is complete, a rerun resumes
-        tqdm.write('basicsr infer: interrupted (a rerun continues with the images not done)', file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (common/interrupts.py): outputs are written atomically,
+        # what is done is complete, a rerun resumes
+        name = e.name if isinstance(e, Interrupted) else 'SIGINT'
+        tqdm.write(f'basicsr infer: stopped by {name} (a rerun continues with the images not done)', file=sys.stderr)
         run.close(interrupted=True)
-        status = 130
+        status = e.status if isinstance(e, Interrupted) else 130
     elapsed = time.perf_counter() - start
     rate = ''
     if run.done:
