@@ -404,3 +404,67 @@ def test_opencv_builds_without_a_log_api_still_prepare_quietly(monkeypatch):
     monkeypatch.delattr(cv2.utils, 'logging', raising=False)
     with images.quiet_native_stderr(), images.opencv_log_level('ERROR'):
         assert cv2.imdecode(np.frombuffer(b'not an image', np.uint8), cv2.IMREAD_COLOR) is None
+
+
+# ------------------------------------------------------------------------------------------
+# full disks, signals, what killed runs left
+# ------------------------------------------------------------------------------------------
+def temporaries_and_empty_files(root):
+    return [os.path.join(folder, name) for folder, dirs, names in os.walk(root) for name in names + dirs
+            if '.asid-tmp-' in name or (name.endswith('.png') and os.path.getsize(os.path.join(folder, name)) == 0)]
+
+
+def test_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary(tmp_path):
+    import resource
+    import signal
+    import subprocess
+    import sys
+    write_hr_images(str(tmp_path / 'hr'), [(96, 96)] * 4)
+
+    def full_disk():  # no more than 3,000 bytes in any file (RLIMIT_FSIZE: EFBIG, as a full disk's ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+
+    result = subprocess.run([sys.executable, '-m', 'basicsr_ext', 'prepare', 'div2k', '--input', 'hr', '--crop-size',
+                             '96', '--step', '96', '--workers', '2'], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, preexec_fn=full_disk)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert re.fullmatch(r'basicsr prepare: error: cannot write datasets/DIV2K/\S+\.png: the disk is full; what was '
+                        r'written before is complete and recorded, a rerun continues from there\n', result.stderr)
+    assert temporaries_and_empty_files(tmp_path / 'datasets') == []
+
+
+def test_a_signal_stops_prepare_with_one_line_and_the_count_so_far(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    write_hr_images(str(tmp_path / 'hr'), [(240, 240)] * 40)
+    process = subprocess.Popen([sys.executable, '-m', 'basicsr_ext', 'prepare', 'div2k', '--input', 'hr',
+                                '--crop-size', '48', '--step', '48', '--workers', '2'], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert 'to process' in process.stdout.readline()  # the images are being prepared
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: to the command and its worker processes
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert re.fullmatch(r'basicsr prepare: stopped by SIGINT; \d+ of 40 images prepared and recorded; a rerun '
+                        r'continues with the rest\n', err), err
+    assert temporaries_and_empty_files(tmp_path / 'datasets') == []
+
+
+def test_a_preparation_removes_what_a_killed_one_left_and_only_that(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    monkeypatch.chdir(tmp_path)
+    write_hr_images('hr', [(48, 48)])
+    dead = subprocess.Popen([sys.executable, '-c', ''])
+    dead.wait()
+    hr_sub = tmp_path / 'datasets/DIV2K/DIV2K_train_HR_sub'
+    hr_sub.mkdir(parents=True)
+    killed = [hr_sub / f'.0000_s001.png.asid-tmp-{dead.pid}', tmp_path / f'datasets/DIV2K/.x.lmdb.asid-tmp-{dead.pid}.lmdb']
+    killed[0].write_bytes(b'')
+    killed[1].mkdir()
+    users = hr_sub / '.notes.tmp'
+    users.write_bytes(b'mine')
+    assert div2k() == 0
+    assert not any(p.exists() for p in killed) and users.exists()

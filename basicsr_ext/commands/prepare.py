@@ -39,7 +39,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import sys
 
 import cv2
@@ -47,6 +46,8 @@ import numpy as np
 from tqdm import tqdm
 
 from basicsr_ext.common.errors import CommandError
+from basicsr_ext.common.files import is_out_of_space, remove_temporaries, replace_folder, write_file
+from basicsr_ext.common.interrupts import Interrupted, ignore_in_worker
 from basicsr_ext.common.images import (IMAGE_EXTENSIONS, UnreadableImage, bicubic_downscale, bicubic_upscale, load_image,
                                 modcrop)
 
@@ -61,21 +62,13 @@ class PrepareError(Exception):
 # ----------------------------------------------------------------------------------------
 # writing, listing
 # ----------------------------------------------------------------------------------------
-def _temp_path(path):
-    """A hidden name next to ``path``: an interrupted write leaves nothing BasicSR would list."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f'.{name}.tmp{os.getpid()}')
-
-
 def write_image(path, img):
-    """Write ``img`` as PNG atomically: readers never see a half-written file."""
+    """Write ``img`` as PNG atomically (:func:`basicsr_ext.common.files.write_file`): readers never see
+    a half-written file, and the temporary is hidden (``.name.asid-tmp-PID``), so BasicSR never lists it."""
     ok, data = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
     if not ok:
         raise OSError(f'{path}: cannot encode image')
-    tmp = _temp_path(path)
-    with open(tmp, 'wb') as f:
-        f.write(data.tobytes())
-    os.replace(tmp, path)
+    write_file(path, data.tobytes())
 
 
 def write_text(path, text):
@@ -84,10 +77,7 @@ def write_text(path, text):
         with open(path, encoding='utf-8') as f:
             if f.read() == text:
                 return False
-    tmp = _temp_path(path)
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_file(path, text.encode('utf-8'))
     return True
 
 
@@ -138,6 +128,7 @@ class Ledger:
     """
 
     def __init__(self, output, name):
+        remove_temporaries(output, recursive=True)  # left by a preparation killed while writing
         self.root = output
         self.path = os.path.join(output, '.prepare', f'{name}.jsonl')
         self.records = {}
@@ -230,6 +221,7 @@ def _scale_signature_now(unit, sources, params):
 def _init_worker():
     import torch
     torch.set_num_threads(1)
+    ignore_in_worker()  # Ctrl-C is the main process's; its pool's SIGTERM ends a write cleanly
 
 
 def _run_units(function, jobs, workers, desc):
@@ -255,7 +247,7 @@ def _run_recorded(function, jobs, workers, desc, ledger, record):
     """Run ``jobs`` (:func:`_run_units`): a failed one is reported on one line naming its file and
     collected, a finished one is passed to ``record`` (which adds it to ``ledger``). The ledger
     is closed at the end, also when interrupted. Returns the failures as [(path, why)]."""
-    errors = []
+    errors, done = [], 0
     try:
         for result in _run_units(function, jobs, workers, desc):
             if 'error' in result:
@@ -263,6 +255,10 @@ def _run_recorded(function, jobs, workers, desc, ledger, record):
                 tqdm.write(f'{result["src"]}: {result["error"]}', file=sys.stderr)
             else:
                 record(result)
+                done += 1
+    except Interrupted as e:  # the summary so far, for the command's one line
+        e.summary = f'{done} of {len(jobs)} images prepared and recorded; a rerun continues with the rest'
+        raise
     finally:
         ledger.close()
     return errors
@@ -333,18 +329,15 @@ def make_lmdb(folder, names, lmdb_path):
         with open(stamp_path) as f:
             if f.read().strip() == stamp:
                 return False
-    tmp = os.path.join(os.path.dirname(lmdb_path), f'.tmp_{os.path.basename(lmdb_path)}')  # ends with .lmdb
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
     total = sum(os.path.getsize(os.path.join(folder, n)) for n in names)
     map_size = total * 10 + (64 << 20)  # PNG level 1 in the LMDB is larger than the files; sparse anyway
     keys = [os.path.splitext(n)[0] for n in names]
-    make_lmdb_from_imgs(folder, tmp, list(names), keys, map_size=map_size)
-    with open(os.path.join(tmp, STAMP_FILE), 'w') as f:
-        f.write(stamp + '\n')
-    if os.path.exists(lmdb_path):
-        shutil.rmtree(lmdb_path)
-    os.replace(tmp, lmdb_path)
+
+    def make(tmp):
+        make_lmdb_from_imgs(folder, tmp, list(names), keys, map_size=map_size)
+        write_file(os.path.join(tmp, STAMP_FILE), (stamp + '\n').encode())
+
+    replace_folder(lmdb_path, make, suffix='.lmdb')  # make_lmdb_from_imgs insists on the ending
     return True
 
 
@@ -668,35 +661,37 @@ def _finish(result, input_dir):
     return 0
 
 
-def _error(e):
-    return CommandError(str(e))
+def _stopped_writing(e):
+    """A write that failed (a full disk, a read-only folder): one line naming the file, for any command."""
+    what = 'the disk is full' if is_out_of_space(e) else (e.strerror or str(e))
+    return CommandError(f'cannot write {e.filename}: {what}; what was written before is complete and recorded, '
+                        f'a rerun continues from there') if e.filename else CommandError(f'cannot write: {what}')
+
+
+def _prepare(function, source, **kwargs):
+    """Run a preparation of ``source``; problems that stop it become one line (CommandError)."""
+    try:
+        result = function(**kwargs)
+    except PrepareError as e:
+        raise CommandError(str(e)) from None
+    except OSError as e:
+        raise _stopped_writing(e) from None
+    return _finish(result, source)
 
 
 def cmd_div2k(args):
-    try:
-        result = prepare_subimages(args.input, args.output, name=args.name, scales=args.scales,
-                                   crop_size=args.crop_size, step=args.step, thresh_size=args.thresh_size,
-                                   lmdb=args.lmdb, workers=args.workers)
-    except PrepareError as e:
-        raise _error(e) from None
-    return _finish(result, args.input)
+    return _prepare(prepare_subimages, args.input, input_dir=args.input, output=args.output, name=args.name,
+                    scales=args.scales, crop_size=args.crop_size, step=args.step, thresh_size=args.thresh_size,
+                    lmdb=args.lmdb, workers=args.workers)
 
 
 def cmd_benchmark(args):
-    try:
-        result = prepare_benchmark(args.input, name=args.name, scales=args.scales, output=args.output,
-                                   workers=args.workers)
-    except PrepareError as e:
-        raise _error(e) from None
-    return _finish(result, args.input)
+    return _prepare(prepare_benchmark, args.input, input_dir=args.input, name=args.name, scales=args.scales,
+                    output=args.output, workers=args.workers)
 
 
 def cmd_demo(args):
-    try:
-        result = prepare_demo(args.output, workers=args.workers)
-    except PrepareError as e:
-        raise _error(e) from None
-    return _finish(result, 'scikit-image data')
+    return _prepare(prepare_demo, 'scikit-image data', output=args.output, workers=args.workers)
 
 
 def add_parser(commands):

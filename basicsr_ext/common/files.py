@@ -15,8 +15,9 @@ import os
 import re
 import shutil
 
-#: What marks a temporary of this package: ``.<final name>.asid-tmp-<pid of its writer>``.
-TEMPORARY = re.compile(r'\..+\.asid-tmp-(\d+)')
+#: What marks a temporary of this package: ``.<final name>.asid-tmp-<pid of its writer>``, with
+#: ``.lmdb`` after it for an LMDB folder (BasicSR's LMDB writer insists on the ending).
+TEMPORARY = re.compile(r'\..+\.asid-tmp-(\d+)(\.lmdb)?')
 
 
 def temporary_path(path):
@@ -75,7 +76,7 @@ def write_file(path, data=None, write=None, mode=0o666):
         raise named from None
 
 
-def replace_folder(path, make):
+def replace_folder(path, make, suffix=''):
     """Make the folder ``path`` atomically: ``make(tmp)`` fills a new temporary folder, which then
     takes ``path``'s place (an old folder there is removed first). On failure the temporary is
     removed and ``path`` is as it was. For LMDBs, which are folders.
@@ -83,8 +84,9 @@ def replace_folder(path, make):
     Args:
         path (str): The final folder.
         make (callable): ``make(folder)`` creates and fills ``folder`` (which does not exist yet).
+        suffix (str): What the temporary folder's name ends with (``.lmdb`` for BasicSR's LMDB writer).
     """
-    tmp = temporary_path(path)
+    tmp = temporary_path(path) + suffix
     _remove(tmp)
     try:
         make(tmp)
