@@ -59,7 +59,7 @@ def test_export_command_checks_parity_prints_cpu_times_and_keeps_the_file(small_
         assert f'parity {"x".join(map(str, shape))}: max |onnxruntime - pytorch| = ' in text
     assert 'cpu time 128x128: onnxruntime ' in text and ' ms, pytorch ' in text
     assert f'<= {export.TOLERANCE:g}' in text and out.is_file()
-    assert not [p for p in os.listdir(tmp_path) if '.part' in p]
+    assert os.listdir(tmp_path) == ['again.onnx']  # no temporary
 
 
 def test_exported_graph_has_dynamic_batch_height_and_width(small_onnx):
@@ -111,6 +111,43 @@ def test_export_above_tolerance_fails_and_leaves_no_file(small_checkpoint, tmp_p
     assert main(['export', '--model-path', str(small_checkpoint), '-o', str(out)]) == 1
     assert 'more than the tolerance 0' in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_opset_below_the_lowest_that_works_is_one_line_naming_it_before_any_export(small_checkpoint, tmp_path,
+                                                                                      capfd):
+    out = tmp_path / 'old.onnx'
+    assert main(['export', '--model-path', str(small_checkpoint), '-o', str(out), '--opset', '7']) == 2
+    captured = capfd.readouterr()
+    assert captured.out == '' and captured.err == (
+        'basicsr export: error: --opset 7: ASID exports to ONNX opset 11 or later (its padding to a window multiple '
+        'depends on the input size); the default is 17\n')
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_lowest_opset_named_is_the_lowest_that_exports():
+    net = small_asid()
+    export.onnx_bytes(net, opset=export.MIN_OPSET)
+    with pytest.raises(Exception, match='Pad'):
+        export.onnx_bytes(net, opset=export.MIN_OPSET - 1)
+
+
+def test_ctrl_c_during_export_is_one_line_and_writes_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    signum = signal.SIGINT
+    checkpoint = tmp_path / 'net_g.pth'
+    torch.save({'params': ASID(upscale=4).state_dict()}, checkpoint)  # full size: the export takes a while
+    (tmp_path / 'out').mkdir()
+    process = subprocess.Popen([sys.executable, '-m', 'basicsr_ext', 'export', '--model-path', str(checkpoint),
+                                '-o', str(tmp_path / 'out' / 'x4.onnx')], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    assert '-> ' in process.stdout.readline()  # exporting now
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err
+    assert err == f'basicsr export: stopped by {signal.Signals(signum).name}\n'
+    assert os.listdir(tmp_path / 'out') == []
 
 
 def test_export_refuses_an_existing_output_and_an_unusable_checkpoint(small_onnx, tmp_path, capsys):

@@ -267,3 +267,31 @@ def test_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path):
         path.write_bytes(b'')
     assert files.remove_temporaries(str(tmp_path)) == [str(ours_dead)]
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in [ours_live, *users])
+
+
+def test_ctrl_c_in_basicsr_test_is_one_line(tmp_path, tiny_data, monkeypatch, capsys):
+    import basicsr.test
+
+    from basicsr_ext.commands.cli import main
+    opt = tiny_options(tiny_data, name='tested')
+    del opt['datasets']['train'], opt['train']
+    opt_file = write_options(tmp_path / 'test.yml', opt)
+    build_model = basicsr.test.build_model
+
+    def interrupted_while_testing(opt):
+        model = build_model(opt)
+        validation = model.validation
+
+        def validate(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+            return validation(*args, **kwargs)
+
+        model.validation = validate
+        return model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, 'argv', sys.argv[:])
+    monkeypatch.setattr(basicsr.test, 'build_model', interrupted_while_testing)
+    assert main(['test', '-opt', opt_file]) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == 'basicsr test: stopped by SIGINT' and 'Traceback' not in err

@@ -13,16 +13,19 @@ for a checkpoint). Written by the TorchScript exporter
 (``torch.onnx.export(..., dynamo=False)``): on torch 2.14 it keeps H and W dynamic through the
 padding arithmetic, where the dynamo exporter specialised the graph to the example input's size.
 
-After writing, ONNX Runtime (CPU) runs the file on :data:`PARITY_SHAPES` (a batch of 2,
+Before the file is written, ONNX Runtime (CPU) runs the model on :data:`PARITY_SHAPES` (a batch of 2,
 sides that are not window multiples, a tiny 7x5 input) and compares with the PyTorch network;
-above :data:`TOLERANCE` (``FP16_TOLERANCE`` for ``--fp16``) the file is removed and the exit
-status is 1. Then the CPU time of one 128x128 input is printed for both.
+above :data:`TOLERANCE` (``FP16_TOLERANCE`` for ``--fp16``) nothing is written and the exit
+status is 1. Then the CPU time of one 128x128 input is printed for both, and the file is written
+(atomically: :func:`basicsr_ext.common.files.write_file`). Opsets below :data:`MIN_OPSET` are
+refused in one line before exporting; Ctrl-C or SIGTERM stop with one line and write nothing.
 
 The network class holds no export code: :class:`ExportWrapper` expresses ``ASID.forward``'s
 padding with tensor arithmetic (so that the tracer records it instead of baking in the example
 size) and calls the network's own :meth:`~asid_arch.asid_arch.ASID.body`.
 """
 import copy
+import io
 import os
 import statistics
 import sys
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from basicsr_ext.common.errors import CommandError
+from basicsr_ext.common.files import write_file
 
 #: Largest max |ONNX Runtime - PyTorch| accepted for an fp32 export, in [0, 1] units
 #: (1e-4 = 0.0255 of an 8-bit level). Measured: about 1e-6 for ASID and ASID-D8.
@@ -49,6 +53,10 @@ PARITY_SHAPES = ((2, 3, 37, 50), (1, 3, 64, 48), (1, 3, 7, 5))
 TIMING_SIZE = 128
 #: Default ONNX opset.
 DEFAULT_OPSET = 17
+#: The lowest opset ASID exports to: opsets 9 and 10 can only pad by constant sizes, and the
+#: padding to a window multiple depends on the input's size (measured with torch 2.14: opsets
+#: 11 to 17 give the same model, max |ONNX Runtime - PyTorch| 4e-7).
+MIN_OPSET = 11
 #: ONNX metadata keys written with the model (read back by ``basicsr infer --onnx``).
 METADATA_PREFIX = 'asid.'
 
@@ -101,32 +109,39 @@ def metadata(net):
         ('value_range', ','.join(map(str, net.value_range))), ('io', 'rgb [0, 1], NCHW float32'))}
 
 
-def export_onnx(net, path, opset=DEFAULT_OPSET, fp16=False):
-    """Write ``net`` (an ASID) to ``path`` as ONNX with dynamic batch, height and width."""
+def onnx_bytes(net, opset=DEFAULT_OPSET, fp16=False):
+    """``net`` (an ASID) as an ONNX model with dynamic batch, height and width, and its metadata."""
     import onnx
 
     wrapper = ExportWrapper(net.eval(), fp16=fp16).eval()
     example = torch.rand(1, 3, 32, 32)
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter('ignore')  # the tracer's notes about shape arithmetic: what we want traced
-        torch.onnx.export(wrapper, (example, ), path, dynamo=False, opset_version=opset, input_names=['input'],
+        torch.onnx.export(wrapper, (example, ), buffer, dynamo=False, opset_version=opset, input_names=['input'],
                           output_names=['output'], dynamic_axes={'input': {0: 'batch', 2: 'height', 3: 'width'},
                                                                  'output': {0: 'batch', 2: 'height_s', 3: 'width_s'}})
-    model = onnx.load(path)
+    model = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata(net).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(model, path)
+    return model.SerializeToString()
+
+
+def export_onnx(net, path, opset=DEFAULT_OPSET, fp16=False):
+    """Write ``net`` (an ASID) to ``path`` as ONNX (:func:`onnx_bytes`), atomically; returns ``path``."""
+    write_file(path, onnx_bytes(net, opset=opset, fp16=fp16))
     return path
 
 
-def session(path):
-    """An ONNX Runtime session on the CPU."""
+def session(model):
+    """An ONNX Runtime session on the CPU, of an ONNX file or of its bytes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(os.fspath(path), options, providers=['CPUExecutionProvider'])
+    model = model if isinstance(model, bytes) else os.fspath(model)
+    return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
 
 
 def parity(net, sess, shapes=PARITY_SHAPES, seed=0):
@@ -195,6 +210,9 @@ def cmd_export(args):
     except ImportError as e:
         raise CommandError(f"{e.name} is not installed: pip install 'asid-basicsr[export]' (or -e '.[export]')") \
             from None
+    if args.opset < MIN_OPSET:  # before exporting: the exporter would print its whole graph, then fail
+        raise CommandError(f'--opset {args.opset}: ASID exports to ONNX opset {MIN_OPSET} or later (its padding '
+                           f'to a window multiple depends on the input size); the default is {DEFAULT_OPSET}')
     if os.path.exists(args.output) and not args.overwrite:
         raise CommandError(f'{args.output} exists (use --overwrite to replace it)')
     if os.path.isdir(args.output):
@@ -210,10 +228,9 @@ def cmd_export(args):
           f'{", fp16" if args.fp16 else ""})')
     folder = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(args.output)}.part{os.getpid()}')
     try:
-        export_onnx(net, tmp, opset=args.opset, fp16=args.fp16)
-        sess = session(tmp)
+        model = onnx_bytes(net, opset=args.opset, fp16=args.fp16)
+        sess = session(model)
         tolerance = FP16_TOLERANCE if args.fp16 else TOLERANCE
         results = parity(net, sess)
         for shape, diff in results:
@@ -226,14 +243,11 @@ def cmd_export(args):
         ort_s, torch_s = cpu_times(net, sess)
         print(f'cpu time {TIMING_SIZE}x{TIMING_SIZE}: onnxruntime {ort_s * 1000:.1f} ms, '
               f'pytorch {torch_s * 1000:.1f} ms')
-        os.replace(tmp, args.output)
+        write_file(args.output, model)  # only a model that passed the check, whole or not at all
+    except OSError as e:
+        raise CommandError(f'cannot write {args.output}: {e.strerror or e}') from None
     except Exception as e:
-        if isinstance(e, CommandError):
-            raise
         first = str(e).strip().splitlines()
         raise CommandError(f'export failed: {type(e).__name__}: {first[0] if first else ""}') from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     print(f'wrote {args.output} (max |diff| {worst:.3g} <= {tolerance:g})')
     return 0

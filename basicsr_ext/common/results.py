@@ -6,11 +6,13 @@ option files), so every validation says how far the network is above the papers'
 row; at the end of ``basicsr test`` it writes the table of all sets as Markdown and CSV.
 """
 import csv
+import io
 import os
 
 from basicsr.metrics import calculate_metric
 from basicsr.utils import tensor2img
 
+from basicsr_ext.common.files import write_file
 from basicsr_ext.common.images import bicubic_upscale
 
 
@@ -61,15 +63,15 @@ def markdown_table(rows, network, metrics):
 
 
 def write_tables(folder, title, rows, network, metrics):
-    """``results.md`` (title and table) and ``results.csv`` in ``folder``; returns their paths."""
+    """``results.md`` (title and table) and ``results.csv`` in ``folder``, each written atomically; their paths."""
     os.makedirs(folder, exist_ok=True)
     md_path, csv_path = os.path.join(folder, 'results.md'), os.path.join(folder, 'results.csv')
-    with open(md_path, 'w', encoding='utf-8') as f:
-        f.write(f'{title}\n\n{markdown_table(rows, network, metrics)}\n')
-    with open(csv_path, 'w', newline='', encoding='utf-8') as f:
-        writer = csv.writer(f)
-        writer.writerow(['set', 'images'] + [f'{who}_{name}' for name in metrics for who in (network, 'bicubic')])
-        for row in rows:
-            writer.writerow([row['set'], row['images']] + [f'{row[who][name]:.6f}' for name in metrics
-                                                           for who in ('network', 'bicubic')])
+    write_file(md_path, f'{title}\n\n{markdown_table(rows, network, metrics)}\n'.encode('utf-8'))
+    table = io.StringIO(newline='')
+    writer = csv.writer(table)
+    writer.writerow(['set', 'images'] + [f'{who}_{name}' for name in metrics for who in (network, 'bicubic')])
+    for row in rows:
+        writer.writerow([row['set'], row['images']] + [f'{row[who][name]:.6f}' for name in metrics
+                                                       for who in ('network', 'bicubic')])
+    write_file(csv_path, table.getvalue().encode('utf-8'))
     return md_path, csv_path
