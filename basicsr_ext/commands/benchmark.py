@@ -345,6 +345,37 @@ def bench_training(args, device, log):
 # ----------------------------------------------------------------------------------------
 # output
 # ----------------------------------------------------------------------------------------
+def bench_stop_check(device, repeat, log):
+    """Microseconds the ranks of a DDP run spend each iteration agreeing whether to stop on a signal
+    (:meth:`basicsr_ext.patches.runs.StopOnSignal.agreed`); run under torchrun. Returns 0."""
+    import torch.distributed as dist
+
+    from basicsr_ext.patches.runs import StopOnSignal
+    if 'RANK' not in os.environ:
+        raise SystemExit('--stop-check measures ranks: torchrun --nproc_per_node=2 -m basicsr_ext benchmark '
+                         '--stop-check')
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    if device.type == 'cuda':
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    dist.init_process_group(backend)
+    opt = {'dist': True}
+    stop = StopOnSignal()
+    stop.join_ranks(opt)
+    times = []
+    for i in range(repeat + 100):  # the first 100: warm-up
+        start = time.perf_counter()
+        stop.agreed(opt)
+        if i >= 100:
+            times.append(time.perf_counter() - start)
+    if dist.get_rank() == 0:
+        times.sort()
+        log(f'stop check, {dist.get_world_size()} ranks ({backend} training, agreement over gloo), {repeat} '
+            f'iterations: median {statistics.median(times) * 1e6:.0f} us, 99th percentile '
+            f'{times[int(len(times) * 0.99)] * 1e6:.0f} us per iteration')
+    dist.destroy_process_group()
+    return 0
+
+
 def _fmt(value, spec):
     return '-' if value is None else format(value, spec)
 
@@ -408,6 +439,8 @@ def add_parser(commands, train_command=None):
                    help=f'write a torch profiler table of {PROFILED_ITERS} iterations (before the timed ones) of '
                         f'each training run to PREFIX.<path>.txt (needs --train-warmup >= {PROFILED_ITERS + 10})')
     p.add_argument('--json', default=None, metavar='FILE', help='also write the figures as JSON')
+    p.add_argument('--stop-check', action='store_true',
+                   help='only: the time DDP ranks spend each iteration agreeing on a stop (run under torchrun)')
     p.set_defaults(func=run, train_command=train_command)
 
 
@@ -422,6 +455,8 @@ def run(args):
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if args.stop_check:
+        return bench_stop_check(device, args.repeat if args.repeat and args.repeat > 50 else 2000, log)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
     result = {'device': name, 'torch': torch.__version__, 'inference': bench_inference(args, device, log)}
     if args.large:

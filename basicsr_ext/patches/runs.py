@@ -28,9 +28,9 @@ number over a gloo group, so all ranks stop after the same iteration even when o
 signalled, and rank 0 writes the one state. Every iteration, because a stop checked only every
 ``print_freq`` iterations could come after slurm's grace period (30 s by default); gloo, because
 it is a CPU all-reduce of one number that never waits for the GPU (NCCL would need a
-device-to-host copy, a stream sync, every iteration). It costs tens of microseconds on one host
-(``basicsr benchmark``-style figures: docs/long-runs.md), against BasicSR's pace of tens of
-milliseconds an iteration.
+device-to-host copy, a stream sync, every iteration). ``torchrun --nproc_per_node=2 -m basicsr_ext
+benchmark --stop-check`` measures it: figures in docs/long-runs.md, against BasicSR's pace of
+tens of milliseconds an iteration.
 """
 import datetime
 import fcntl
@@ -181,9 +181,7 @@ class StopOnSignal:
     def install(self, opt):
         """Note the signals from now on, in the main thread; under DDP, make the group to agree over
         (every rank calls this at the same point: BasicSR builds the model on every rank)."""
-        if opt.get('dist'):
-            import torch.distributed as dist
-            self.group = None if dist.get_backend() == 'gloo' else dist.new_group(backend='gloo')
+        self.join_ranks(opt)
         if threading.current_thread() is not threading.main_thread() or self.previous is not None:
             return
         self.previous = {s: signal.signal(s, self._note) for s in SIGNALS}
@@ -192,6 +190,12 @@ class StopOnSignal:
         self.receiver = threading.Thread(target=self.done.wait, name='basicsr-signal-receiver', daemon=True)
         self.receiver.start()
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+    def join_ranks(self, opt):
+        """Under DDP, the group the ranks agree over: gloo's default group, or a gloo group beside NCCL."""
+        if opt.get('dist'):
+            import torch.distributed as dist
+            self.group = None if dist.get_backend() == 'gloo' else dist.new_group(backend='gloo')
 
     def restore(self):
         """Undo :meth:`install`; a signal noted and not acted on is then delivered as before."""
