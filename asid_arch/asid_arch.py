@@ -653,11 +653,18 @@ class ASID(nn.Module):
             feat = getattr(self, f'block{i}')(feat, maps)
         return self.up(self.output(feat) + shallow)
 
+    def to_network_range(self, x):
+        """[0, 1] data -> the range the network computes in (``value_range``)."""
+        return x * 2 - 1 if self.value_range[0] == -1 else x
+
+    def from_network_range(self, out):
+        """The inverse of :meth:`to_network_range`."""
+        return (out + 1) / 2 if self.value_range[0] == -1 else out
+
     def forward(self, x):
         self.check_input(x)
         h, w = x.shape[-2:]
-        if self.value_range[0] == -1:
-            x = x * 2 - 1
+        x = self.to_network_range(x)
         ph, pw = self.padded_size(h, w)
         if (ph, pw) != (h, w):
             x = F.pad(x, (0, pw - w, 0, ph - h))
@@ -665,9 +672,7 @@ class ASID(nn.Module):
         out = self.body(x)
 
         s = self.upscale
-        out = out[:, :, :h * s, :w * s]
-        if self.value_range[0] == -1:
-            out = (out + 1) / 2
+        out = self.from_network_range(out[:, :, :h * s, :w * s])
         return out.to(x.dtype)  # the input's dtype, also under torch.autocast
 
 

@@ -34,9 +34,10 @@ METADATA_PREFIX = 'asid.'
 class ExportWrapper(nn.Module):
     """``ASID.forward`` for the exporter: [0, 1] RGB in, [0, 1] RGB out, any size.
 
-    Computes the same function as ``net(x)`` (checked by :func:`parity`); the
-    padded size ``max(min_size, ceil(h / w) * w)`` is computed with tensors so that it stays
-    a function of the input's shape in the traced graph.
+    Computes the same function as ``net(x)`` (checked by :func:`parity`), with the network's own
+    value mapping and body; only the padded size ``max(min_size, ceil(h / w) * w)``
+    (:meth:`~asid_arch.asid_arch.ASID.padded_size`) is computed here, with tensors, so that it
+    stays a function of the input's shape in the traced graph.
 
     Args:
         net (ASID): the network (eval mode).
@@ -56,8 +57,7 @@ class ExportWrapper(nn.Module):
     def forward(self, x):
         net = self.net
         h, w = x.shape[-2], x.shape[-1]
-        if net.value_range[0] == -1:
-            x = x * 2 - 1
+        x = net.to_network_range(x)
         pad_h, pad_w = self._padded(h), self._padded(w)
         zero = torch.zeros_like(pad_h)
         x = F.pad(x, [zero, pad_w, zero, pad_h])
@@ -65,10 +65,7 @@ class ExportWrapper(nn.Module):
             x = x.half()
         out = net.body(x).float()
         s = net.upscale
-        out = out[:, :, :h * s, :w * s]
-        if net.value_range[0] == -1:
-            out = (out + 1) / 2
-        return out
+        return net.from_network_range(out[:, :, :h * s, :w * s])
 
 
 def metadata(net):
