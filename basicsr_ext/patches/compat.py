@@ -15,7 +15,7 @@ import types
 
 import torch
 
-from basicsr_ext.patches import runs, safety
+from basicsr_ext.patches import pipeline, runs, safety
 
 APPLIED = []
 
@@ -183,8 +183,8 @@ IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: resuming, logging, --force_yml) come last.
 BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, safety.patch_resume,
                    safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
-                   safety.patch_force_yml_values, patch_eta_off_by_one, patch_validate_bare_network,
-                   runs.patch_train_lock_and_signals)
+                   safety.patch_force_yml_values, patch_eta_off_by_one, pipeline.patch_quiet_terminal,
+                   patch_validate_bare_network, runs.patch_train_lock_and_signals)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()

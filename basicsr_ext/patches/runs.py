@@ -5,9 +5,11 @@ Patches of BasicSR 1.4.2's ``basicsr.train`` in the style of :mod:`basicsr_ext.p
 SRModel as well as ASIDModel. ``train_pipeline`` is upstream code with no hook of its own; it
 calls its helpers through ``basicsr.train``'s module globals, and those are what is wrapped:
 
-* ``parse_options``: after it, rank 0 takes the experiment's lock (:class:`ExperimentLock`),
-  before ``make_exp_dirs`` could move the folder of a live run aside, and removes what killed
-  saves left in the folder (:func:`basicsr_ext.common.files.remove_temporaries`).
+* ``load_resume_state``, the first thing after the options are parsed: before it, rank 0 takes
+  the experiment's lock (:class:`ExperimentLock`), so before ``make_exp_dirs`` could move the
+  folder of a live run aside, and removes what killed saves left in the folder
+  (:func:`basicsr_ext.common.files.remove_temporaries`). (Not ``parse_options``: ``basicsr
+  train`` hands its checked options over in its place, :mod:`basicsr_ext.patches.pipeline`.)
 * ``build_model``: the model's ``optimize_parameters`` is followed by :meth:`StopOnSignal.check`.
   That is the one point of the loop where an iteration is complete (learning rate stepped,
   weights updated) and the next has not begun, so a state saved there is exactly the one the
@@ -227,7 +229,7 @@ class StopOnSignal:
 
     def stop(self, model, current_iter, signum):
         from basicsr.utils import get_root_logger
-        from basicsr_ext.patches.safety import RunError
+        from basicsr_ext.common.checkpoints import RunError
         opt = model.opt
         name = signal.Signals(signum).name
         logger = get_root_logger()
@@ -263,16 +265,15 @@ def patch_train_lock_and_signals():
     if getattr(train.train_pipeline, '_stops_on_signals', False):
         return False
     upstream = {name: getattr(train, name) for name in
-                ('parse_options', 'build_model', 'create_train_val_dataloader', 'train_pipeline')}
+                ('load_resume_state', 'build_model', 'create_train_val_dataloader', 'train_pipeline')}
 
-    @functools.wraps(upstream['parse_options'])
-    def parse_options(root_path, is_train=True):
-        opt, args = upstream['parse_options'](root_path, is_train=is_train)
-        if is_train and opt['rank'] == 0:
+    @functools.wraps(upstream['load_resume_state'])
+    def load_resume_state(opt):
+        if opt['rank'] == 0:
             RUN['lock'] = ExperimentLock(lock_path(opt), opt['name']).acquire()
             for path in remove_killed_saves(opt['path']['experiments_root']):
                 print(f'basicsr train: removed {path}, left by a save that was killed', file=sys.stderr)
-        return opt, args
+        return upstream['load_resume_state'](opt)
 
     @functools.wraps(upstream['create_train_val_dataloader'])
     def create_train_val_dataloader(opt, logger):
@@ -306,7 +307,7 @@ def patch_train_lock_and_signals():
                 RUN['lock'] = None
 
     train_pipeline._stops_on_signals = True
-    train.parse_options = parse_options
+    train.load_resume_state = load_resume_state
     train.create_train_val_dataloader = create_train_val_dataloader
     train.build_model = build_model
     train.train_pipeline = train_pipeline
