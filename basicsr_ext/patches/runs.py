@@ -43,6 +43,7 @@ import signal
 import socket
 import sys
 import threading
+import weakref
 
 from basicsr_ext.common.errors import CommandError
 from basicsr_ext.common.files import pid_alive, remove_temporaries
@@ -284,12 +285,12 @@ def patch_train_lock_and_signals():
     @functools.wraps(upstream['build_model'])
     def build_model(opt):
         model = upstream['build_model'](opt)
-        optimize_parameters = model.optimize_parameters
-        stop = RUN['stop']
+        optimize_parameters = model.optimize_parameters.__func__  # the model's own, unbound
+        stop, this = RUN['stop'], weakref.ref(model)  # (no cycle: the model goes when the run ends)
 
         def optimize_then_check(current_iter):
-            optimize_parameters(current_iter)
-            stop.check(model, current_iter)
+            optimize_parameters(this(), current_iter)
+            stop.check(this(), current_iter)
 
         model.optimize_parameters = optimize_then_check
         stop.install(opt)  # before the loop starts the loader workers: they inherit the blocked signals
@@ -302,6 +303,8 @@ def patch_train_lock_and_signals():
             return upstream['train_pipeline'](root_path)
         finally:
             RUN['stop'].restore()
+            RUN['stop'].sampler = None  # it holds the data set (and its open LMDBs): not beyond the run
+            RUN['stop'] = None
             if RUN['lock'] is not None:
                 RUN['lock'].release()
                 RUN['lock'] = None
