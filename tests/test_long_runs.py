@@ -167,8 +167,10 @@ def test_signal_to_one_ddp_rank_stops_every_rank_after_the_same_iteration_with_o
     assert os.listdir(tmp_path / 'experiments/ddps/models') == [f'net_g_{iteration}.pth']
     assert torch.load(tmp_path / stopped[0][1], weights_only=True)['iter'] == iteration
     assert 'exited unexpectedly' not in run.stderr  # the loader workers were not killed
-    # both ranks exited with 128 + SIGTERM (torchrun's report of its workers)
-    assert len(re.findall(r'exitcode\s*: 143 ', run.stderr)) == 2, run.stderr[-3000:]
+    # torchrun's report of its workers: each exited with 128 + SIGTERM, or, when the other left first,
+    # was ended by torchrun's own SIGTERM on its way out (after the save: the ranks leave after it)
+    codes = re.findall(r'exitcode\s*: (-?\d+) ', run.stderr)
+    assert len(codes) == 2 and '143' in codes and set(codes) <= {'143', '-15'}, run.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------------------

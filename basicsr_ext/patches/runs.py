@@ -201,7 +201,8 @@ class StopOnSignal:
             self.group = None if dist.get_backend() == 'gloo' else dist.new_group(backend='gloo')
 
     def restore(self):
-        """Undo :meth:`install`; a signal noted and not acted on is then delivered as before."""
+        """Undo :meth:`install`. A signal noted after the last iteration (during the final save and
+        validation) is not acted on: the run has ended as it would have."""
         if self.previous is None:
             return
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
@@ -270,7 +271,7 @@ def patch_train_lock_and_signals():
 
     @functools.wraps(upstream['load_resume_state'])
     def load_resume_state(opt):
-        if opt['rank'] == 0:
+        if RUN['stop'] is not None and opt['rank'] == 0:  # in a train_pipeline
             RUN['lock'] = ExperimentLock(lock_path(opt), opt['name']).acquire()
             for path in remove_killed_saves(opt['path']['experiments_root']):
                 print(f'basicsr train: removed {path}, left by a save that was killed', file=sys.stderr)
