@@ -12,10 +12,12 @@ import sys
 
 import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
 from basicsr_ext.commands import benchmark, export, infer, prepare  # noqa: F401  (models: ASIDModel)
-from basicsr_ext.training import models
+from basicsr_ext.training import data, models  # noqa: F401  (register InMemoryPairedImageDataset, ASIDModel)
 from basicsr_ext.patches import testsets
+from basicsr_ext.common.datacheck import DataError
 from basicsr_ext.common.errors import CommandError
 from basicsr_ext.common.options import OptionError, load_and_check
+from basicsr_ext.common.resources import NoRoomError
 from basicsr_ext.patches.safety import RunError
 
 
@@ -92,7 +94,9 @@ def _run_pipeline(args, is_train):
     _fresh_basicsr_logger()
     try:
         pipeline(os.getcwd())
-    except RunError as e:  # a failed save, nothing to resume from, an unusable checkpoint: one line
+    except (RunError, DataError, NoRoomError) as e:
+        # a failed save, nothing to resume from, an unusable checkpoint, an image that does not
+        # decode, decoded images that would not fit: one line
         print(f'basicsr {args.command}: error: {e}', file=sys.stderr)
         return 1
     return 0
