@@ -31,6 +31,9 @@ from basicsr_ext.common import resources
 from basicsr_ext.common.datacheck import IN_MEMORY_ALTERNATIVES, DataError, decoded_sizes, paired_paths
 
 
+#: Decoding progress is logged every tenth of the pairs, but not more often than every this many.
+PROGRESS_EVERY = 500
+
 
 class DecodedImages:
     """Images of one set, decoded into one shared uint8 buffer; ``images[i]`` is a read-only HWC view.
@@ -144,11 +147,12 @@ class InMemoryPairedImageDataset(data.Dataset):
                 raise DataError(f'{path}: not a readable image (unknown format or corrupt)')
             getattr(self, key).put(index, img, path)
 
-        start, step = time.perf_counter(), max(1, len(jobs) // 10)
+        start, step = time.perf_counter(), max(PROGRESS_EVERY, -(-len(self.paths) // 10))
         with ThreadPoolExecutor(max(1, threads)) as pool:
             for done, _ in enumerate(pool.map(decode, jobs), 1):
-                if done % step == 0 or done == len(jobs):
-                    logger.info(f'{name}: decoded {done // 2}/{len(self.paths)} pairs '
+                pairs = done // 2
+                if done % 2 == 0 and (pairs % step == 0 or pairs == len(self.paths)):
+                    logger.info(f'{name}: decoded {pairs}/{len(self.paths)} pairs '
                                 f'({time.perf_counter() - start:.1f} s)')
 
     def __getitem__(self, index):
