@@ -22,10 +22,19 @@ is BasicSR's ``SRModel``, ``compile`` ASIDModel with ``train: compile: true`` (o
 step is one CUDA graph), ``compile bf16`` the same under bf16 autocast (GPU only); it reports
 iterations/s between ``--train-warmup`` and the last iteration. ``--large`` measures a
 960x540 -> 3840x2160 frame through :class:`asid_arch.ASIDUpsampler` (whole image or tiles).
+
+``--data`` measures the training data sets instead, on the same pairs (``--data-gt/--data-lq``,
+default: generated 480 px pairs like DIV2K's sub-images): BasicSR's ``PairedImageDataset``
+reading PNG files, the same from an LMDB made of them in a temporary folder (BasicSR's
+``make_lmdb_from_imgs``), and ``InMemoryPairedImageDataset``; samples/s of one process calling
+the data set (what one loader worker delivers), and with ``--data-workers N`` through a
+DataLoader of N workers, side by side in one table.
 """
+import contextlib
 import copy
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -36,6 +45,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from asid_arch import ASID, ASIDUpsampler
+from basicsr_ext.common import resources
+from basicsr_ext.common.errors import CommandError
 
 
 class SwinIRLight(torch.nn.Module):
@@ -343,6 +354,113 @@ def bench_training(args, device, log):
 
 
 # ----------------------------------------------------------------------------------------
+# training data sets: --data
+# ----------------------------------------------------------------------------------------
+#: The data sets ``--data`` compares: (label, dataset type, io backend).
+DATA_SETS = (('disk', 'PairedImageDataset', 'disk'), ('lmdb', 'PairedImageDataset', 'lmdb'),
+             ('memory', 'InMemoryPairedImageDataset', 'disk'))
+
+
+def make_data_lmdbs(gt_dir, lq_dir, workdir):
+    """LMDBs of the pairs of ``gt_dir``/``lq_dir`` (keyed by the HR names, as BasicSR's tools do)."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    from basicsr_ext.common.datacheck import paired_paths
+    pairs = paired_paths({'dataroot_gt': gt_dir, 'dataroot_lq': lq_dir})
+    keys = [os.path.splitext(os.path.basename(p['gt_path']))[0] for p in pairs]
+    lmdbs = []
+    for folder, key in ((gt_dir, 'gt_path'), (lq_dir, 'lq_path')):
+        files = [os.path.relpath(p[key], folder) for p in pairs]
+        size = sum(os.path.getsize(p[key]) for p in pairs)
+        lmdb_path = os.path.join(workdir, f'{"HR" if key == "gt_path" else "LR"}.lmdb')
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            make_lmdb_from_imgs(folder, lmdb_path, files, keys, map_size=size * 10 + (64 << 20))
+        lmdbs.append(lmdb_path)
+    return lmdbs
+
+
+def samples_per_second(dataset, samples, seed=0):
+    """Samples/s of ``dataset[i]`` for ``samples`` random indices, in this process (after 3 untimed)."""
+    import random
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, len(dataset), samples + 3)
+    random.seed(seed)
+    for i in indices[:3]:
+        dataset[int(i)]
+    t0 = time.perf_counter()
+    for i in indices[3:]:
+        dataset[int(i)]
+    return samples / (time.perf_counter() - t0)
+
+
+def loader_samples_per_second(dataset, workers, samples, batch=16):
+    """Samples/s through a DataLoader of ``workers`` processes, from its second batch on."""
+    from torch.utils.data import DataLoader, RandomSampler
+    sampler = RandomSampler(dataset, replacement=True, num_samples=samples + batch)
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True)
+    batches = iter(loader)
+    next(batches)  # the workers have started
+    t0, count = time.perf_counter(), 0
+    for item in batches:
+        count += item['gt'].shape[0]
+    return count / (time.perf_counter() - t0)
+
+
+def bench_data(args, log):
+    """One row per data set of :data:`DATA_SETS` on the same pairs: build time, samples/s."""
+    from basicsr.data import build_dataset
+
+    from basicsr_ext.training import data  # noqa: F401  (registers InMemoryPairedImageDataset)
+    workdir = tempfile.mkdtemp(prefix='asid_data_bench_')
+    try:
+        if args.data_gt:
+            gt_dir, lq_dir = args.data_gt, args.data_lq
+        else:
+            make_train_data(os.path.join(workdir, 'pairs'), count=args.data_count, hr_size=480, scale=args.data_scale)
+            gt_dir, lq_dir = os.path.join(workdir, 'pairs', 'HR'), os.path.join(workdir, 'pairs', 'LR')
+        log(f'data: LMDBs of {gt_dir} and {lq_dir} in {workdir}')
+        lmdb_gt, lmdb_lq = make_data_lmdbs(gt_dir, lq_dir, workdir)
+        rows = []
+        for label, kind, backend in DATA_SETS:
+            roots = (lmdb_gt, lmdb_lq) if backend == 'lmdb' else (gt_dir, lq_dir)
+            opt = {'name': label, 'type': kind, 'dataroot_gt': roots[0], 'dataroot_lq': roots[1],
+                   'io_backend': {'type': backend}, 'gt_size': args.data_patch, 'use_hflip': True, 'use_rot': True,
+                   'scale': args.data_scale, 'phase': 'train'}
+            t0 = time.perf_counter()
+            dataset = build_dataset(opt)
+            built = time.perf_counter() - t0
+            row = {'dataset': kind, 'backend': backend, 'pairs': len(dataset), 'build_s': built,
+                   'samples_per_s': samples_per_second(dataset, args.data_samples),
+                   'memory_gb': dataset.nbytes / 1e9 if hasattr(dataset, 'nbytes') else None, 'loaders': []}
+            log(f'data {kind} ({backend}): built in {built:.2f} s, {row["samples_per_s"]:.1f} samples/s in one process')
+            for workers in args.data_workers:
+                rate = loader_samples_per_second(dataset, workers, args.data_samples)
+                row['loaders'].append({'workers': workers, 'samples_per_s': rate,
+                                       'per_worker': rate / workers if workers else None})
+                log(f'data {kind} ({backend}): {rate:.1f} samples/s through a DataLoader of {workers} workers')
+            rows.append(row)
+            del dataset
+        return {'gt': args.data_gt or f'{args.data_count} generated 480 px images', 'lq': lq_dir, 'scale': args.data_scale, 'gt_size': args.data_patch,
+                'samples': args.data_samples, 'rows': rows}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_data_table(data, out):
+    rows = data['rows']
+    print(f'\ntraining data, x{data["scale"]}, HR patch {data["gt_size"]}, flips and rotations, {rows[0]["pairs"]} '
+          f'pairs of {data["gt"]}: samples/s ({data["samples"]} samples)', file=out)
+    loaders = [f'{lo["workers"]} workers (each)' for lo in rows[0]['loaders']]
+    print(f'{"dataset":<27} {"backend":<7} {"build s":>8} {"1 process":>10} {"vs disk":>8} {"memory GB":>10}'
+          + ''.join(f' {h:>22}' for h in loaders), file=out)
+    disk = rows[0]['samples_per_s']
+    for r in rows:
+        cells = ''.join(f' {lo["samples_per_s"]:>10.1f} ({_fmt(lo["per_worker"], ".1f"):>8})' for lo in r['loaders'])
+        print(f'{r["dataset"]:<27} {r["backend"]:<7} {r["build_s"]:>8.2f} {r["samples_per_s"]:>10.1f} '
+              f'{r["samples_per_s"] / disk:>7.2f}x {_fmt(r["memory_gb"], ".3f"):>10}{cells}', file=out)
+
+
+# ----------------------------------------------------------------------------------------
 # output
 # ----------------------------------------------------------------------------------------
 def _fmt(value, spec):
@@ -352,7 +470,9 @@ def _fmt(value, spec):
 def print_tables(result, out=None):
     out = out or sys.stdout
     print(f'\ndevice: {result["device"]}, torch {result["torch"]}', file=out)
-    rows = result['inference']
+    if result.get('data'):
+        print_data_table(result['data'], out)
+    rows = result.get('inference')
     if rows:
         print(f'\ninference, x4, {rows[0]["input"]} -> {rows[0]["output"]}, fp32 input; ms: one call, '
               f'ms/frame: one call / batch', file=out)
@@ -407,6 +527,16 @@ def add_parser(commands, train_command=None):
     p.add_argument('--train-profile', default=None, metavar='PREFIX',
                    help=f'write a torch profiler table of {PROFILED_ITERS} iterations (before the timed ones) of '
                         f'each training run to PREFIX.<path>.txt (needs --train-warmup >= {PROFILED_ITERS + 10})')
+    p.add_argument('--data', action='store_true',
+                   help='measure the training data sets instead (disk, LMDB, in memory: samples/s on the same pairs)')
+    p.add_argument('--data-gt', default=None, metavar='DIR', help='HR folder (default: generated 480 px pairs)')
+    p.add_argument('--data-lq', default=None, metavar='DIR', help='LR folder, with --data-gt')
+    p.add_argument('--data-scale', type=int, default=4, help='default: 4')
+    p.add_argument('--data-patch', type=int, default=256, help="HR patch, gt_size (default: 256, the recipe's)")
+    p.add_argument('--data-count', type=int, default=32, help='pairs generated without --data-gt (default: 32)')
+    p.add_argument('--data-samples', type=int, default=400, help='samples timed per measurement (default: 400)')
+    p.add_argument('--data-workers', type=int, nargs='*', default=[], metavar='N',
+                   help='also through a DataLoader of N workers, batch 16 (e.g. --data-workers 1 4)')
     p.add_argument('--json', default=None, metavar='FILE', help='also write the figures as JSON')
     p.set_defaults(func=run, train_command=train_command)
 
@@ -423,6 +553,19 @@ def run(args):
         print(msg, file=sys.stderr, flush=True)
 
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
+    if args.data:
+        if bool(args.data_gt) != bool(args.data_lq):
+            raise CommandError('--data-gt and --data-lq go together')
+        for folder in filter(None, (args.data_gt, args.data_lq)):
+            if not os.path.isdir(folder):
+                raise CommandError(f'{folder}: no such folder')
+        name = f'CPU ({resources.usable_cores()} usable cores)'
+        result = {'device': name, 'torch': torch.__version__, 'data': bench_data(args, log)}
+        print_tables(result)
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(result, f, indent=2)
+        return 0
     result = {'device': name, 'torch': torch.__version__, 'inference': bench_inference(args, device, log)}
     if args.large:
         result['large'] = bench_large(device, log)
