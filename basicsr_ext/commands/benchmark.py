@@ -394,9 +394,10 @@ def samples_per_second(dataset, samples, seed=0):
 
 
 def loader_samples_per_second(dataset, workers, samples, batch=16):
-    """Samples/s through a DataLoader of ``workers`` processes, from its second batch on."""
+    """Samples/s through a DataLoader of ``workers`` processes, from its second batch on (at least
+    ``samples``, whole batches)."""
     from torch.utils.data import DataLoader, RandomSampler
-    sampler = RandomSampler(dataset, replacement=True, num_samples=samples + batch)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=(-(-samples // batch) + 1) * batch)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True)
     batches = iter(loader)
     next(batches)  # the workers have started
