@@ -18,6 +18,7 @@ from basicsr.data import build_dataloader, build_dataset, worker_init_fn
 
 from basicsr_ext.commands.cli import main
 from basicsr_ext.common import resources
+from basicsr_ext.patches import compat
 from basicsr_ext.common.datacheck import DataError
 from basicsr_ext.common.options import OptionError, load_and_check
 from basicsr_ext.commands.prepare import make_lmdb
@@ -154,8 +155,8 @@ def test_memory_is_logged_before_decoding_and_progress_while_decoding(pairs, bas
     dataset = build_dataset(dataset_options(pairs))
     lines = basicsr_log
     first = next(i for i, line in enumerate(lines) if 'InMemoryPairedImageDataset pairs' in line)
-    assert re.search(r'5 pairs take [\d.e-]+ GB decoded per process \(HR [\d.e-]+ GB \+ LR [\d.e-]+ GB\); '
-                     r'MemAvailable [\d.]+ GB', lines[first])
+    assert re.search(r'5 pairs take 0.0794 MB decoded per process \(HR 0.0747 MB \+ LR 0.00467 MB\); '
+                     r'MemAvailable [\d.]+ [GM]B', lines[first])
     progress = [line.split(' (')[0] for line in lines[first + 1:] if 'decoded' in line and '/5 pairs' in line]
     assert progress == ['pairs: decoded 2/5 pairs', 'pairs: decoded 4/5 pairs', 'pairs: decoded 5/5 pairs']
     assert len(dataset) == 5
@@ -166,14 +167,14 @@ def test_refuses_in_one_line_naming_the_figures_and_the_alternatives_when_it_wou
     with pytest.raises(resources.NoRoomError) as e:
         InMemoryPairedImageDataset(dataset_options(pairs))
     message = str(e.value)
-    assert '\n' not in message and 'needs 7.94e-05 GB of memory on this host' in message
-    assert '5e-05 GB available (MemAvailable)' in message and 'PairedImageDataset' in message and 'LMDB' in message
+    assert '\n' not in message and 'needs 0.0794 MB of memory on this host' in message
+    assert '0.05 MB available (MemAvailable)' in message and 'PairedImageDataset' in message and 'LMDB' in message
     # per host: under DDP each rank of this host decodes its own copy
     monkeypatch.setattr(resources, 'available_memory', lambda: 10**9)
     monkeypatch.setattr(resources, 'shared_memory_free', lambda path='/dev/shm': 100_000)
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
-    with pytest.raises(resources.NoRoomError, match=r'needs 0.000124 GB of shared memory on this host \(2 '
-                                                    r'processes x 6.22e-05 GB\), but /dev/shm has 0.0001 GB free'):
+    with pytest.raises(resources.NoRoomError, match=r'needs 0.124 MB of shared memory on this host \(2 '
+                                                    r'processes x 0.0622 MB\), but /dev/shm has 0.1 MB free'):
         resources.check_fits(62_208, resources.ranks_on_host(), 'x', 'y')
 
 
@@ -225,9 +226,11 @@ def test_build_dataloader_resolves_auto_to_the_hosts_share_and_logs_it(pairs, mo
     loader_opt = dict(dataset_options(pairs), num_worker_per_gpu='auto', batch_size_per_gpu=2,
                       persistent_workers=True)
     assert build_dataloader(dataset, loader_opt, num_gpu=0).num_workers == 8
-    assert 'num_worker_per_gpu: auto -> 8 (9 usable cores, 1 GPU on this host, at most 16 each)' in basicsr_log
+    assert 'patch_auto_workers' in compat.APPLIED
+    assert 'num_worker_per_gpu: auto -> 8 (9 usable cores, one training process, at most 16 each)' in basicsr_log
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')  # torchrun: 4 ranks on this host
     assert build_dataloader(dataset, loader_opt, num_gpu=1, dist=True).num_workers == 1
+    assert 'num_worker_per_gpu: auto -> 1 (9 usable cores, 4 ranks on this host, at most 16 each)' in basicsr_log
     monkeypatch.setattr(resources, 'usable_cores', lambda: 1)
     loader = build_dataloader(dataset, loader_opt, num_gpu=0)
     assert loader.num_workers == 0 and not loader.persistent_workers  # which the DataLoader refuses without workers

@@ -79,8 +79,8 @@ def shared_memory_free(path='/dev/shm'):
 
 
 def gb(n):
-    """Bytes as GB with three significant figures (``23.6 GB``, ``0.0123 GB``)."""
-    return f'{n / 1e9:.3g} GB'
+    """Bytes with three significant figures, in GB from 1 GB on (``23.6 GB``), else MB (``97.9 MB``)."""
+    return f'{n / 1e9:.3g} GB' if n >= 1e9 else f'{n / 1e6:.3g} MB'
 
 
 def check_fits(per_process, processes, what, alternatives):

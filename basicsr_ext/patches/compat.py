@@ -186,8 +186,9 @@ def resolve_auto_workers(num_gpu, dist):
     cores = resources.usable_cores()
     gpus = resources.ranks_on_host() if dist else max(1, num_gpu or 0)
     workers = resources.auto_workers(cores, gpus)
-    get_root_logger().info(f'num_worker_per_gpu: auto -> {workers} ({cores} usable cores, {gpus} '
-                           f'GPU{"s" if gpus > 1 else ""} on this host, at most {resources.AUTO_WORKER_CAP} each)')
+    sharing = f'{gpus} {"ranks" if dist else "GPUs"} on this host' if gpus > 1 else 'one training process'
+    get_root_logger().info(f'num_worker_per_gpu: auto -> {workers} ({cores} usable cores, {sharing}, '
+                           f'at most {resources.AUTO_WORKER_CAP} each)')
     return workers
 
 

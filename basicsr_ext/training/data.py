@@ -108,9 +108,10 @@ class InMemoryPairedImageDataset(data.Dataset):
         backend = dict(opt['io_backend'])
         self.paths = paired_paths(opt)
         gt_sizes, lq_sizes = decoded_sizes(opt, self.paths, f'datasets {opt.get("name", "")}')
-        self._check_room(sum(gt_sizes) + sum(lq_sizes), sum(gt_sizes), sum(lq_sizes))
+        ranks = self._check_room(sum(gt_sizes) + sum(lq_sizes), sum(gt_sizes), sum(lq_sizes))
         self.gt, self.lq = DecodedImages(gt_sizes), DecodedImages(lq_sizes)
-        self._decode(backend, opt.get('decode_threads') or resources.usable_cores())
+        # the ranks of this host decode at the same time: each takes its share of the cores
+        self._decode(backend, opt.get('decode_threads') or max(1, resources.usable_cores() // ranks))
 
     @property
     def nbytes(self):
@@ -118,6 +119,7 @@ class InMemoryPairedImageDataset(data.Dataset):
         return self.gt.nbytes + self.lq.nbytes
 
     def _check_room(self, total, gt, lq):
+        """Log the memory the images take, refuse when they would not fit; returns the ranks on this host."""
         import torch.distributed as dist
         name = self.opt.get('name', 'data set')
         ranks = resources.ranks_on_host('pytorch' if dist.is_available() and dist.is_initialized() else 'none')
@@ -130,6 +132,7 @@ class InMemoryPairedImageDataset(data.Dataset):
             dist.barrier()  # every rank measures before any has taken its share
         resources.check_fits(total, ranks, f'{type(self).__name__} {name} ({len(self.paths)} pairs)',
                              IN_MEMORY_ALTERNATIVES)
+        return ranks
 
     def _decode(self, backend, threads):
         kind = backend.pop('type')
