@@ -152,11 +152,15 @@ class InMemoryPairedImageDataset(data.Dataset):
 
         start, step = time.perf_counter(), max(PROGRESS_EVERY, -(-len(self.paths) // 10))
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            for done, _ in enumerate(pool.map(decode, jobs), 1):
-                pairs = done // 2
-                if done % 2 == 0 and (pairs % step == 0 or pairs == len(self.paths)):
-                    logger.info(f'{name}: decoded {pairs}/{len(self.paths)} pairs '
-                                f'({time.perf_counter() - start:.1f} s)')
+            try:
+                for done, _ in enumerate(pool.map(decode, jobs), 1):
+                    pairs = done // 2
+                    if done % 2 == 0 and (pairs % step == 0 or pairs == len(self.paths)):
+                        logger.info(f'{name}: decoded {pairs}/{len(self.paths)} pairs '
+                                    f'({time.perf_counter() - start:.1f} s)')
+            except BaseException:  # a file that does not decode, Ctrl-C: stop now, not after the rest
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     def __getitem__(self, index):
         scale = self.opt['scale']
