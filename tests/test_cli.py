@@ -166,8 +166,8 @@ def test_two_process_ddp_run_with_spawned_loader_workers_trains_validates_and_sa
     assert 'World size (gpu number): 2' in log
     assert f'num_worker_per_gpu: {workers}' in log
     if dataset == 'InMemoryPairedImageDataset':
-        assert re.search(r'InMemoryPairedImageDataset tiny_train: 4 pairs take [\d.]+ MB decoded per process \(HR .*\), '
-                         r'2 ranks on this host \(each decodes its own copy\): [\d.]+ MB; MemAvailable', log)
+        assert re.search(r'InMemoryPairedImageDataset tiny_train: 4 pairs take [\d.]+ MB decoded per process '
+                         r'\(HR .*\), 2 ranks on this host \(each decodes its own copy\): [\d.]+ MB; MemAvailable', log)
         assert re.search(r'num_worker_per_gpu: auto -> \d+ \(\d+ usable cores, 2 ranks on this host', log)
     # the total batch is 2 x 2: 16 samples (4 images x 4) make 4 iterations an epoch
     assert re.search(r'Dataset enlarge ratio: 4\n\s+Batch size per gpu: 2\n\s+World size \(gpu number\): 2\n'

@@ -1,4 +1,4 @@
-"""InMemoryPairedImageDataset and ``num_worker_per_gpu: auto``: BasicSR's samples, decoded once, workers sized to the host."""
+"""InMemoryPairedImageDataset (BasicSR's samples, decoded once) and ``num_worker_per_gpu: auto``."""
 import glob
 import logging
 import os

@@ -441,7 +441,8 @@ def bench_data(args, log):
                 log(f'data {kind} ({backend}): {rate:.1f} samples/s through a DataLoader of {workers} workers')
             rows.append(row)
             del dataset
-        return {'gt': args.data_gt or f'{args.data_count} generated 480 px images', 'lq': lq_dir, 'scale': args.data_scale, 'gt_size': args.data_patch,
+        return {'gt': args.data_gt or f'{args.data_count} generated 480 px images', 'lq': lq_dir,
+                'scale': args.data_scale, 'gt_size': args.data_patch,
                 'samples': args.data_samples, 'rows': rows}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -154,7 +154,7 @@ def patch_eta_off_by_one():
 
 
 def patch_auto_workers():
-    """BasicSR's ``build_dataloader`` takes only a number of workers; add ``num_worker_per_gpu: auto`` (sized to the host)."""
+    """BasicSR's ``build_dataloader`` takes a number of workers only; add ``num_worker_per_gpu: auto``."""
     import basicsr.data
     upstream = basicsr.data.build_dataloader
     if getattr(upstream, 'resolves_auto_workers', False):

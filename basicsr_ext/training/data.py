@@ -122,16 +122,23 @@ class InMemoryPairedImageDataset(data.Dataset):
         """Log the memory the images take, refuse when they would not fit; returns the ranks on this host."""
         import torch.distributed as dist
         name = self.opt.get('name', 'data set')
-        ranks = resources.ranks_on_host('pytorch' if dist.is_available() and dist.is_initialized() else 'none')
+        distributed = dist.is_available() and dist.is_initialized()
+        ranks = resources.ranks_on_host('pytorch' if distributed else 'none')
         per_host = f', {ranks} ranks on this host (each decodes its own copy): {resources.gb(total * ranks)}'
         get_root_logger().info(
             f'{type(self).__name__} {name}: {len(self.paths)} pairs take {resources.gb(total)} decoded per process '
             f'(HR {resources.gb(gt)} + LR {resources.gb(lq)}){per_host if ranks > 1 else ""}; '
             f'{resources.describe_room()}')
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # every rank measures before any has taken its share
-        resources.check_fits(total, ranks, f'{type(self).__name__} {name} ({len(self.paths)} pairs)',
-                             IN_MEMORY_ALTERNATIVES)
+        # Every rank measures the memory free before any rank takes its share (else a later rank
+        # would count an earlier one's images against the room for all of them).
+        if distributed:
+            dist.barrier()
+        try:
+            resources.check_fits(total, ranks, f'{type(self).__name__} {name} ({len(self.paths)} pairs)',
+                                 IN_MEMORY_ALTERNATIVES)
+        finally:
+            if distributed:
+                dist.barrier()
         return ranks
 
     def _decode(self, backend, threads):
