@@ -408,3 +408,34 @@ def bench_data(args, log):
                 'samples': args.data_samples, 'rows': rows}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench_stop_check(device, repeat, log):
+    """Microseconds the ranks of a DDP run spend each iteration agreeing whether to stop on a signal
+    (:meth:`basicsr_ext.patches.runs.StopOnSignal.agreed`); run under torchrun. Returns 0."""
+    import torch.distributed as dist
+
+    from basicsr_ext.patches.runs import StopOnSignal
+    if 'RANK' not in os.environ:
+        raise SystemExit('--stop-check measures ranks: torchrun --nproc_per_node=2 -m basicsr_ext benchmark '
+                         '--stop-check')
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    if device.type == 'cuda':
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    dist.init_process_group(backend)
+    opt = {'dist': True}
+    stop = StopOnSignal()
+    stop.join_ranks(opt)
+    times = []
+    for i in range(repeat + 100):  # the first 100: warm-up
+        start = time.perf_counter()
+        stop.agreed(opt)
+        if i >= 100:
+            times.append(time.perf_counter() - start)
+    if dist.get_rank() == 0:
+        times.sort()
+        log(f'stop check, {dist.get_world_size()} ranks ({backend} training, agreement over gloo), {repeat} '
+            f'iterations: median {statistics.median(times) * 1e6:.0f} us, 99th percentile '
+            f'{times[int(len(times) * 0.99)] * 1e6:.0f} us per iteration')
+    dist.destroy_process_group()
+    return 0
