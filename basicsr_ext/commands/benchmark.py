@@ -35,6 +35,7 @@ import os
 import sys
 
 from basicsr_ext.common.errors import CommandError
+from basicsr_ext.common.files import write_file
 
 #: The networks measured side by side (built in :mod:`basicsr_ext.commands.benchmark_runs`).
 NETWORK_NAMES = ('ASID', 'ASID-D8', 'SwinIR-light')
@@ -173,8 +174,7 @@ def run(args):
         result['training'] = bench_training(args, device, log)
     print_tables(result)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(result, f, indent=2)
+        write_file(args.json, json.dumps(result, indent=2).encode())
     return 0
 
 
@@ -197,6 +197,5 @@ def run_data(args):
               'data': bench_data(args, log)}
     print_tables(result)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(result, f, indent=2)
+        write_file(args.json, json.dumps(result, indent=2).encode())
     return 0

@@ -36,6 +36,7 @@ from asid_arch.checkpoint import build_asid
 from asid_arch.inference import ASIDUpsampler
 from asid_arch.runtime import PRECISIONS, resolve_device
 from basicsr_ext.commands.benchmark_runs import time_forward
+from basicsr_ext.common.files import write_file
 from basicsr_ext.common.images import bicubic_downscale, is_image_name, load_image, modcrop
 
 def load_pairs(folder, scale):
@@ -169,7 +170,7 @@ def main(argv=None):
                                 max_seconds=args.train_seconds)
             source += f', trained {args.train_steps} steps on {args.train_dir or args.hr_dir}'
     if args.save_weights:
-        torch.save({'params': net.state_dict()}, args.save_weights)
+        write_file(args.save_weights, write=lambda f: torch.save({'params': net.state_dict()}, f))
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     print(f'weights: {source}\ndevice: {device} ({name}), torch {torch.__version__}\n'
           f'data: {len(pairs)} images from {args.hr_dir}, x{args.scale}, Y-channel PSNR, border {args.scale}')
@@ -185,9 +186,9 @@ def main(argv=None):
               f'{r["seconds"] * 1000:11.2f}{flag}')
     print(f'\nfastest within {args.tolerance} dB of fp32: {best["precision"]} ({best["mode"]})')
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump({'weights': source, 'device': name, 'torch': torch.__version__, 'rows': rows,
-                       'best': {'precision': best['precision'], 'mode': best['mode']}}, f, indent=1)
+        write_file(args.json, json.dumps({'weights': source, 'device': name, 'torch': torch.__version__, 'rows': rows,
+                                          'best': {'precision': best['precision'], 'mode': best['mode']}},
+                                         indent=1).encode())
     return 0
 
 
