@@ -15,7 +15,7 @@ from basicsr_ext.commands import benchmark, export, infer, prepare  # noqa: F401
 from basicsr_ext.training import models
 from basicsr_ext.patches import testsets
 from basicsr_ext.common.errors import CommandError
-from basicsr_ext.common.options import OptionError, load_and_check
+from basicsr_ext.common.options import OptionError, load_and_check, option_warnings
 from basicsr_ext.patches.safety import RunError
 
 
@@ -79,10 +79,13 @@ def _run_pipeline(args, is_train):
     try:
         # Every rank checks the options; only rank 0 reads the data sets' files (the launcher
         # stops the other ranks when rank 0 exits with an error).
-        load_and_check(args.opt, args.force_yml, is_train=is_train, check_data=_rank(args.launcher) == 0,
-                       launcher=args.launcher)
+        opt = load_and_check(args.opt, args.force_yml, is_train=is_train, check_data=_rank(args.launcher) == 0,
+                             launcher=args.launcher, auto_resume=args.auto_resume)
     except OptionError as e:
         raise CommandError(str(e)) from None
+    if is_train and _rank(args.launcher) == 0:
+        for line in option_warnings(opt, args.opt):
+            print(f'basicsr {args.command}: warning: {line}', file=sys.stderr, flush=True)
     if is_train:
         keep_compile_cache_with_the_runs()
         from basicsr.train import train_pipeline as pipeline

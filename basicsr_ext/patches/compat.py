@@ -106,6 +106,18 @@ def patch_cpu_distributed():
     return True
 
 
+#: The optimizers BasicSR master's get_optimizer accepts, by the names its option files use.
+OPTIMIZERS = {
+    'Adam': torch.optim.Adam,
+    'AdamW': torch.optim.AdamW,
+    'Adamax': torch.optim.Adamax,
+    'SGD': torch.optim.SGD,
+    'ASGD': torch.optim.ASGD,
+    'RMSprop': torch.optim.RMSprop,
+    'Rprop': torch.optim.Rprop,
+}
+
+
 def patch_optimizers():
     """PyPI 1.4.2 accepts only ``optim_g: {type: Adam}``; BasicSR master (and ASID's recipe) also use AdamW etc."""
     from basicsr.models.base_model import BaseModel
@@ -114,21 +126,11 @@ def patch_optimizers():
         return False
     except NotImplementedError:
         pass
-    # The optimizers BasicSR master's get_optimizer accepts, by the names its option files use.
-    optimizers = {
-        'Adam': torch.optim.Adam,
-        'AdamW': torch.optim.AdamW,
-        'Adamax': torch.optim.Adamax,
-        'SGD': torch.optim.SGD,
-        'ASGD': torch.optim.ASGD,
-        'RMSprop': torch.optim.RMSprop,
-        'Rprop': torch.optim.Rprop,
-    }
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
-        if optim_type not in optimizers:
-            raise NotImplementedError(f'optimizer {optim_type} is not supported; use one of {sorted(optimizers)}.')
-        return optimizers[optim_type](params, lr, **kwargs)
+        if optim_type not in OPTIMIZERS:
+            raise NotImplementedError(f'optimizer {optim_type} is not supported; use one of {sorted(OPTIMIZERS)}.')
+        return OPTIMIZERS[optim_type](params, lr, **kwargs)
 
     BaseModel.get_optimizer = get_optimizer
     return True

@@ -178,20 +178,52 @@ def load_training_state(path, opt):
     state = read_checkpoint(path, map_location=_resume_device())
     if not isinstance(state, dict) or not isinstance(state.get('iter'), int) or 'optimizers' not in state:
         raise RunError(f'{path}: not a BasicSR training state (no iter / optimizers)')
-    ignored = opt['path'].get('ignore_resume_networks') or ()
-    models = opt['path'].get('models') or os.path.join('experiments', opt['name'], 'models')
-    for network in (k for k in opt if k.startswith('network_') and k not in ignored):
-        weights = os.path.join(models, f'net_{network[len("network_"):]}_{state["iter"]}.pth')
+    for weights in resume_weights(opt, state).values():
         if not os.path.isfile(weights):
             raise RunError(f'{path}: its {weights} is missing')
         params_of(read_checkpoint(weights), weights, 'params')
     return state
 
 
+def find_resume_state(opt, auto_resume, say=lambda msg: None):
+    """(path, state) of the training state a run resumes from, or (None, None) for a fresh start.
+
+    ``path.resume_state`` if set; with ``auto_resume`` the newest state in
+    ``experiments/<name>/training_states`` that loads with its networks (``say`` gets a line for
+    each one skipped). RunError when none of the states there can be resumed from.
+    """
+    if not auto_resume:
+        path = (opt.get('path') or {}).get('resume_state')
+        return (path, load_training_state(path, opt)) if path else (None, None)
+    from basicsr.utils import scandir
+    state_dir = os.path.join('experiments', opt['name'], 'training_states')
+    names = list(scandir(state_dir, suffix='.state')) if os.path.isdir(state_dir) else []
+    numbered = sorted((int(n[:-len('.state')]), n) for n in names if re.fullmatch(r'\d+\.state', n))
+    for _, name in reversed(numbered):
+        path = os.path.join(state_dir, name)
+        try:
+            return path, load_training_state(path, opt)
+        except RunError as e:
+            say(f'--auto_resume: skipped {e}')
+    if numbered:
+        raise RunError(f'--auto_resume: none of the {len(numbered)} training states in {state_dir} can be '
+                       f'resumed from (named above); move them away to start afresh')
+    return None, None
+
+
+def resume_weights(opt, state):
+    """{network option ('network_g', ...): the checkpoint a run resuming from ``state`` loads into it}."""
+    paths = opt.get('path') or {}
+    ignored = paths.get('ignore_resume_networks') or ()
+    models = paths.get('models') or os.path.join('experiments', opt['name'], 'models')
+    return {network: os.path.join(models, f'net_{network[len("network_"):]}_{state["iter"]}.pth')
+            for network in opt if network.startswith('network_') and network not in ignored}
+
+
 def patch_resume():
     """BasicSR's ``load_resume_state`` needs CUDA, takes the newest state even if truncated, omits ``weights_only``."""
     import basicsr.train
-    from basicsr.utils import check_resume, scandir
+    from basicsr.utils import check_resume
     if getattr(basicsr.train.load_resume_state, '_falls_back', False):
         return False
 
@@ -200,30 +232,12 @@ def patch_resume():
             print(f'basicsr train: {msg}', file=sys.stderr, flush=True)
 
     def load_resume_state(opt):
-        if not opt['auto_resume']:
-            path = opt['path'].get('resume_state')
-            if not path:
-                return None
-            state = load_training_state(path, opt)
-            check_resume(opt, state['iter'])
-            return state
-        state_dir = os.path.join('experiments', opt['name'], 'training_states')
-        names = list(scandir(state_dir, suffix='.state')) if os.path.isdir(state_dir) else []
-        numbered = sorted((int(n[:-len('.state')]), n) for n in names if re.fullmatch(r'\d+\.state', n))
-        for _, name in reversed(numbered):
-            path = os.path.join(state_dir, name)
-            try:
-                state = load_training_state(path, opt)
-            except RunError as e:
-                say(opt, f'--auto_resume: skipped {e}')
-                continue
-            opt['path']['resume_state'] = path
-            check_resume(opt, state['iter'])
-            return state
-        if numbered:
-            raise RunError(f'--auto_resume: none of the {len(numbered)} training states in {state_dir} can be '
-                           f'resumed from (named above); move them away to start afresh')
-        return None
+        path, state = find_resume_state(opt, opt['auto_resume'], lambda msg: say(opt, msg))
+        if state is None:
+            return None
+        opt['path']['resume_state'] = path
+        check_resume(opt, state['iter'])
+        return state
 
     load_resume_state._falls_back = True
     basicsr.train.load_resume_state = load_resume_state
