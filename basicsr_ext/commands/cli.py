@@ -96,9 +96,19 @@ def _run_pipeline(args, is_train):
     try:
         pipeline(os.getcwd())
     except RunError as e:  # a failed save, nothing to resume from, an unusable checkpoint: one line
-        print(f'basicsr {args.command}: error: {e}', file=sys.stderr)
+        print(f'basicsr {args.command}: error: {_message(e)}', file=sys.stderr)
         return 1
     return 0
+
+
+def _message(error):
+    """The one line of a RunError, also of one raised in a DataLoader worker (which the loader
+    raises again with the worker's whole traceback as the message: its last line is the error)."""
+    text = str(error).strip()
+    if 'Original Traceback' in text:
+        last = text.splitlines()[-1]
+        text = last.split(': ', 1)[1] if ': ' in last else last
+    return text
 
 
 def cmd_train(args):

@@ -361,9 +361,24 @@ def _count(n, word):
     return f'{n} {word}' if n == 1 else f'{n} {word}s'
 
 
+def _check_max_damaged(opt, path):
+    """``datasets.train.max_damaged``: how many damaged images training skips before it stops
+    (:mod:`basicsr_ext.patches.damaged`), a whole number >= 0; validation sets never skip."""
+    for name, dataset in (opt.get('datasets') or {}).items():
+        if not isinstance(dataset, dict) or 'max_damaged' not in dataset:
+            continue
+        if name != 'train':
+            raise OptionError(f'{path}: datasets.{name}.max_damaged: only the train set skips damaged images '
+                              f'(a validation metric would average other images)')
+        value = dataset['max_damaged']
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise OptionError(f'{path}: datasets.train.max_damaged: must be a whole number >= 0, got {value!r}')
+
+
 def _check_run_values(opt, path, launcher):
     """The training values BasicSR would trip over after making the experiment folder (issue 24, case 8)."""
     _check_patch_size(opt, path)
+    _check_max_damaged(opt, path)
     _check_frequencies(opt, path)
     _check_optimizers(opt, path)
     _check_scheduler(opt, path)

@@ -15,7 +15,7 @@ import types
 
 import torch
 
-from basicsr_ext.patches import safety
+from basicsr_ext.patches import damaged, safety
 
 APPLIED = []
 
@@ -159,8 +159,8 @@ def patch_eta_off_by_one():
 IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: After: these change what BasicSR does; those of :mod:`basicsr_ext.patches.safety` (saving, loading,
 #: resuming, logging, --force_yml) come last.
-BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, safety.patch_resume,
-                   safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
+BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, damaged.patch_skip_damaged_images,
+                   safety.patch_resume, safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
                    safety.patch_force_yml_values, patch_eta_off_by_one)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
