@@ -1,4 +1,6 @@
 """Data checks before training: one line naming the path and what is wrong, exit status 2."""
+import contextlib
+import io
 import os
 import pathlib
 import shutil
@@ -293,7 +295,8 @@ def test_damaged_images_are_counted_across_spawned_loader_workers_and_epochs(dat
     dataset = _dataset(data)
     for index in (0, 2):  # (BasicSR lists the folder in the file system's order)
         damage_in_place(pathlib.Path(dataset.paths[index]['gt_path']))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context='spawn')
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context='spawn',
+                                         persistent_workers=True)  # two workers spawned once
     for epoch in (1, 2):
         batches = list(loader)
         assert [b['gt'].shape[0] for b in batches] == [2, 2]
@@ -326,3 +329,73 @@ def test_more_damaged_images_than_max_damaged_stop_the_run_in_one_line_from_a_sp
     assert 'tiny_train: ' in ours[0] and '/train/HR/000' in ours[0]
     assert len([line for line in result.stderr.splitlines() if 'skipped damaged image' in line]) == 1
     assert 'Traceback' not in result.stderr.split('basicsr train: error:')[0], result.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------------------
+# LMDB: opened read-only and checked against meta_info.txt before the experiment folder
+# ----------------------------------------------------------------------------------------
+@pytest.fixture
+def lmdb_opt(tmp_path, data):
+    """Options training on LMDBs of data/train (HR and LR) written by BasicSR's make_lmdb_from_imgs."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+    names = sorted(os.listdir(data / 'train' / 'HR'))
+    for side in ('HR', 'LR'):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress
+            make_lmdb_from_imgs(str(data / 'train' / side), str(tmp_path / f'{side}.lmdb'), names,
+                                [os.path.splitext(n)[0] for n in names], map_size=1 << 24)
+    opt = tiny_options(str(data), total_iter=1)
+    opt['datasets']['train'].update(dataroot_gt=str(tmp_path / 'HR.lmdb'), dataroot_lq=str(tmp_path / 'LR.lmdb'),
+                                    io_backend={'type': 'lmdb'})
+    return opt
+
+
+def test_good_lmdb_is_decoded_once_and_trains(tmp_path, lmdb_opt, monkeypatch):
+    from basicsr_ext.common import datacheck
+    from basicsr_ext.common.options import load_and_check
+    seen, decode = [], datacheck._decoded_shape
+    monkeypatch.setattr(datacheck, '_decoded_shape', lambda value: seen.append(value) or decode(value))
+    opt_file = write_options(tmp_path / 'opt.yml', lmdb_opt)
+    load_and_check(opt_file)
+    assert len(seen) == 6  # 3 HR and 3 LR values
+    monkeypatch.chdir(tmp_path)
+    assert main(['train', '-opt', opt_file]) == 0
+    assert len(seen) == 6  # the second look found them decoded before
+
+
+def test_truncated_data_mdb_is_one_line_from_the_real_command_not_a_bus_error(tmp_path, lmdb_opt):
+    from conftest import run_basicsr
+    data_mdb = tmp_path / 'HR.lmdb' / 'data.mdb'
+    full = os.path.getsize(data_mdb)  # BasicSR's writer leaves no unused page at the end
+    with open(data_mdb, 'r+b') as f:  # an interrupted copy
+        f.truncate(full * 3 // 4)
+    opt_file = write_options(tmp_path / 'opt.yml', lmdb_opt)
+    result = run_basicsr('train', '-opt', opt_file, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f'basicsr train: error: {opt_file}: datasets.train: {data_mdb} is truncated: {full * 3 // 4} bytes, but the LMDB '
+        f'uses {full} (an interrupted copy? copy it again, or rebuild it with basicsr prepare)']
+    assert not (tmp_path / 'experiments').exists()
+
+
+def test_data_mdb_cut_before_its_meta_pages_is_one_line(tmp_path, lmdb_opt, capsys, monkeypatch):
+    data_mdb = tmp_path / 'LR.lmdb' / 'data.mdb'
+    data_mdb.write_bytes(data_mdb.read_bytes()[:100])
+    expect_one_line(tmp_path, lmdb_opt, capsys, monkeypatch, f'datasets.train: {data_mdb}: not a readable LMDB (')
+
+
+def test_key_of_meta_info_missing_from_the_lmdb_is_one_line(tmp_path, lmdb_opt, capsys, monkeypatch):
+    import lmdb
+    with lmdb.open(str(tmp_path / 'HR.lmdb')) as env, env.begin(write=True) as txn:
+        txn.delete(b'0001')
+    expect_one_line(tmp_path, lmdb_opt, capsys, monkeypatch,
+                    f'datasets.train: 1 key of {tmp_path / "HR.lmdb" / "meta_info.txt"} is not in '
+                    f'{tmp_path / "HR.lmdb" / "data.mdb"} (first: 0001); rebuild it with basicsr prepare')
+
+
+def test_zeroed_pages_in_data_mdb_are_one_line(tmp_path, lmdb_opt, capsys, monkeypatch):
+    data_mdb = tmp_path / 'HR.lmdb' / 'data.mdb'
+    with open(data_mdb, 'r+b') as f:  # pages 3 and 4 of 11: in the middle of the first image's value
+        f.seek(3 * 4096)
+        f.write(bytes(2 * 4096))
+    line = expect_one_line(tmp_path, lmdb_opt, capsys, monkeypatch, f'datasets.train: {data_mdb}: ')
+    assert line.endswith('does not decode as an image'), line

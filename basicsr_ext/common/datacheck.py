@@ -194,24 +194,124 @@ def decode_all(paths, where):
 
 
 def _decode_in_threads(paths, where):
-    """{path: (width, height) or None}, decoded by a pool of threads, OpenCV's own messages silenced."""
+    """{path: (width, height) or None}, each file read and decoded in a pool of threads."""
+    return dict(zip(paths, _map_in_threads(_decoded_size, [paths], len(paths), where)))
+
+
+def _map_in_threads(fn, chunks, total, where):
+    """``fn`` of every item of every chunk (lists, taken one at a time: an LMDB's values are read
+    chunk by chunk, not all into memory), in order, by a pool of threads (OpenCV's decoders release
+    the GIL); OpenCV's and libpng's own complaints silenced, a progress bar from PROGRESS_FROM items."""
     from tqdm import tqdm
 
     from basicsr_ext.common.images import quiet_native_stderr
-    threads = min(16, os.cpu_count() or 1, len(paths))
-    try:  # the bar writes to the terminal; OpenCV's and libpng's complaints on stderr are silenced
+    try:  # the bar writes to the terminal while stderr is silenced
         terminal = os.fdopen(os.dup(2), 'w')
     except OSError:
         terminal = None
     try:
-        with quiet_native_stderr(), ThreadPoolExecutor(threads) as pool:
-            bar = tqdm(pool.map(_decoded_size, paths), total=len(paths), desc=f'{where}: decoding', unit='img',
-                       file=terminal, leave=False, disable=True if terminal is None or len(paths) < PROGRESS_FROM
-                       else None)
-            return dict(zip(paths, bar))
+        with quiet_native_stderr(), ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool, \
+                tqdm(total=total, desc=f'{where}: decoding', unit='img', file=terminal, leave=False,
+                     disable=True if terminal is None or total < PROGRESS_FROM else None) as bar:
+            results = []
+            for chunk in chunks:
+                results += pool.map(fn, chunk)
+                bar.update(len(chunk))
+            return results
     finally:
         if terminal is not None:
             terminal.close()
+
+
+# ----------------------------------------------------------------------------------------
+# LMDB
+# ----------------------------------------------------------------------------------------
+#: How many LMDB values are read into memory at a time to be decoded.
+LMDB_CHUNK = 256
+
+
+def _decoded_shape(value):
+    """(h, w, c) of an image held in ``value`` (bytes), or None if it does not decode."""
+    try:
+        img = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED) if value else None
+    except cv2.error:
+        return None
+    if img is None or img.size == 0:
+        return None
+    return (*img.shape[:2], 1 if img.ndim == 2 else img.shape[2])
+
+
+def _open_lmdb(folder, where):
+    """An LMDB opened read-only, its data.mdb known to hold every page the LMDB uses.
+
+    A data.mdb cut short (an interrupted copy) is memory-mapped: reading a value past its end
+    kills the reader with SIGBUS, no message. So its size is compared first with the pages its
+    own meta page says are in use."""
+    import lmdb
+    data = os.path.join(folder, 'data.mdb')
+    size = _stat(data)[0]
+    try:
+        env = lmdb.open(folder, readonly=True, lock=False, readahead=False, max_readers=1)
+        used = (env.info()['last_pgno'] + 1) * env.stat()['psize']
+    except lmdb.Error as e:
+        raise DataError(f'{where}: {data}: not a readable LMDB ({str(e).strip()})') from None
+    if size < used:
+        env.close()
+        raise DataError(f'{where}: {data} is truncated: {size} bytes, but the LMDB uses {used} (an interrupted '
+                        f'copy? copy it again, or rebuild it with basicsr prepare)')
+    return env
+
+
+def check_lmdb(folder, shapes, where):
+    """An LMDB as BasicSR's lmdb backend reads it: every key of its meta_info.txt present, and each
+    value an image of the shape meta_info.txt gives, decoded once (remembered by the size and mtime
+    of data.mdb and meta_info.txt, as :func:`decode_all` remembers files).
+
+    Args:
+        folder (str): the LMDB folder (data.mdb, meta_info.txt).
+        shapes (dict): {key: (h, w, c)} from meta_info.txt (:func:`_lmdb_meta`).
+        where (str): prefix of messages.
+    """
+    import lmdb
+    data, meta = os.path.join(folder, 'data.mdb'), os.path.join(folder, 'meta_info.txt')
+    stamp = (*_stat(data), *_stat(meta))
+    known = _read_cache(folder)
+    if known.get('data.mdb') == stamp:
+        return
+    keys = sorted(shapes)
+    env = _open_lmdb(folder, where)
+    missing, damaged = [], []
+
+    def values():
+        with env.begin(buffers=False) as txn:
+            for i in range(0, len(keys), LMDB_CHUNK):
+                chunk = []
+                for key in keys[i:i + LMDB_CHUNK]:
+                    try:
+                        value = txn.get(key.encode('ascii'))
+                    except lmdb.Error as e:
+                        raise DataError(f'{where}: {data}: damaged LMDB at key {key} ({str(e).strip()})') from None
+                    if value is None:
+                        missing.append(key)
+                    chunk.append(value)
+                yield chunk
+
+    try:
+        decoded = _map_in_threads(_decoded_shape, values(), len(keys), where)
+    finally:
+        env.close()
+    if missing:
+        raise DataError(f'{where}: {_plural(len(missing), "key")} of {meta} {"is" if len(missing) == 1 else "are"} '
+                        f'not in {data} (first: {missing[0]}); rebuild it with basicsr prepare')
+    for key, shape in zip(keys, decoded):
+        if shape is None:
+            damaged.append(f'{key} does not decode as an image')
+        elif shape[:2] != tuple(shapes[key][:2]):
+            damaged.append(f'{key} is {shape[1]}x{shape[0]}, but {meta} says {shapes[key][1]}x{shapes[key][0]}')
+    if damaged:
+        more = f' (and {len(damaged) - 1} more damaged values)' if len(damaged) > 1 else ''
+        raise DataError(f'{where}: {data}: {damaged[0]}{more}')
+    _write_cache(folder, {**known, 'data.mdb': stamp})
 
 
 def _plural(n, word):
@@ -282,6 +382,8 @@ def check_paired(dataset, scale, where, is_train_phase):
         if scale:
             _check_sizes([(f'{gt_dir}:{k}', gt[k][1::-1], f'{lq_dir}:{k}', lq[k][1::-1]) for k in sorted(gt)],
                          scale, is_train_phase, gt_size, where)
+        check_lmdb(gt_dir, gt, where)
+        check_lmdb(lq_dir, lq, where)
         return len(gt)
 
     if backend != 'disk':
@@ -337,7 +439,9 @@ def check_single(dataset, where):
     backend = (dataset.get('io_backend') or {}).get('type', 'disk')
     lq_dir = os.path.expanduser(str(dataset['dataroot_lq']))
     if backend == 'lmdb':
-        return len(_lmdb_meta(lq_dir, where))
+        shapes = _lmdb_meta(lq_dir, where)
+        check_lmdb(lq_dir, shapes, where)
+        return len(shapes)
     if backend != 'disk' or dataset.get('meta_info_file'):
         return None
     names = _names(lq_dir, where)
