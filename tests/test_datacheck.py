@@ -399,3 +399,27 @@ def test_zeroed_pages_in_data_mdb_are_one_line(tmp_path, lmdb_opt, capsys, monke
         f.write(bytes(2 * 4096))
     line = expect_one_line(tmp_path, lmdb_opt, capsys, monkeypatch, f'datasets.train: {data_mdb}: ')
     assert line.endswith('does not decode as an image'), line
+
+
+@pytest.mark.parametrize('where,value,message', [
+    ('train', -1, 'datasets.train.max_damaged: must be a whole number >= 0, got -1'),
+    ('train', 'ten', "datasets.train.max_damaged: must be a whole number >= 0, got 'ten'"),
+    ('val', 3, 'datasets.val.max_damaged: only the train set skips damaged images (a validation metric would '
+               'average other images)'),
+])
+def test_max_damaged_of_a_wrong_value_or_place_is_one_line(where, value, message, tmp_path, data, capsys,
+                                                           monkeypatch):
+    opt = tiny_options(str(data))
+    opt['datasets'][where]['max_damaged'] = value
+    assert expect_one_line(tmp_path, opt, capsys, monkeypatch).endswith(f'opt.yml: {message}')
+
+
+def test_a_damaged_validation_image_stops_with_one_line_naming_it(data):
+    from basicsr_ext.patches.damaged import DamagedDataError
+    dataset = _dataset(data, phase='val', name='tiny_val')
+    path = dataset.paths[1]['gt_path']
+    damage_in_place(pathlib.Path(path))
+    with pytest.raises(DamagedDataError) as err:
+        dataset[1]
+    assert str(err.value) == f'tiny_val: {path} cannot be decoded; validation images are not skipped'
+    assert sum(dataset.damaged) == 0

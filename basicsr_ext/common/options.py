@@ -5,12 +5,17 @@ exist as a long traceback from deep inside its pipeline, often after minutes of 
 :func:`load_and_check` finds those mistakes first and raises :class:`OptionError` with one
 line naming the file and the key. The files of PairedImageDataset and SingleImageDataset
 phases are checked too (:mod:`basicsr_ext.common.datacheck`): an empty folder, an HR image without
-its LR partner (or the reverse), an LR that is not HR / scale, an HR smaller than ``gt_size``
-or a file that is not a readable image is named, with what is wrong, before training starts.
+its LR partner (or the reverse), an LR that is not HR / scale, an HR smaller than ``gt_size``,
+an image that does not decode, an LMDB cut short, without a key of its meta_info.txt or with a
+damaged value is named, with what is wrong, before training starts.
 ``network_g`` is built once (unknown keys, ``upscale`` against ``scale``, values the network
-refuses), ``total_iter`` and the batch size must be positive integers, ``--force_yml`` values
-keep the type of the option they replace (and are never passed to ``eval``), and the
-pretrained checkpoint must load with the safe loader, be finite and fit ``network_g``.
+refuses, ``ASID_D8`` with another group count), ``total_iter`` and the batch size must be
+positive integers, ``gt_size`` a multiple of ``scale``, the logging, checkpoint and validation
+frequencies positive, each optimizer of a known type with a positive ``lr``, the scheduler's
+milestones increasing whole numbers, ``num_gpu`` no more than the machine has; ``--force_yml``
+values keep the type of the option they replace (and are never passed to ``eval``), and the
+pretrained checkpoint, and the one a resumed run loads, must load with the safe loader, be
+finite and fit ``network_g`` (scale, group count, value range).
 """
 import os
 from copy import deepcopy
