@@ -215,8 +215,9 @@ def _map_in_threads(fn, chunks, total, where):
                      disable=True if terminal is None or total < PROGRESS_FROM else None) as bar:
             results = []
             for chunk in chunks:
-                results += pool.map(fn, chunk)
-                bar.update(len(chunk))
+                for result in pool.map(fn, chunk):
+                    results.append(result)
+                    bar.update()
             return results
     finally:
         if terminal is not None:
