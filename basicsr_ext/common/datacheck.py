@@ -121,13 +121,16 @@ def _read_cache(folder):
 
 def _write_cache(folder, images):
     """Remember ``images`` ({name: (size, mtime_ns, width, height)}) of ``folder``; quietly nothing if
-    the cache folder cannot be written (the next check decodes again)."""
-    from basicsr_ext.patches.safety import RunError, save_atomically
+    the cache folder cannot be written (the next check decodes again).
+
+    Written in place: a cache file cut short (a killed check, two checks writing at once) does
+    not load, and an unreadable cache only means decoding again."""
+    import torch
     try:
         os.makedirs(cache_dir(), exist_ok=True)
-        save_atomically({'folder': os.path.realpath(folder), 'images': {k: list(v) for k, v in images.items()}},
-                        _cache_file(folder))
-    except (OSError, RunError):
+        torch.save({'folder': os.path.realpath(folder), 'images': {k: list(v) for k, v in images.items()}},
+                   _cache_file(folder))
+    except (OSError, RuntimeError):
         pass
 
 

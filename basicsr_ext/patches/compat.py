@@ -15,7 +15,8 @@ import types
 
 import torch
 
-from basicsr_ext.patches import damaged, safety
+from basicsr_ext.common.optimizers import OPTIMIZERS
+from basicsr_ext.patches import damaged, pipeline, safety
 
 APPLIED = []
 
@@ -106,18 +107,6 @@ def patch_cpu_distributed():
     return True
 
 
-#: The optimizers BasicSR master's get_optimizer accepts, by the names its option files use.
-OPTIMIZERS = {
-    'Adam': torch.optim.Adam,
-    'AdamW': torch.optim.AdamW,
-    'Adamax': torch.optim.Adamax,
-    'SGD': torch.optim.SGD,
-    'ASGD': torch.optim.ASGD,
-    'RMSprop': torch.optim.RMSprop,
-    'Rprop': torch.optim.Rprop,
-}
-
-
 def patch_optimizers():
     """PyPI 1.4.2 accepts only ``optim_g: {type: Adam}``; BasicSR master (and ASID's recipe) also use AdamW etc."""
     from basicsr.models.base_model import BaseModel
@@ -160,8 +149,9 @@ IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: After: these change what BasicSR does; those of :mod:`basicsr_ext.patches.safety` (saving, loading,
 #: resuming, logging, --force_yml) come last.
 BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, damaged.patch_skip_damaged_images,
-                   safety.patch_resume, safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
-                   safety.patch_force_yml_values, patch_eta_off_by_one)
+                   safety.patch_resume, safety.patch_atomic_save, safety.patch_safe_load_network,
+                   safety.patch_log_file_errors, safety.patch_force_yml_values, patch_eta_off_by_one,
+                   pipeline.patch_quiet_terminal)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()

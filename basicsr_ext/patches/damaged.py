@@ -18,7 +18,7 @@ to the console only).
 """
 import multiprocessing.sharedctypes
 
-from basicsr_ext.patches.safety import RunError
+from basicsr_ext.common.checkpoints import RunError
 
 #: How many damaged training images a run skips before it stops, unless ``max_damaged`` says.
 DEFAULT_MAX_DAMAGED = 10
