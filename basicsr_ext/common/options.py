@@ -240,6 +240,7 @@ def _check_optimizers(opt, path):
         _positive_number(settings, 'lr', f'train.{name}.', path)
         lr = settings.pop('lr')
         try:
+            # on the CPU (torch takes fused / capturable there too): no CUDA context before the run picks its GPU
             BaseModel.get_optimizer(None, kind, [torch.zeros(1, requires_grad=True)], lr, **settings)
         except NotImplementedError:
             raise OptionError(f'{where}.type: {kind!r} is not an optimizer BasicSR knows (known: '
