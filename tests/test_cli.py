@@ -244,3 +244,17 @@ def test_help_and_option_file_errors_answer_without_importing_torch(argv, tmp_pa
         result.stdout + result.stderr
     if '--help' not in argv:
         assert result.stderr.count('\n') == 1 and argv[-1] in result.stderr, result.stderr
+
+
+def test_the_training_terminal_shows_the_run_and_the_log_file_keeps_the_banner_and_every_option(tmp_path, tiny_data):
+    opt_file = write_options(tmp_path / 'quiet.yml', tiny_options(tiny_data, name='quiet', total_iter=1,
+                                                                   checkpoint_freq=1, val_freq=1))
+    result = run_basicsr('train', '-opt', opt_file, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    terminal = result.stdout + result.stderr
+    log = open(glob.glob(str(tmp_path / 'experiments/quiet/train_quiet_*.log'))[0]).read()
+    for boilerplate in ('/_____/', 'PyTorch: ', 'manual_seed: 0', 'Disable distributed'):
+        assert boilerplate not in terminal, boilerplate
+    assert '/_____/' in log and 'manual_seed: 0' in log
+    for line in ('Number of train images: 4', 'iter:       1', '# psnr:', 'End of training'):
+        assert line in terminal, line
