@@ -15,7 +15,8 @@ import types
 
 import torch
 
-from basicsr_ext.patches import pipeline, safety
+from basicsr_ext.common.optimizers import OPTIMIZERS
+from basicsr_ext.patches import damaged, pipeline, safety
 
 APPLIED = []
 
@@ -114,21 +115,11 @@ def patch_optimizers():
         return False
     except NotImplementedError:
         pass
-    # The optimizers BasicSR master's get_optimizer accepts, by the names its option files use.
-    optimizers = {
-        'Adam': torch.optim.Adam,
-        'AdamW': torch.optim.AdamW,
-        'Adamax': torch.optim.Adamax,
-        'SGD': torch.optim.SGD,
-        'ASGD': torch.optim.ASGD,
-        'RMSprop': torch.optim.RMSprop,
-        'Rprop': torch.optim.Rprop,
-    }
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
-        if optim_type not in optimizers:
-            raise NotImplementedError(f'optimizer {optim_type} is not supported; use one of {sorted(optimizers)}.')
-        return optimizers[optim_type](params, lr, **kwargs)
+        if optim_type not in OPTIMIZERS:
+            raise NotImplementedError(f'optimizer {optim_type} is not supported; use one of {sorted(OPTIMIZERS)}.')
+        return OPTIMIZERS[optim_type](params, lr, **kwargs)
 
     BaseModel.get_optimizer = get_optimizer
     return True
@@ -196,10 +187,10 @@ def resolve_auto_workers(num_gpu, dist):
 IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: After: these change what BasicSR does; those of :mod:`basicsr_ext.patches.safety` (saving, loading,
 #: resuming, logging, --force_yml) come last.
-BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, safety.patch_resume,
-                   safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
-                   safety.patch_force_yml_values, patch_eta_off_by_one, pipeline.patch_quiet_terminal,
-                   patch_auto_workers)
+BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, damaged.patch_skip_damaged_images,
+                   safety.patch_resume, safety.patch_atomic_save, safety.patch_safe_load_network,
+                   safety.patch_log_file_errors, safety.patch_force_yml_values, patch_eta_off_by_one,
+                   pipeline.patch_quiet_terminal, patch_auto_workers)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()
