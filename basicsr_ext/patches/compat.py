@@ -141,6 +141,30 @@ def patch_realesrgan_cpu():
     return True
 
 
+def patch_filter2d_layout():
+    """BasicSR's ``filter2D`` ``.view()``s its padded input; DiffJPEG's output is channels-last, which
+    ``F.pad`` keeps on today's torch, so Real-ESRGAN's second blur fails: 'view size is not compatible'."""
+    from basicsr.models import realesrgan_model, realesrnet_model
+    from basicsr.utils import img_process_util
+    upstream = img_process_util.filter2D
+    if hasattr(upstream, '__wrapped__'):
+        return False
+    probe = torch.zeros(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    try:
+        upstream(probe, torch.zeros(2, 3, 3))
+        return False
+    except RuntimeError:
+        pass
+
+    @functools.wraps(upstream)
+    def filter2D(img, kernel):  # noqa: N802  (BasicSR's name)
+        return upstream(img.contiguous(), kernel)
+
+    for module in (img_process_util, realesrnet_model, realesrgan_model):
+        module.filter2D = filter2D
+    return True
+
+
 def patch_optimizers():
     """PyPI 1.4.2 accepts only ``optim_g: {type: Adam}``; BasicSR master (and ASID's recipe) also use AdamW etc."""
     from basicsr.models.base_model import BaseModel
@@ -192,10 +216,9 @@ def patch_eta_off_by_one():
 IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: After: these change what BasicSR does; those of :mod:`basicsr_ext.patches.safety` (saving, loading,
 #: resuming, logging, --force_yml) come last.
-BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_realesrgan_cpu, patch_optimizers,
-                   safety.patch_resume,
-                   safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
-                   safety.patch_force_yml_values, patch_eta_off_by_one)
+BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_realesrgan_cpu, patch_filter2d_layout,
+                   patch_optimizers, safety.patch_resume, safety.patch_atomic_save, safety.patch_safe_load_network,
+                   safety.patch_log_file_errors, safety.patch_force_yml_values, patch_eta_off_by_one)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()
