@@ -61,7 +61,7 @@ def hr_photos(tmp_path_factory):
 
 
 def shipped_options(path, data, name, total_iter):
-    """The shipped option file, at CPU-test size: 32 px patches, batches of 2, one loader worker."""
+    """The shipped option file, at CPU-test size: 32 px patches, batches of 2, one loader worker, small networks."""
     with open(path) as f:
         opt = yaml.safe_load(f)
     opt.update(name=name, gt_size=32, queue_size=4)
@@ -70,6 +70,7 @@ def shipped_options(path, data, name, total_iter):
                  batch_size_per_gpu=2, num_worker_per_gpu=1)
     opt['train']['total_iter'] = total_iter
     opt['logger'].update(print_freq=1, save_checkpoint_freq=1, use_tb_logger=False)
+    opt['network_g'].update(num_groups=1, num_feat=8)  # the smallest ASID: export and inference in seconds
     if 'network_d' in opt:
         opt['network_d']['num_feat'] = 8
     return opt
