@@ -74,17 +74,18 @@ def _squared_error_sums(a, b, size, step):
 
 
 def best_crop(output, bicubic, gt, size=CROP, border=0):
-    """(gain, top, left): the ``size`` px window (inside ``border``) where ``output`` is closest to
-    ``gt`` relative to ``bicubic`` (largest drop of the squared error); the first one on a tie."""
+    """(gain, top, left, size): the window of ``size`` px (less in a smaller image), inside
+    ``border``, where ``output`` is closest to ``gt`` relative to ``bicubic`` (the largest drop of
+    the mean squared error); the first one on a tie."""
     h, w = gt.shape[:2]
     inner = (slice(border, h - border or None), slice(border, w - border or None))
     size = min(size, h - 2 * border, w - 2 * border)
-    if size < 1:
-        return 0., 0, 0
+    if size < 1:  # nothing inside the border: the whole image
+        return 0., 0, 0, min(h, w)
     tops, lefts, net = _squared_error_sums(output[inner], gt[inner], size, max(1, size // 4))
     _, _, bic = _squared_error_sums(bicubic[inner], gt[inner], size, max(1, size // 4))
     i = int(np.argmax(bic - net))
-    return float(bic[i] - net[i]) / (size * size), int(tops[i]) + border, int(lefts[i]) + border
+    return float(bic[i] - net[i]) / (size * size), int(tops[i]) + border, int(lefts[i]) + border, size
 
 
 class ComparisonSheet:
@@ -106,8 +107,7 @@ class ComparisonSheet:
         """One test image: its LR input, the network's output and the ground truth (uint8 BGR)."""
         from basicsr.metrics import calculate_psnr
         bicubic = bicubic_upscale(lq, self.scale)
-        gain, top, left = best_crop(output, bicubic, gt, CROP, self.psnr.get('crop_border', 0))
-        size = min(CROP, gt.shape[0] - top, gt.shape[1] - left)
+        gain, top, left, size = best_crop(output, bicubic, gt, CROP, self.psnr.get('crop_border', 0))
         crops = [img[top:top + size, left:left + size] for img in (gt, bicubic, output)]
         y = self.psnr.get('test_y_channel', False)
         scores = [calculate_psnr(c, crops[0], crop_border=0, test_y_channel=y) for c in crops[1:]]
