@@ -49,8 +49,12 @@ def vgg19(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def hr_photos(tmp_path_factory):
-    """Prepared as users do: ``prepare realesrgan`` of three HR images."""
-    folder = tmp_path_factory.mktemp('hr')
+    return hr_photos_in(tmp_path_factory.mktemp('hr'))
+
+
+def hr_photos_in(folder):
+    """Prepared as users do: ``prepare realesrgan`` of three HR images; returns ``dataroot_gt``."""
+    os.makedirs(folder, exist_ok=True)
     sources = {}
     for i, (h, w) in enumerate(((120, 96), (96, 96), (160, 128))):
         sources[f'img{i}'] = str(folder / f'img{i}.png')
