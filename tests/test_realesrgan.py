@@ -211,3 +211,25 @@ def test_a_sub_image_missing_from_the_gt_list_is_named_with_its_line(tmp_path, h
     message = _check(tmp_path, shipped_options(STAGE_1, data, 'stage1', 2))
     assert message.endswith(f'datasets.train.meta_info: {data}/meta_info_multiscale_sub.txt line 2: '
                             f'{data}/{second} does not exist')
+
+
+def _flat(node, prefix=''):
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f'{prefix}{key}.').items()}
+
+
+@pytest.mark.parametrize('stage', [STAGE_1, STAGE_2])
+def test_demo_files_are_the_shipped_stages_at_cpu_size_with_the_same_degradations(stage):
+    with open(stage) as f:
+        shipped = _flat(yaml.safe_load(f))
+    with open(stage.replace('.yml', '_demo.yml')) as f:
+        demo = _flat(yaml.safe_load(f))
+    assert demo.keys() == shipped.keys()
+    changed = {k.rstrip('.') for k in shipped if shipped[k] != demo[k]}
+    sizes = {'name', 'gt_size', 'queue_size', 'datasets.train.name', 'datasets.train.dataroot_gt',
+             'datasets.train.meta_info', 'datasets.train.gt_size', 'datasets.train.num_worker_per_gpu',
+             'datasets.train.batch_size_per_gpu', 'train.total_iter', 'train.scheduler.milestones',
+             'logger.print_freq', 'logger.save_checkpoint_freq', 'logger.use_tb_logger'}
+    extra = ({'train.optim_g.lr'} if stage == STAGE_1 else {'network_d.num_feat', 'path.pretrain_network_g'})
+    assert changed == sizes | extra
