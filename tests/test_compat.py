@@ -26,7 +26,8 @@ def test_apply_runs_each_patch_once_and_reports_what_it_applied(monkeypatch):
     assert set(compat.APPLIED) <= {p.__name__ for p in compat.PATCHES}
     assert len(compat.APPLIED) == len(set(compat.APPLIED))
     # this stack needs these (torchvision >= 0.17; no GPU; PyPI 1.4.2's Adam-only optimizers,
-    # its saving, resuming, loading and eta; today's F.pad keeping channels-last): they were applied, so the list is not just empty
+    # its saving, resuming, loading and eta; today's F.pad keeping channels-last): they were applied,
+    # so the list is not just empty
     needed = {'patch_functional_tensor', 'patch_optimizers', 'patch_resume', 'patch_atomic_save',
               'patch_eta_off_by_one', 'patch_filter2d_layout'} | (
                   {'patch_cpu_distributed', 'patch_realesrgan_cpu'} if not torch.cuda.is_available() else set())

@@ -445,4 +445,5 @@ def test_realesrgan_second_run_is_up_to_date_and_a_removed_image_takes_its_sub_i
 
 def test_realesrgan_command_needs_input_or_demo_in_one_line(tmp_path, capsys):
     assert main(['prepare', 'realesrgan']) == 2
-    assert capsys.readouterr().err == 'basicsr prepare: error: give either --input DIR (a folder of HR images) or --demo\n'
+    assert capsys.readouterr().err == ('basicsr prepare: error: give either --input DIR (a folder of HR images) '
+                                       'or --demo\n')

@@ -696,7 +696,8 @@ def _realesrgan_unit(job):
     outputs = []  # sub-images of ``crop`` px (a side shorter than that whole), as prepare div2k cuts them
     for tag, copy in multiscale_copies(img, min_size):
         h, w = copy.shape[:2]
-        boxes = [(top, left) for top in crop_starts(h, crop, step, thresh) for left in crop_starts(w, crop, step, thresh)]
+        boxes = [(top, left) for top in crop_starts(h, crop, step, thresh)
+                 for left in crop_starts(w, crop, step, thresh)]
         for i, (top, left) in enumerate(boxes, 1):
             outputs.append(os.path.join(out_dir, f'{stem}{tag}_s{i:03d}.png'))
             write_image(outputs[-1], copy[top:top + crop, left:left + crop])
@@ -803,7 +804,8 @@ def cmd_realesrgan(args):
             sources = {photo: os.path.join(data_dir, SKIMAGE_FILES[photo]) for photo in DEMO_TRAIN}
             missing = [p for p in sources.values() if not os.path.isfile(p)]
             if missing:
-                raise PrepareError(f'{missing[0]}: this scikit-image does not bundle it; the demo needs its photographs')
+                raise PrepareError(f'{missing[0]}: this scikit-image does not bundle it; the demo needs its '
+                                   f'photographs')
             what = f'photographs of the demo from {data_dir}'
         else:
             sources = {os.path.splitext(n)[0]: os.path.join(args.input, n) for n in list_images(args.input)}
@@ -819,7 +821,8 @@ def cmd_realesrgan(args):
 
 def add_parser(commands):
     """Register ``basicsr prepare`` (with its sub-commands) on the ``commands`` subparsers."""
-    prepare = commands.add_parser('prepare', help='prepare training and test data (DIV2K, benchmarks, demo, Real-ESRGAN)',
+    prepare = commands.add_parser('prepare',
+                                  help='prepare training and test data (DIV2K, benchmarks, demo, Real-ESRGAN)',
                                   description='Prepare data sets in the layouts the option files in options/ read. '
                                   'Every sub-command can be re-run: it only does what is not done yet.')
     sub = prepare.add_subparsers(dest='what', metavar='WHAT', required=True)
@@ -872,7 +875,8 @@ def add_parser(commands):
                       help=f'dataroot_gt (default: {REALESRGAN_OUTPUT}; with --demo {REALESRGAN_DEMO_OUTPUT})')
     real.add_argument('--crop-size', type=int, default=REALESRGAN_CROP,
                       help=f'sub-image size (default: {REALESRGAN_CROP})')
-    real.add_argument('--step', type=int, default=REALESRGAN_STEP, help=f'sub-image stride (default: {REALESRGAN_STEP})')
+    real.add_argument('--step', type=int, default=REALESRGAN_STEP,
+                      help=f'sub-image stride (default: {REALESRGAN_STEP})')
     real.add_argument('--thresh-size', type=int, default=0,
                       help='add a crop at the border when more than this is left over (default: 0)')
     real.add_argument('--min-size', type=int, default=None, metavar='PX',
