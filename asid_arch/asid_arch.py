@@ -8,9 +8,10 @@ The module tree reproduces the authors' release exactly, so their checkpoints lo
 specification this file follows; module and attribute names are those of the released
 state_dict (``LB1.net.fn.0``, ``SLA1.attn.to_qkv``, ``esa.conv1``, ``up.0``, ...).
 
-This eager implementation is the reference definition of the math: windows are formed with
-``view``/``permute`` (no Python loops over windows), attention is a batched matmul, softmax
-runs in float32.
+This eager implementation is the reference definition of the math: windows and channel-attention
+groups are formed with ``einops.rearrange`` patterns that spell the paper's layouts (each a view,
+one permutation and a reshape; no Python loops over windows), attention is a batched matmul,
+softmax runs in float32.
 
 Overview (c = ``num_feat``, s = c / 4)::
 
@@ -26,6 +27,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
+from einops import rearrange
 from torch import nn
 
 #: Number of channels inside :class:`EnhancedSpatialAttention` (fixed in the release).
@@ -53,14 +55,9 @@ def window_partition(x, window_size, grid=False):
     Returns:
         Tensor: (B * gh * gw, w * w, C), windows ordered (b, i, j).
     """
-    b, c, h, w = x.shape
-    ws = window_size
-    gh, gw = h // ws, w // ws
-    if grid:  # dims (b, c, u, i, v, j) -> (b, i, j, u, v, c)
-        x = x.view(b, c, ws, gh, ws, gw).permute(0, 3, 5, 2, 4, 1)
-    else:  # dims (b, c, i, u, j, v) -> (b, i, j, u, v, c)
-        x = x.view(b, c, gh, ws, gw, ws).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(b * gh * gw, ws * ws, c)
+    if grid:  # window (i, j) holds rows i + gh*u, cols j + gw*v
+        return rearrange(x, 'b c (u i) (v j) -> (b i j) (u v) c', u=window_size, v=window_size)
+    return rearrange(x, 'b c (i u) (j v) -> (b i j) (u v) c', u=window_size, v=window_size)
 
 
 def add_windows(x, windows, window_size, grid=False):
@@ -77,14 +74,15 @@ def add_windows(x, windows, window_size, grid=False):
         Tensor: (B, C, H, W), contiguous.
     """
     b, c, h, w = x.shape
-    ws = window_size
-    gh, gw = h // ws, w // ws
-    windows = windows.view(b, gh, gw, ws, ws, c)  # (b, i, j, u, v, c)
+    sizes = dict(b=b, i=h // window_size, j=w // window_size, u=window_size, v=window_size)
+    # the sum is taken on 6-d views of x and of the windows, so the reversed windows are never copied
     if grid:
-        out = x.view(b, c, ws, gh, ws, gw) + windows.permute(0, 5, 3, 1, 4, 2)
-    else:
-        out = x.view(b, c, gh, ws, gw, ws) + windows.permute(0, 5, 1, 3, 2, 4)
-    return out.view(b, c, h, w)
+        out = (rearrange(x, 'b c (u i) (v j) -> b c u i v j', **sizes)
+               + rearrange(windows, '(b i j) (u v) c -> b c u i v j', **sizes))
+        return rearrange(out, 'b c u i v j -> b c (u i) (v j)')
+    out = (rearrange(x, 'b c (i u) (j v) -> b c i u j v', **sizes)
+           + rearrange(windows, '(b i j) (u v) c -> b c i u j v', **sizes))
+    return rearrange(out, 'b c i u j v -> b c (i u) (j v)')
 
 
 def relative_position_index(window_size):
@@ -360,23 +358,17 @@ class ChannelSelfAttention(nn.Module):
     def forward(self, x):
         b, c, h, w = x.shape
         ws = self.window_size
-        gh, gw = h // ws, w // ws
-        qkv = self.qkv_dwconv(self.qkv(x)).view(b, 3 * c, gh, ws, gw, ws)  # (b, c, i, p, j, q)
-        if self.grid:  # group per offset (p, q), tokens (i, j)
-            qkv = qkv.permute(0, 3, 5, 1, 2, 4).reshape(b * ws * ws, 3 * c, gh * gw)
-        else:  # group per window (i, j), tokens (p, q)
-            qkv = qkv.permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, 3 * c, ws * ws)
+        sizes = dict(b=b, i=h // ws, j=w // ws, p=ws, q=ws)  # pixel (w*i + p, w*j + q)
+        # one group of tokens per offset (p, q) (grid) or per window (i, j); channels, then tokens
+        groups = '(b p q) c (i j)' if self.grid else '(b i j) c (p q)'
+        qkv = rearrange(self.qkv_dwconv(self.qkv(x)), f'b c (i p) (j q) -> {groups}', p=ws, q=ws)
         q, k, v = qkv.chunk(3, dim=1)
         q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)
         attn = torch.bmm(q, k.transpose(1, 2)) * self.temperature
         attn = attn.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
         out = torch.bmm(attn, v)
-        if self.grid:
-            out = out.view(b, ws, ws, c, gh, gw).permute(0, 3, 4, 1, 5, 2)
-        else:
-            out = out.view(b, gh, gw, c, ws, ws).permute(0, 3, 1, 4, 2, 5)
-        return self.project_out(out.reshape(b, c, h, w))
+        return self.project_out(rearrange(out, f'{groups} -> b c (i p) (j q)', **sizes))
 
 
 class ChannelAttentionBlock(nn.Module):
@@ -661,11 +653,18 @@ class ASID(nn.Module):
             feat = getattr(self, f'block{i}')(feat, maps)
         return self.up(self.output(feat) + shallow)
 
+    def to_network_range(self, x):
+        """[0, 1] data -> the range the network computes in (``value_range``)."""
+        return x * 2 - 1 if self.value_range[0] == -1 else x
+
+    def from_network_range(self, out):
+        """The inverse of :meth:`to_network_range`."""
+        return (out + 1) / 2 if self.value_range[0] == -1 else out
+
     def forward(self, x):
         self.check_input(x)
         h, w = x.shape[-2:]
-        if self.value_range[0] == -1:
-            x = x * 2 - 1
+        x = self.to_network_range(x)
         ph, pw = self.padded_size(h, w)
         if (ph, pw) != (h, w):
             x = F.pad(x, (0, pw - w, 0, ph - h))
@@ -673,9 +672,7 @@ class ASID(nn.Module):
         out = self.body(x)
 
         s = self.upscale
-        out = out[:, :, :h * s, :w * s]
-        if self.value_range[0] == -1:
-            out = (out + 1) / 2
+        out = self.from_network_range(out[:, :, :h * s, :w * s])
         return out.to(x.dtype)  # the input's dtype, also under torch.autocast
 
 

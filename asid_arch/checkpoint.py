@@ -69,6 +69,11 @@ def read_file(path, map_location='cpu'):
                               f'{type(e).__name__}: {detail}') from None
 
 
+def without_module_prefix(state_dict):
+    """The state_dict with the ``module.`` prefix of weights saved from a DDP/DataParallel wrapper removed."""
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+
+
 def _is_state_dict(obj):
     return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
@@ -121,10 +126,7 @@ def _state_dict_of(obj, name):
         raise CheckpointError(f"{name}: expected a state_dict (a dict of tensors) or BasicSR's "
                               f"{{'params': ...}} / {{'params_ema': ...}}, found {found} "
                               f'(top-level keys: {_preview(obj)})')
-    if obj and all(k.startswith('module.') for k in obj):
-        obj = {k[len('module.'):]: v for k, v in obj.items()}
-    else:
-        obj = dict(obj)
+    obj = without_module_prefix(obj)
 
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:

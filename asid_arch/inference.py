@@ -19,8 +19,8 @@ channel mean kept, as Real-ESRGAN does; ``'bicubic'``: bicubic interpolation) an
 re-attached; a constant alpha (fully opaque images saved with an alpha channel) stays
 exactly constant either way.
 
-Precision: fp32 on the CPU; on a GPU fp16 by default (:data:`GPU_AUTO_PRECISION`: as
-accurate as fp32 on Set5 to 0.0001 dB and about 1.4x faster on an H100 for a 512 px input).
+Precision: fp32 on the CPU; on a GPU fp16 by default (:mod:`asid_arch.runtime` says why; the
+device, precision and memory budget are chosen there).
 
 Memory layout: on the CPU the network runs on channels-last tensors by default (the same
 function, to 1e-6; oneDNN's convolutions, the depthwise ones above all, are faster in that
@@ -41,7 +41,6 @@ receptive field is smaller than the overlap it is identical there.
 """
 import copy
 import math
-import os
 import warnings
 from contextlib import nullcontext
 
@@ -51,70 +50,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import build_asid
+from .runtime import (BYTES_PER_PIXEL, MEMORY_SHARE, MIN_AUTO_TILE, PRECISIONS, available_memory, resolve_device,
+                      resolve_precision)
 from .tiling import tile_grid, tiled_forward
 
-#: Accepted ``precision`` names and their dtypes.
-PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-#: What ``precision='auto'`` picks on a GPU: the fastest precision whose Set5 PSNR stays
-#: within 0.01 dB of fp32 (``python -m basicsr_ext.commands.precision_check``). Measured on an H100
-#: (torch 2.11, ASID x4 trained briefly on BSDS200, Set5 x4 Y-PSNR 28.23 dB, one 512x512 LR
-#: image): fp32 38.1 ms; fp16 cast 27.2 ms, -0.0001 dB; fp16 autocast 30.7 ms, +0.0000 dB;
-#: bf16 cast 31.8 ms, -0.0073 dB; bf16 autocast 35.0 ms, -0.0074 dB. So fp16, cast. (On a
-#: 256x256 LR image the eager network is launch-bound and fp32 was the fastest, 20.9 vs
-#: 29.1 ms for fp16: precision only pays off on images large enough to keep the GPU busy.)
-#: On the CPU 'auto' is fp32.
-GPU_AUTO_PRECISION = 'fp16'
-#: Peak memory per LR input pixel of ASID (48 features, fp32, no grad), with some margin:
-#: about 8 KB was measured on the CPU for 64..256 px inputs. Scaled with ``num_feat``.
-BYTES_PER_PIXEL = 10 * 1024
-#: Share of the free memory that the automatic whole-image/tile choice may plan to use.
-MEMORY_SHARE = 0.5
-#: Smallest tile the automatic choice makes (a multiple of the window size 8).
-MIN_AUTO_TILE = 64
 #: ITU-R BT.601 luma weights (R, G, B), as OpenCV's COLOR_RGB2GRAY.
 LUMA = (0.299, 0.587, 0.114)
 
 
 class NonFiniteOutput(ArithmeticError):
     """The network's output holds NaN or infinity (broken weights, or an overflow fp32 cannot fix)."""
-
-
-def resolve_device(device='auto'):
-    """``'auto'`` -> CUDA when available, else CPU; anything else is checked and returned."""
-    if device is None or device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device {device} requested, but CUDA is not available (torch {torch.__version__})')
-    return device
-
-
-def resolve_precision(precision, device):
-    """``'auto'`` -> fp32 on the CPU, :data:`GPU_AUTO_PRECISION` on a GPU; others are checked."""
-    if precision is None or precision == 'auto':
-        return GPU_AUTO_PRECISION if device.type == 'cuda' else 'fp32'
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of auto, {", ".join(PRECISIONS)}; got {precision!r}')
-    if precision != 'fp32' and device.type == 'cpu':
-        warnings.warn(f'{precision} on the CPU is emulated and usually slower than fp32', stacklevel=3)
-    return precision
-
-
-def available_memory(device):
-    """Free memory in bytes on ``device`` (CUDA: free device memory; CPU: MemAvailable)."""
-    if device.type == 'cuda':
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open('/proc/meminfo') as f:
-            for line in f:
-                if line.startswith('MemAvailable:'):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
 
 
 def _model_scale(model, scale):

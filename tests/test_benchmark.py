@@ -4,8 +4,8 @@ import re
 
 import torch
 
-from basicsr_ext.commands import benchmark
-from basicsr_ext.commands.benchmark import NETWORKS, multiply_adds
+from basicsr_ext.commands import benchmark_runs
+from basicsr_ext.commands.benchmark_runs import NETWORKS, multiply_adds
 from conftest import compile_with_backend
 from basicsr_ext.commands.cli import main
 
@@ -66,7 +66,7 @@ def test_compiled_paths_are_also_timed_on_batches_of_frames_and_report_ms_per_fr
 
 def test_train_profile_writes_the_profilers_table_of_iterations_before_the_timed_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(benchmark, 'PROFILED_ITERS', 2)
+    monkeypatch.setattr(benchmark_runs, 'PROFILED_ITERS', 2)
     assert main(['benchmark', '--device', 'cpu', '--networks', 'ASID', '--paths', 'plain', '--size', '24x16',
                  '--repeat', '1', '--warmup', '0', '--train', '--train-iters', '13', '--train-warmup', '12',
                  '--train-workers', '0', '--train-batch', '2', '--train-patch', '16', '--train-profile',

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from basicsr_ext.commands import cli
 from basicsr_ext.commands.cli import main
-from basicsr_ext.common.options import OptionError, load_and_check
+from basicsr_ext.common import options
+from basicsr_ext.common.options import OptionError, check_read_options, load_and_check
 from conftest import REPO, free_port, run_basicsr, tiny_options, write_options
 
 
@@ -174,9 +174,8 @@ def test_only_rank_zero_reads_the_data_files(tmp_path, tiny_data, monkeypatch):
     open(os.path.join(tiny_data, 'train/HR/0001.png'), 'wb').close()  # an empty file: a data error
     opt_file = write_options(tmp_path / 'bad.yml', tiny_options(tiny_data))
     checked = []
-    monkeypatch.setattr(sys, 'argv', sys.argv[:])  # BasicSR reads its arguments from sys.argv
-    monkeypatch.setattr(cli, 'load_and_check', lambda *a, check_data, **k: checked.append(check_data)
-                        or load_and_check(*a, check_data=False, **k))
+    monkeypatch.setattr(options, 'check_read_options', lambda *a, check_data, **k: checked.append(check_data)
+                        or check_read_options(*a, check_data=False, **k))
     monkeypatch.setattr('basicsr.train.train_pipeline', lambda root: None)
     for rank in ('0', '1'):
         monkeypatch.setenv('RANK', rank)
@@ -210,3 +209,38 @@ def test_train_keeps_torch_compile_caches_beside_the_experiments(tmp_path, tiny_
 def test_console_script_runs_as_python_module(tmp_path):
     result = run_basicsr('--help', cwd=tmp_path)
     assert result.returncode == 0 and 'train' in result.stdout
+
+
+def _first_loss(run_dir):
+    log = open(glob.glob(os.path.join(run_dir, 'train_*.log'))[0]).read()
+    return re.search(r'l_pix: ([0-9.e+-]+)', log).group(1)
+
+
+def test_force_yml_manual_seed_seeds_the_run_two_seeds_train_differently_one_seed_twice_alike(
+        tmp_path, tiny_data, monkeypatch):
+    # BasicSR seeds before it applies --force_yml: every seed trained as the file's seed did
+    monkeypatch.chdir(tmp_path)
+    opt_file = write_options(tmp_path / 's.yml', tiny_options(tiny_data, total_iter=1, checkpoint_freq=1,
+                                                               val_freq=1))
+    losses = []
+    for i, seed in enumerate((1, 2, 1)):
+        assert main(['train', '-opt', opt_file, '--force_yml', f'manual_seed={seed}', f'name=seed_{i}']) == 0
+        losses.append(_first_loss(tmp_path / 'experiments' / f'seed_{i}'))
+    assert losses[0] == losses[2] != losses[1], losses
+
+
+@pytest.mark.parametrize('argv', [['--help'], ['train', '--help'], ['test', '--help'], ['prepare', '--help'],
+                                  ['infer', '--help'], ['export', '--help'], ['benchmark', '--help'],
+                                  ['train', '-opt', 'missing.yml'], ['train', '-opt', 'broken.yml']],
+                         ids=lambda argv: ' '.join(argv))
+def test_help_and_option_file_errors_answer_without_importing_torch(argv, tmp_path):
+    (tmp_path / 'broken.yml').write_text('name: x\n  bad: [\n')
+    script = ('import sys\nfrom basicsr_ext.commands.cli import main\n'
+              'try:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n'
+              'print("torch imported:", "torch" in sys.modules, "exit:", code)')
+    result = subprocess.run([sys.executable, '-c', script, *argv], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.splitlines()[-1] == f'torch imported: False exit: {0 if "--help" in argv else 2}', \
+        result.stdout + result.stderr
+    if '--help' not in argv:
+        assert result.stderr.count('\n') == 1 and argv[-1] in result.stderr, result.stderr

@@ -15,7 +15,8 @@ pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 
 from asid_arch import ASID, ASID_D8, ASIDUpsampler  # noqa: E402
-from basicsr_ext.commands import export  # noqa: E402
+from basicsr_ext.commands.export import DEFAULT_OPSET  # noqa: E402
+from basicsr_ext.common import onnx_export  # noqa: E402
 from basicsr_ext.commands.cli import main  # noqa: E402
 from basicsr_ext.common.onnx_model import OnnxNetwork  # noqa: E402
 
@@ -47,7 +48,7 @@ def small_checkpoint(tmp_path_factory):
 def small_onnx(small_checkpoint, tmp_path_factory):
     from asid_arch.checkpoint import build_asid
     path = tmp_path_factory.mktemp('onnx') / 'small_x2.onnx'
-    return export.export_onnx(build_asid(str(small_checkpoint)), str(path))  # the command is tested below
+    return onnx_export.export_onnx(build_asid(str(small_checkpoint)), str(path), opset=DEFAULT_OPSET)  # the command is tested below
 
 
 def test_export_command_checks_parity_prints_cpu_times_and_keeps_the_file(small_checkpoint, tmp_path, capsys):
@@ -55,10 +56,10 @@ def test_export_command_checks_parity_prints_cpu_times_and_keeps_the_file(small_
     assert main(['export', '--model-path', str(small_checkpoint), '-o', str(out)]) == 0
     text = capsys.readouterr().out
     assert 'value range [-1, 1]' in text
-    for shape in export.PARITY_SHAPES:
+    for shape in onnx_export.PARITY_SHAPES:
         assert f'parity {"x".join(map(str, shape))}: max |onnxruntime - pytorch| = ' in text
     assert 'cpu time 128x128: onnxruntime ' in text and ' ms, pytorch ' in text
-    assert f'<= {export.TOLERANCE:g}' in text and out.is_file()
+    assert f'<= {onnx_export.TOLERANCE:g}' in text and out.is_file()
     assert not [p for p in os.listdir(tmp_path) if '.part' in p]
 
 
@@ -73,10 +74,10 @@ def test_exported_graph_has_dynamic_batch_height_and_width(small_onnx):
 
 def test_onnx_matches_pytorch_on_batches_odd_sides_and_tiny_inputs(small_onnx):
     net = small_asid(value_range=(-1, 1))
-    sess = export.session(small_onnx)
+    sess = onnx_export.session(small_onnx)
     shapes = ((2, 3, 37, 50), (1, 3, 7, 5), (3, 3, 1, 1), (1, 3, 16, 24), (1, 3, 9, 40))
-    for shape, diff in export.parity(net, sess, shapes):
-        assert diff < export.TOLERANCE, (shape, diff)
+    for shape, diff in onnx_export.parity(net, sess, shapes):
+        assert diff < onnx_export.TOLERANCE, (shape, diff)
     out = sess.run(None, {'input': np.random.rand(2, 3, 37, 50).astype(np.float32)})[0]
     assert out.shape == (2, 3, 74, 100)
 
@@ -91,22 +92,22 @@ def test_release_asid_and_asid_d8_export_within_tolerance(manifest, groups, tmp_
     from asid_arch.checkpoint import build_asid
     net = build_asid(release_state(manifest))
     assert (net.num_groups, net.upscale, net.value_range) == (groups, 4, (-1, 1))
-    path = export.export_onnx(net, str(tmp_path / 'release.onnx'))
-    results = export.parity(net, export.session(path), ((2, 3, 19, 13), (1, 3, 4, 6)))
-    assert all(diff < export.TOLERANCE for _, diff in results), results
+    path = onnx_export.export_onnx(net, str(tmp_path / 'release.onnx'), opset=DEFAULT_OPSET)
+    results = onnx_export.parity(net, onnx_export.session(path), ((2, 3, 19, 13), (1, 3, 4, 6)))
+    assert all(diff < onnx_export.TOLERANCE for _, diff in results), results
 
 
 def test_fp16_export_runs_with_float32_input_within_fp16_tolerance(tmp_path):
     net = small_asid()
-    path = export.export_onnx(net, str(tmp_path / 'half.onnx'), fp16=True)
+    path = onnx_export.export_onnx(net, str(tmp_path / 'half.onnx'), opset=DEFAULT_OPSET, fp16=True)
     assert next(net.parameters()).dtype == torch.float32  # the caller's network is left in fp32
-    results = export.parity(net, export.session(path), ((1, 3, 21, 18), ))
-    assert all(diff < export.FP16_TOLERANCE for _, diff in results), results
+    results = onnx_export.parity(net, onnx_export.session(path), ((1, 3, 21, 18), ))
+    assert all(diff < onnx_export.FP16_TOLERANCE for _, diff in results), results
 
 
 def test_export_above_tolerance_fails_and_leaves_no_file(small_checkpoint, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(export, 'TOLERANCE', 0.0)  # any difference at all is too much
-    monkeypatch.setattr(export, 'parity', lambda net, sess: [((1, 3, 7, 5), 1e-7)])
+    monkeypatch.setattr(onnx_export, 'TOLERANCE', 0.0)  # any difference at all is too much
+    monkeypatch.setattr(onnx_export, 'parity', lambda net, sess: [((1, 3, 7, 5), 1e-7)])
     out = tmp_path / 'bad.onnx'
     assert main(['export', '--model-path', str(small_checkpoint), '-o', str(out)]) == 1
     assert 'more than the tolerance 0' in capsys.readouterr().err

@@ -70,46 +70,86 @@ def imports_of(module, module_level_only):
     return found
 
 
+#: The floors of the house, lowest first: a module may import from its own floor and the floors below.
+FLOORS = ('asid_arch', 'basicsr_ext.common', 'basicsr_ext.patches', 'basicsr_ext.training', 'basicsr_ext.commands')
+
+
+def floor(module):
+    """The index in FLOORS of the floor ``module`` stands on (the bare ``basicsr_ext``: with the patches,
+    since all its __init__ does is install their hook)."""
+    if module in ('basicsr_ext', 'basicsr_ext.__main__'):
+        return FLOORS.index('basicsr_ext.patches' if module == 'basicsr_ext' else 'basicsr_ext.commands')
+    return next(i for i, name in enumerate(FLOORS) if module == name or module.startswith(name + '.'))
+
+
 def test_the_module_list_is_read():
-    assert {'asid_arch', 'asid_arch.asid_arch', 'basicsr_ext', 'basicsr_ext.commands.cli', 'basicsr_ext.patches.hook'} <= set(MODULES)
-    assert imports_of('basicsr_ext.commands.cli', True) >= {'asid_arch', 'basicsr_ext.commands.prepare', 'basicsr_ext.common.errors'}
-    assert imports_of('asid_arch.inference', True) == {'asid_arch.checkpoint', 'asid_arch.tiling'}
+    assert {'asid_arch', 'asid_arch.asid_arch', 'basicsr_ext', 'basicsr_ext.commands.cli',
+            'basicsr_ext.patches.hook', 'basicsr_ext.training.models', 'basicsr_ext.common.options'} <= set(MODULES)
+    assert imports_of('basicsr_ext.commands.cli', True) >= {'basicsr_ext.commands.prepare',
+                                                            'basicsr_ext.common.errors'}
+    assert imports_of('asid_arch.inference', True) == {'asid_arch.checkpoint', 'asid_arch.runtime', 'asid_arch.tiling'}
+    assert all(floor(m) is not None for m in MODULES)
 
 
-def test_no_import_circle_among_our_modules_at_module_level():
-    graph = {m: imports_of(m, module_level_only=True) for m in MODULES}
+def _circle(graph):
     done, path = set(), []
 
     def visit(module):
         if module in path:
-            pytest.fail('import circle: ' + ' -> '.join(path[path.index(module):] + [module]))
+            return path[path.index(module):] + [module]
         if module in done:
-            return
+            return None
         path.append(module)
         for target in sorted(graph[module]):
-            visit(target)
+            found = visit(target)
+            if found:
+                return found
         path.pop()
         done.add(module)
+        return None
 
-    for module in MODULES:
-        visit(module)
+    return next((c for c in map(visit, MODULES) if c), None)
 
 
-def test_the_network_package_imports_nothing_of_the_glue_but_the_hook():
-    # anywhere in its files, not only at module level
+@pytest.mark.parametrize('module_level_only', [True, False], ids=['at module level', 'counting imports in functions'])
+def test_no_import_circle_among_our_modules(module_level_only):
+    circle = _circle({m: imports_of(m, module_level_only) for m in MODULES})
+    assert circle is None, 'import circle: ' + ' -> '.join(circle)
+
+
+def test_every_import_points_down_the_floors_network_shared_pieces_patches_training_commands():
+    # anywhere in the files, inside functions too
+    upward = [f'{m} -> {target}' for m in MODULES for target in imports_of(m, module_level_only=False)
+              if floor(target) > floor(m)]
+    assert not upward, upward
+
+
+def test_the_network_package_imports_nothing_of_basicsr_ext():
     for module in (m for m in MODULES if m.split('.')[0] == 'asid_arch'):
         glue = {m for m in imports_of(module, module_level_only=False) if m.split('.')[0] == 'basicsr_ext'}
-        assert glue <= {'basicsr_ext', 'basicsr_ext.patches.hook'}, (module, glue)
+        assert not glue, (module, glue)
 
 
-def test_patches_and_the_hook_do_not_import_the_network_when_imported():
-    # the hook patches BasicSR while asid_arch may be half imported (it imports BasicSR)
-    for module in ('basicsr_ext', 'basicsr_ext.patches.hook', 'basicsr_ext.patches.compat', 'basicsr_ext.patches.safety'):
-        assert not {m for m in imports_of(module, True) if m.split('.')[0] == 'asid_arch'}, module
+def test_the_hook_imports_no_module_of_ours_when_imported():
+    # it is imported at every interpreter start (the .pth line): no torch, no BasicSR until basicsr is imported
+    assert imports_of('basicsr_ext.patches.hook', module_level_only=True) == set()
+    assert imports_of('basicsr_ext', module_level_only=True) == {'basicsr_ext.patches.hook', 'basicsr_ext.patches'}
+
+
+def test_applying_the_patches_imports_neither_the_network_nor_anything_that_imports_basicsr():
+    # the hook applies them while `import basicsr` is under way (asid_arch imports BasicSR):
+    # module level only, followed through our modules
+    seen, todo = set(), ['basicsr_ext.patches.compat']
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(imports_of(module, module_level_only=True))
+    assert not {m for m in seen if m.split('.')[0] == 'asid_arch'}, sorted(seen)
 
 
 def test_only_the_entry_point_imports_the_command_line_module():
-    # the commands share errors and image reading through their own modules, never through cli
+    # the commands share errors and image reading through basicsr_ext.common, never through cli
     # (not even inside a function: cli hands benchmark its train command instead)
     for module in MODULES:
         if module not in ('basicsr_ext.commands.cli', 'basicsr_ext.__main__'):

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from asid_arch import ASID
-from asid_arch.inference import LUMA, ASIDUpsampler, resolve_precision
+from asid_arch.inference import LUMA, ASIDUpsampler
+from asid_arch.runtime import resolve_precision
 from asid_arch.tiling import tile_starts
 
 

@@ -6,21 +6,19 @@
 and results land under the current directory, as when running BasicSR from its checkout.
 """
 import argparse
-import logging
 import os
 import sys
 
-import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
-from basicsr_ext.commands import benchmark, export, infer, prepare  # noqa: F401  (models: ASIDModel)
-from basicsr_ext.training import models
-from basicsr_ext.patches import testsets
+# The commands' modules define their arguments with light imports (no torch, no BasicSR), so that
+# `basicsr --help`, a misspelt option file or a YAML error answer at once; each imports what it
+# runs with when it runs.
+from basicsr_ext.commands import benchmark, export, infer, prepare
 from basicsr_ext.common.errors import CommandError
-from basicsr_ext.common.options import OptionError, load_and_check
-from basicsr_ext.patches.safety import RunError
+from basicsr_ext.common.optionfile import OptionError, read_with_overrides
 
 
 def _add_pipeline_arguments(parser):
-    # The same arguments as basicsr.utils.options.parse_options, which re-parses them.
+    # The arguments of BasicSR's own basicsr/train.py and basicsr/test.py (basicsr.utils.options.parse_options)
     parser.add_argument('-opt', required=True, metavar='FILE', help='path to the option YAML file')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
     parser.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
@@ -29,29 +27,6 @@ def _add_pipeline_arguments(parser):
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
                         help='override options, e.g. train:total_iter=1000 datasets:train:batch_size_per_gpu=8')
-
-
-def _basicsr_argv(prog, args):
-    local_rank = args.local_rank if args.launch_local_rank is None else args.launch_local_rank
-    argv = [prog, '-opt', args.opt, '--launcher', args.launcher, '--local_rank', str(local_rank)]
-    if args.auto_resume:
-        argv.append('--auto_resume')
-    if args.debug:
-        argv.append('--debug')
-    if args.force_yml:
-        argv += ['--force_yml', *args.force_yml]
-    return argv
-
-
-def _fresh_basicsr_logger():
-    """BasicSR's get_root_logger sets up the 'basicsr' logger, and the run's log file, only on its
-    first call in a process; forget earlier set-ups so this run gets its own log file."""
-    from basicsr.utils import logger as basicsr_logger
-    logger = logging.getLogger('basicsr')
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    basicsr_logger.initialized_logger.pop('basicsr', None)
 
 
 def _rank(launcher):
@@ -77,10 +52,20 @@ def keep_compile_cache_with_the_runs():
 
 def _run_pipeline(args, is_train):
     try:
+        opt = read_with_overrides(args.opt, args.force_yml)  # before anything heavy is imported
+    except OptionError as e:
+        raise CommandError(str(e)) from None
+    import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
+    from basicsr_ext.common.options import check_read_options
+    from basicsr_ext.patches.pipeline import handed_over
+    from basicsr_ext.common.checkpoints import RunError
+    from basicsr_ext.training import models  # noqa: F401  (registers ASIDModel)
+    try:
         # Every rank checks the options; only rank 0 reads the data sets' files (the launcher
-        # stops the other ranks when rank 0 exits with an error).
-        load_and_check(args.opt, args.force_yml, is_train=is_train, check_data=_rank(args.launcher) == 0,
-                       launcher=args.launcher)
+        # stops the other ranks when rank 0 exits with an error). `basicsr test` skips the sets
+        # that are not prepared, one line each.
+        opt = check_read_options(opt, args.opt, is_train=is_train, check_data=_rank(args.launcher) == 0,
+                                 launcher=args.launcher)
     except OptionError as e:
         raise CommandError(str(e)) from None
     if is_train:
@@ -88,10 +73,10 @@ def _run_pipeline(args, is_train):
         from basicsr.train import train_pipeline as pipeline
     else:
         from basicsr.test import test_pipeline as pipeline
-    sys.argv = _basicsr_argv(f'basicsr {args.command}', args)  # BasicSR parses sys.argv itself
-    _fresh_basicsr_logger()
     try:
-        pipeline(os.getcwd())
+        with handed_over(opt, args.opt, launcher=args.launcher, auto_resume=args.auto_resume, debug=args.debug,
+                         is_train=is_train):
+            pipeline(os.getcwd())
     except RunError as e:  # a failed save, nothing to resume from, an unusable checkpoint: one line
         print(f'basicsr {args.command}: error: {e}', file=sys.stderr)
         return 1
@@ -103,8 +88,7 @@ def cmd_train(args):
 
 
 def cmd_test(args):
-    with testsets.present_only():  # the sets not prepared are skipped (basicsr_ext/testsets.py)
-        return _run_pipeline(args, is_train=False)
+    return _run_pipeline(args, is_train=False)
 
 
 def build_parser():

@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from asid_arch.inference import NonFiniteOutput
+from basicsr_ext.commands.checkpoint_args import add_weight_overrides, value_range_of
 from basicsr_ext.common.compare import input_bicubic_output
 from basicsr_ext.common.errors import CommandError
 from basicsr_ext.common.images import decode as decode_image
@@ -210,12 +210,7 @@ def add_parser(commands):
     model.add_argument('--onnx', metavar='FILE',
                        help='an ONNX model written by basicsr export, run by ONNX Runtime on the CPU (needs the '
                        'export extra, not the checkpoint)')
-    p.add_argument('--scale', type=int, default=None, help='scale; must match the weights (default: from them)')
-    p.add_argument('--num-groups', type=int, default=None,
-                   help='groups: 3 ASID, 8 ASID-D8; must match the weights (default: from them)')
-    p.add_argument('--value-range', choices=['0,1', '-1,1'], default=None,
-                   help="the network's data range (default: -1,1 for the authors' raw release, 0,1 for BasicSR "
-                   'checkpoints)')
+    add_weight_overrides(p)
     p.add_argument('--suffix', default=None, help='appended to the input stem (default: _ASID_x{scale})')
     p.add_argument('--ext', default=None, type=lambda s: s.lower().lstrip('.'), choices=OUTPUT_EXTENSIONS,
                    help="output format (default: the input's)")
@@ -470,7 +465,7 @@ def build_upsampler(args):
     from asid_arch.checkpoint import CheckpointError
     from asid_arch.inference import ASIDUpsampler
 
-    value_range = None if args.value_range is None else tuple(int(v) for v in args.value_range.split(','))
+    value_range = value_range_of(args)
     max_memory = None if args.max_memory is None else int(args.max_memory * 2**30)
     model = args.model_path
     if args.onnx is not None:
@@ -597,13 +592,10 @@ def plan_frames(run, images):
         run.batch, run.frame_size = batch, (height, width)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    tqdm.write(f'basicsr infer: warning: {message}', file=sys.stderr)
-
-
 def _guarded(run, path, fn, *args):
     """``fn(*args)`` for the image at ``path``; whatever goes wrong with it is counted and reported,
     never raised (None is returned then)."""
+    from asid_arch.inference import NonFiniteOutput  # here, not at the top: `basicsr infer --help` needs no torch
     try:
         return fn(*args)
     except Skipped as e:

@@ -33,8 +33,9 @@ import torch
 import basicsr_ext  # noqa: F401  (compatibility patches before BasicSR is imported)
 from asid_arch import ASID
 from asid_arch.checkpoint import build_asid
-from asid_arch.inference import PRECISIONS, ASIDUpsampler, resolve_device
-from basicsr_ext.commands.benchmark import time_forward
+from asid_arch.inference import ASIDUpsampler
+from asid_arch.runtime import PRECISIONS, resolve_device
+from basicsr_ext.commands.benchmark_runs import time_forward
 from basicsr_ext.common.images import bicubic_downscale, is_image_name, load_image, modcrop
 
 def load_pairs(folder, scale):

@@ -1,2 +1,3 @@
-"""Pieces the commands and the training model share: option checking, data checks, image
-reading and writing, results tables, errors. Nothing here patches BasicSR or parses arguments."""
+"""Shared pieces: reading and checking option files and data, images, checkpoints, ONNX, results
+tables, errors. They patch nothing and parse no command line; the patches, the training model
+and the commands stand on them."""

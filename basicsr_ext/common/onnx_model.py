@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from basicsr_ext.commands.export import METADATA_PREFIX, session
+from basicsr_ext.common.onnx_export import METADATA_PREFIX, session
 
 
 class OnnxError(ValueError):

@@ -7,83 +7,24 @@ line naming the file and the key. The files of PairedImageDataset and SingleImag
 phases are checked too (:mod:`basicsr_ext.common.datacheck`): an empty folder, an HR image without
 its LR partner (or the reverse), an LR that is not HR / scale, an HR smaller than ``gt_size``
 or a file that is not a readable image is named, with what is wrong, before training starts.
+For BasicSR's Real-ESRGAN pipeline (RealESRGANDataset, RealESRNetModel, RealESRGANModel) the
+degradation and kernel settings, ``gt_size``, ``queue_size`` and every image of the ``meta_info``
+list are checked, and a perceptual loss's VGG weights must be on disk (where, named in the error).
 ``network_g`` is built once (unknown keys, ``upscale`` against ``scale``, values the network
 refuses), ``total_iter`` and the batch size must be positive integers, ``--force_yml`` values
 keep the type of the option they replace (and are never passed to ``eval``), and the
 pretrained checkpoint must load with the safe loader, be finite and fit ``network_g``.
 """
 import os
-from copy import deepcopy
 
-import yaml
 from basicsr.archs import ARCH_REGISTRY
 from basicsr.data import DATASET_REGISTRY
 from basicsr.models import MODEL_REGISTRY
-from basicsr.utils.options import ordered_yaml
 
-from basicsr_ext.patches import testsets
+from basicsr_ext.common import testsets
+from basicsr_ext.common.checkpoints import RunError, params_of, read_checkpoint
 from basicsr_ext.common.datacheck import DataError, check_gt_list, check_paired, check_single
-from basicsr_ext.patches.safety import RunError, params_of, parse_yml_value, read_checkpoint
-
-
-class OptionError(ValueError):
-    """A problem with an option file, described in one line that names the file and key."""
-
-
-def read_options(path):
-    """Read an option file into a dict, or raise OptionError saying why it cannot be read."""
-    if not os.path.isfile(path):
-        raise OptionError(f'{path}: option file not found')
-    try:
-        with open(path, encoding='utf-8') as f:
-            opt = yaml.load(f, Loader=ordered_yaml()[0])
-    except yaml.YAMLError as e:
-        mark = getattr(e, 'problem_mark', None)
-        where = f' (line {mark.line + 1})' if mark else ''
-        raise OptionError(f'{path}: not valid YAML{where}: {getattr(e, "problem", e)}') from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise OptionError(f'{path}: cannot read option file: {e}') from None
-    if not isinstance(opt, dict):
-        raise OptionError(f'{path}: expected a mapping of options, found {type(opt).__name__}')
-    return opt
-
-
-def apply_force_yml(opt, entries, path):
-    """Apply ``--force_yml key:sub=value`` entries the way BasicSR does, without its bare KeyError."""
-    opt = deepcopy(opt)
-    for entry in entries or ():
-        if '=' not in entry:
-            raise OptionError(f'{path}: --force_yml {entry!r} is not of the form key:subkey=value')
-        if entry.count('=') > 1:  # BasicSR splits the entry at every '='
-            raise OptionError(f"{path}: --force_yml {entry!r}: a value cannot contain '='")
-        keys, value = (s.strip() for s in entry.split('=', 1))
-        *parents, last = keys.split(':')
-        node = opt
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or last not in node:
-            raise OptionError(f'{path}: --force_yml {entry!r}: no option {keys!r} to override')
-        try:
-            new = parse_yml_value(value)  # what BasicSR makes of it (its eval is patched out)
-        except ValueError as e:
-            raise OptionError(f'{path}: --force_yml {entry!r}: {e}') from None
-        expected = _kind(node[last])
-        if expected and new is not None and _kind(new) != expected:
-            raise OptionError(f'{path}: --force_yml {entry!r}: {keys} is {expected} in the file, '
-                              f'got {value!r}')
-        node[last] = new
-    return opt
-
-
-def _kind(value):
-    """The type an overridden option must keep: booleans, numbers and lists (None: anything goes)."""
-    if isinstance(value, bool):
-        return 'true or false'
-    if isinstance(value, (int, float)):
-        return 'a number'
-    if isinstance(value, list):
-        return 'a list'
-    return None
+from basicsr_ext.common.optionfile import OptionError, read_with_overrides
 
 
 def _require(opt, key, path, section=''):
@@ -93,9 +34,14 @@ def _require(opt, key, path, section=''):
     return node
 
 
+def registered(registry, name):
+    """What ``registry.get(name)`` returns, or None, without its printed note: BasicSR registers its
+    Real-ESRGAN classes as ``<name>_basicsr`` and finds them by ``<name>`` too."""
+    return registry._obj_map.get(name) or registry._obj_map.get(f'{name}_basicsr')
+
+
 def _check_registered(name, registry, what, key, path):
-    # as the registry's own look-up: BasicSR's Real-ESRGAN classes are registered as <name>_basicsr
-    if name not in registry and f'{name}_basicsr' not in registry:
+    if registered(registry, name) is None:
         known = ', '.join(sorted(k[:-len('_basicsr')] if k.endswith('_basicsr') else k for k in registry.keys()))
         raise OptionError(f'{path}: {key}: {name!r} is not a registered {what} (known: {known})')
 
@@ -333,8 +279,8 @@ MOVED = {
 
 
 def _check_speed_switches(opt, path, is_train, launcher='none'):
-    """``train.compile`` / ``train.precision``: for ASIDModel, of the right type; old places refused."""
-    from basicsr_ext.training.train_step import AUTOCAST_DTYPES
+    """``train.compile`` / ``train.precision``: old places refused; read by ASIDModel only, which checks
+    their values itself (``ASIDModel.check_options``)."""
     moved = [key for key in ('fast_path', 'precision') if key in (opt.get('network_g') or {})]
     if moved:
         key = f'network_g.{moved[0]}'
@@ -343,28 +289,20 @@ def _check_speed_switches(opt, path, is_train, launcher='none'):
         raise OptionError(f'{path}: model_type: TiledSRModel is now {MOVED["model_type: TiledSRModel"]}')
     train = opt.get('train') or {}
     switches = [key for key in ('compile', 'precision') if train.get(key) is not None]
-    if not is_train or not switches:
-        return
-    if opt.get('model_type') != 'ASIDModel':
+    if is_train and switches and opt.get('model_type') != 'ASIDModel':
         raise OptionError(f'{path}: train.{switches[0]}: only model_type: ASIDModel reads it '
                           f'({opt.get("model_type")} would train without it)')
-    if not isinstance(train.get('compile', False), bool):
-        raise OptionError(f'{path}: train.compile: must be true or false, got {train["compile"]!r}')
-    if train.get('precision') == 'fp16':
-        raise OptionError(f'{path}: train.precision: fp16 would train without loss scaling (its gradients can '
-                          f'underflow): use bf16, or fp32')
-    if train.get('precision', 'fp32') not in AUTOCAST_DTYPES:
-        raise OptionError(f'{path}: train.precision: must be one of {", ".join(AUTOCAST_DTYPES)}, '
-                          f'got {train["precision"]!r}')
-    gpus = opt.get('num_gpu', 'auto')
-    if gpus == 'auto':
-        import torch
-        gpus = torch.cuda.device_count()
-    if train.get('compile') and launcher == 'none' and isinstance(gpus, int) and gpus > 1:
-        # BasicSR gives num_gpu > 1 without a launcher to DataParallel, whose threads a compiled step cannot use
-        raise OptionError(f'{path}: train.compile: {gpus} GPUs without a launcher would be DataParallel, which '
-                          f'cannot run a compiled step: launch torchrun --nproc_per_node={gpus} -m basicsr_ext '
-                          f'train ... --launcher pytorch (or pick one GPU with CUDA_VISIBLE_DEVICES=0)')
+
+
+def _check_model_options(opt, path, is_train, launcher):
+    """A registered Model may check its own options before the run: ``check_options(opt, is_train, launcher)``,
+    a classmethod raising ValueError (as :class:`~basicsr_ext.training.models.ASIDModel` does)."""
+    check = getattr(registered(MODEL_REGISTRY, opt['model_type']), 'check_options', None)
+    if check is not None:
+        try:
+            check(opt, is_train=is_train, launcher=launcher)
+        except ValueError as e:
+            raise OptionError(f'{path}: {e}') from None
 
 
 def check_options(opt, path, is_train=True, check_data=True, launcher='none'):
@@ -376,6 +314,7 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none'):
     _require(opt, 'name', path)
     _check_speed_switches(opt, path, is_train, launcher)
     _check_registered(_require(opt, 'model_type', path), MODEL_REGISTRY, 'model', 'model_type', path)
+    _check_model_options(opt, path, is_train, launcher)
     network = _require(opt, 'network_g', path)
     _check_registered(_require(network, 'type', path, 'network_g.'), ARCH_REGISTRY, 'network', 'network_g.type', path)
     datasets = _require(opt, 'datasets', path)
@@ -406,10 +345,15 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none'):
         _check_data(name, dataset, opt, path, is_train)
 
 
-def load_and_check(path, force_yml=None, is_train=True, check_data=True, launcher='none'):
-    """Read, override and check an option file; returns the options BasicSR will see."""
-    opt = apply_force_yml(read_options(path), force_yml, path)
-    if not is_train:  # test the sets that are prepared, skipping the others with one line each
+def check_read_options(opt, path, is_train=True, check_data=True, launcher='none'):
+    """Check the options read from ``path`` (with their overrides); returns the options BasicSR will run
+    with: for ``basicsr test``, without the test sets that are not prepared (one line each)."""
+    if not is_train:
         testsets.drop_missing(opt, path, OptionError)
     check_options(opt, path, is_train=is_train, check_data=check_data, launcher=launcher)
     return opt
+
+
+def load_and_check(path, force_yml=None, is_train=True, check_data=True, launcher='none'):
+    """Read, override and check an option file; returns the options BasicSR will run with."""
+    return check_read_options(read_with_overrides(path, force_yml), path, is_train, check_data, launcher)

@@ -15,7 +15,7 @@ import types
 
 import torch
 
-from basicsr_ext.patches import safety
+from basicsr_ext.patches import pipeline, safety
 
 APPLIED = []
 
@@ -218,7 +218,8 @@ IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: resuming, logging, --force_yml) come last.
 BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_realesrgan_cpu, patch_filter2d_layout,
                    patch_optimizers, safety.patch_resume, safety.patch_atomic_save, safety.patch_safe_load_network,
-                   safety.patch_log_file_errors, safety.patch_force_yml_values, patch_eta_off_by_one)
+                   safety.patch_log_file_errors, safety.patch_force_yml_values, patch_eta_off_by_one,
+                   pipeline.patch_quiet_terminal)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()

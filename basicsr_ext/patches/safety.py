@@ -18,7 +18,6 @@ shortcoming, each checking first whether the running BasicSR needs it; they are 
 Nothing here imports BasicSR at module level: :mod:`basicsr_ext.patches.compat` imports this module
 before BasicSR may be imported.
 """
-import ast
 import contextlib
 import functools
 import inspect
@@ -30,32 +29,12 @@ import sys
 
 import torch
 
-
-class RunError(Exception):
-    """A failure during a run (a save that failed, nothing to resume from, an unusable
-    checkpoint), in one line naming the file; ``basicsr train`` / ``test`` print it and exit 1."""
+from basicsr_ext.common.checkpoints import RunError, params_of, read_checkpoint, reason
 
 
 # ----------------------------------------------------------------------------------------
 # reading and writing checkpoints
 # ----------------------------------------------------------------------------------------
-def read_checkpoint(path, map_location='cpu'):
-    """``torch.load(path, weights_only=True)``, the argument passed explicitly so that
-    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn the safe loader off; RunError on failure."""
-    from asid_arch.checkpoint import CheckpointError, read_file
-    try:
-        return read_file(path, map_location=map_location)
-    except CheckpointError as e:
-        raise RunError(str(e)) from None
-
-
-def _reason(e):
-    if isinstance(e, OSError):
-        return e.strerror or str(e)
-    text = str(e).strip()
-    return f'{type(e).__name__}: {text.splitlines()[0]}' if text else type(e).__name__
-
-
 def save_atomically(obj, path):
     """``torch.save(obj, path)`` that never leaves a half-written file under ``path``.
 
@@ -75,7 +54,7 @@ def save_atomically(obj, path):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if isinstance(e, Exception):
-            raise RunError(f'cannot save {path}: {_reason(e)}') from None
+            raise RunError(f'cannot save {path}: {reason(e)}') from None
         raise
 
 
@@ -93,7 +72,7 @@ def patch_atomic_save():
     def save_network(self, net, net_label, current_iter, param_key='params'):
         # upstream's file name and contents, plus what an ASID checkpoint needs to be used alone
         # (imported here: the patches are applied while asid_arch may still be importing BasicSR)
-        from asid_arch.checkpoint import checkpoint_metadata
+        from asid_arch.checkpoint import checkpoint_metadata, without_module_prefix
         current_iter = 'latest' if current_iter == -1 else current_iter
         save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
         nets = net if isinstance(net, list) else [net]
@@ -102,7 +81,7 @@ def patch_atomic_save():
         save_dict = {}
         for net_, key in zip(nets, keys):
             bare = self.get_bare_model(net_)
-            save_dict[key] = {k[7:] if k.startswith('module.') else k: v.cpu() for k, v in bare.state_dict().items()}
+            save_dict[key] = {k: v.cpu() for k, v in without_module_prefix(bare.state_dict()).items()}
             meta = checkpoint_metadata(bare)
             if meta is not None:
                 save_dict['asid'] = meta
@@ -119,27 +98,6 @@ def patch_atomic_save():
     BaseModel.save_network = save_network
     BaseModel.save_training_state = save_training_state
     return True
-
-
-def params_of(obj, path, param_key):
-    """The state_dict under ``param_key`` as BasicSR's load_network picks it (None: the whole file),
-    without ``module.`` prefixes; RunError if there is none, or if it holds NaN or infinity."""
-    if param_key is not None:
-        if param_key not in obj and 'params' in obj:
-            param_key = 'params'
-        if not isinstance(obj, dict) or param_key not in obj:
-            keys = ', '.join(map(repr, list(obj)[:4])) if isinstance(obj, dict) else type(obj).__name__
-            raise RunError(f'{path}: no {param_key!r} entry in the checkpoint (found {keys}); for a raw '
-                           f'state_dict set path.param_key_g: ~')
-        obj = obj[param_key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise RunError(f'{path}: expected a state_dict (a dict of tensors), found {type(obj).__name__}')
-    state_dict = {k[7:] if k.startswith('module.') else k: v for k, v in obj.items()}
-    from asid_arch.checkpoint import non_finite_key
-    bad = non_finite_key(state_dict)
-    if bad is not None:
-        raise RunError(f'{path}: {bad} holds NaN or infinite values: the checkpoint is unusable')
-    return state_dict
 
 
 def patch_safe_load_network():
@@ -236,7 +194,7 @@ def _drop_file_handler(logger, handler, record):
     logger.removeHandler(handler)
     with contextlib.suppress(Exception):
         handler.close()
-    print(f'basicsr: warning: cannot write the log file {handler.baseFilename} ({_reason(error)}); '
+    print(f'basicsr: warning: cannot write the log file {handler.baseFilename} ({reason(error)}); '
           f'logging to the console only', file=sys.stderr, flush=True)
 
 
@@ -264,42 +222,11 @@ def patch_log_file_errors():
     return True
 
 
-_INT = re.compile(r'[+-]?\d+')
-_FLOAT = re.compile(r'[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)', re.I)
-
-
-def parse_yml_value(value):
-    """A ``--force_yml`` value as BasicSR reads it (``~``, booleans, numbers, lists, else a string),
-    without ``eval``: lists are Python / YAML literals only; ValueError for a list that is not one."""
-    if value == '~' or value.lower() == 'none':
-        return None
-    if value.lower() in ('true', 'false'):
-        return value.lower() == 'true'
-    if value.startswith('!!float'):
-        return float(value[len('!!float'):])
-    if _INT.fullmatch(value):
-        return int(value)
-    if _FLOAT.fullmatch(value):
-        return float(value)
-    if value.startswith('['):
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            import yaml
-            try:
-                parsed = yaml.safe_load(value)
-            except yaml.YAMLError:
-                parsed = None
-        if not isinstance(parsed, list):
-            raise ValueError(f'{value!r} is not a list of plain values')
-        return parsed
-    return value
-
-
 def patch_force_yml_values():
     """BasicSR's ``--force_yml`` passes values that start with ``[`` to ``eval``: a value can run code."""
     from basicsr.utils import options
     if 'eval(' not in inspect.getsource(options._postprocess_yml_value):
         return False
+    from basicsr_ext.common.optionfile import parse_yml_value
     options._postprocess_yml_value = parse_yml_value
     return True

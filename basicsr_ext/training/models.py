@@ -32,7 +32,6 @@ With ``model_type: ASIDModel`` an option file gets, on top of SRModel:
   summary line on the terminal); training ends with where the latest model is and its
   validation figures against bicubic, without validating the same weights a second time.
 """
-import logging
 import os
 import time
 from collections import OrderedDict
@@ -46,13 +45,38 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from asid_arch.tiling import tiled_forward
 from basicsr_ext.common import results
 from basicsr_ext.common.compare import ComparisonSheet
-from basicsr_ext.training.train_step import TrainStep
+from basicsr_ext.patches.pipeline import log_to_file_only
+from basicsr_ext.training.train_step import AUTOCAST_DTYPES, TrainStep
 
 
 @MODEL_REGISTRY.register()
 class ASIDModel(SRModel):
     """SRModel with a compiled training step (``train.compile``, ``train.precision``), testing tile by
     tile when ``val.tile`` is set, and reporting bicubic beside the network."""
+
+    @classmethod
+    def check_options(cls, opt, is_train=True, launcher='none'):
+        """ValueError, in one line naming the option, for ``train.compile`` / ``train.precision`` values this
+        Model cannot run (the option checker calls it before the run's folder exists)."""
+        train = opt.get('train') or {}
+        if not is_train:
+            return
+        if not isinstance(train.get('compile', False), bool):
+            raise ValueError(f'train.compile: must be true or false, got {train["compile"]!r}')
+        if train.get('precision') == 'fp16':
+            raise ValueError('train.precision: fp16 would train without loss scaling (its gradients can '
+                             'underflow): use bf16, or fp32')
+        if train.get('precision', 'fp32') not in AUTOCAST_DTYPES:
+            raise ValueError(f'train.precision: must be one of {", ".join(AUTOCAST_DTYPES)}, '
+                             f'got {train["precision"]!r}')
+        gpus = opt.get('num_gpu', 'auto')
+        if gpus == 'auto':
+            gpus = torch.cuda.device_count()
+        if train.get('compile') and launcher == 'none' and isinstance(gpus, int) and gpus > 1:
+            # BasicSR gives num_gpu > 1 without a launcher to DataParallel, whose threads a compiled step cannot use
+            raise ValueError(f'train.compile: {gpus} GPUs without a launcher would be DataParallel, which '
+                             f'cannot run a compiled step: launch torchrun --nproc_per_node={gpus} -m basicsr_ext '
+                             f'train ... --launcher pytorch (or pick one GPU with CUDA_VISIBLE_DEVICES=0)')
 
     def __init__(self, opt):
         self.figures = {}  # dataset name -> {'set', 'images', 'network', 'bicubic', 'iter'}
@@ -208,10 +232,7 @@ class ASIDModel(SRModel):
         params = sum(p.numel() for p in bare.parameters())
         logger = get_root_logger()
         logger.info(f'Network: {type(bare).__name__}, with parameters: {params:,d} (structure in the log file)')
-        record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, str(bare), None, None)
-        for handler in logger.handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
+        log_to_file_only(logger, str(bare))
 
     def resume_training(self, resume_state):
         self.last_iter = resume_state['iter']

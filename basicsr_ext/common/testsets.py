@@ -1,4 +1,4 @@
-"""``basicsr test`` on whichever benchmark sets are prepared.
+"""``basicsr test`` on whichever benchmark sets are prepared (applied to the options as they are read).
 
 The test option files list the five standard sets; a user who prepared only Set5 and Set14
 should get their figures, not an error about B100. A test set whose ``dataroot_gt`` or
@@ -6,7 +6,6 @@ should get their figures, not an error about B100. A test set whose ``dataroot_g
 """
 import os
 import sys
-from contextlib import contextmanager
 
 
 def missing_sets(datasets):
@@ -37,22 +36,3 @@ def drop_missing(opt, path, error, stream=None):
               file=stream or sys.stderr)
         del datasets[key]
     return opt
-
-
-@contextmanager
-def present_only():
-    """BasicSR's ``test_pipeline`` reads the option file itself: drop the missing sets from what it reads."""
-    import basicsr.test
-    parse_options = basicsr.test.parse_options
-
-    def parse_present(*args, **kwargs):
-        opt, parsed = parse_options(*args, **kwargs)
-        for key in missing_sets(opt['datasets']):
-            del opt['datasets'][key]
-        return opt, parsed
-
-    basicsr.test.parse_options = parse_present
-    try:
-        yield
-    finally:
-        basicsr.test.parse_options = parse_options
