@@ -95,3 +95,30 @@ def test_train_opt_times_a_real_esrgan_stage_and_splits_its_iterations(tmp_path,
                      r'[\d.]+ it/s, peak - GB; per iteration: feed_data [\d.]+ ms, optimize_parameters [\d.]+ ms, '
                      r'rest [\d.]+ ms$', capsys.readouterr().out, re.M)
     assert not (tmp_path / 'experiments').exists()
+
+
+def test_data_benchmark_compares_disk_lmdb_and_in_memory_on_the_same_pairs(tmp_path, capsys):
+    out_json = tmp_path / 'data.json'
+    assert main(['benchmark', '--data', '--data-count', '3', '--data-samples', '6', '--data-patch', '64',
+                 '--data-workers', '1', '--json', str(out_json)]) == 0
+    data = json.loads(out_json.read_text())['data']
+    rows = {(r['dataset'], r['backend']): r for r in data['rows']}
+    assert list(rows) == [('PairedImageDataset', 'disk'), ('PairedImageDataset', 'lmdb'),
+                          ('InMemoryPairedImageDataset', 'disk')]
+    assert {r['pairs'] for r in rows.values()} == {3}
+    assert rows[('InMemoryPairedImageDataset', 'disk')]['memory_gb'] == 3 * (480 * 480 + 120 * 120) * 3 / 1e9
+    for r in rows.values():
+        assert r['samples_per_s'] > 0 and r['loaders'][0]['workers'] == 1 and r['loaders'][0]['samples_per_s'] > 0
+    printed = capsys.readouterr().out
+    assert 'training data, x4, HR patch 64, flips and rotations, 3 pairs of 3 generated 480 px images' in printed
+    assert re.search(r'^InMemoryPairedImageDataset +disk +[\d.]+ +[\d.]+ +[\d.]+x +0\.002 ', printed, re.M)
+    assert 'inference' not in printed  # the data sets only
+
+
+def test_data_benchmark_reads_a_prepared_set_and_refuses_half_of_one(tmp_path, tiny_data, capsys):
+    train = f'{tiny_data}/train'
+    assert main(['benchmark', '--data', '--data-gt', f'{train}/HR', '--data-lq', f'{train}/LR', '--data-samples',
+                 '4', '--data-patch', '32']) == 0
+    assert f'4 pairs of {train}/HR' in capsys.readouterr().out
+    assert main(['benchmark', '--data', '--data-gt', f'{train}/HR']) == 2
+    assert capsys.readouterr().err.strip() == 'basicsr benchmark: error: --data-gt and --data-lq go together'

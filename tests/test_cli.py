@@ -143,13 +143,17 @@ LAUNCHERS = {
 }
 
 
-@pytest.mark.parametrize('launcher', LAUNCHERS)
-def test_two_process_ddp_run_with_spawned_loader_workers_trains_validates_and_saves_once(launcher, tmp_path,
+@pytest.mark.parametrize('launcher, dataset', [('torchrun', 'InMemoryPairedImageDataset'),
+                                               ('torch.distributed.launch', 'PairedImageDataset')])
+def test_two_process_ddp_run_with_spawned_loader_workers_trains_validates_and_saves_once(launcher, dataset, tmp_path,
                                                                                         tiny_data):
     # As on GPUs: BasicSR's init_dist sets the 'spawn' start method, so each DataLoader worker is
-    # a fresh interpreter that imports BasicSR without anything this package imported first.
+    # a fresh interpreter that imports BasicSR without anything this package imported first (and,
+    # with the in-memory type, receives the decoded images as a handle to shared memory).
     opt = tiny_options(tiny_data, name='ddp', total_iter=4, checkpoint_freq=2, val_freq=2)
-    opt['datasets']['train'].update(num_worker_per_gpu=1, dataset_enlarge_ratio=4, persistent_workers=True)
+    workers = 'auto' if dataset == 'InMemoryPairedImageDataset' else 1  # auto: 1 each on 2 to 5 cores
+    opt['datasets']['train'].update(type=dataset, num_worker_per_gpu=workers, dataset_enlarge_ratio=4,
+                                    persistent_workers=True)
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     result = subprocess.run(
         [sys.executable, *LAUNCHERS[launcher], '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
@@ -160,7 +164,11 @@ def test_two_process_ddp_run_with_spawned_loader_workers_trains_validates_and_sa
     assert len(logs) == 1  # only rank 0 writes the log
     log = open(logs[0]).read()
     assert 'World size (gpu number): 2' in log
-    assert 'num_worker_per_gpu: 1' in log
+    assert f'num_worker_per_gpu: {workers}' in log
+    if dataset == 'InMemoryPairedImageDataset':
+        assert re.search(r'InMemoryPairedImageDataset tiny_train: 4 pairs take [\d.]+ MB decoded per process '
+                         r'\(HR .*\), 2 ranks on this host \(each decodes its own copy\): [\d.]+ MB; MemAvailable', log)
+        assert re.search(r'num_worker_per_gpu: auto -> \d+ \(\d+ usable cores, 2 ranks on this host', log)
     # the total batch is 2 x 2: 16 samples (4 images x 4) make 4 iterations an epoch
     assert re.search(r'Dataset enlarge ratio: 4\n\s+Batch size per gpu: 2\n\s+World size \(gpu number\): 2\n'
                      r'\s+Require iter number per epoch: 4\n', log)
@@ -244,3 +252,17 @@ def test_help_and_option_file_errors_answer_without_importing_torch(argv, tmp_pa
         result.stdout + result.stderr
     if '--help' not in argv:
         assert result.stderr.count('\n') == 1 and argv[-1] in result.stderr, result.stderr
+
+
+def test_the_training_terminal_shows_the_run_and_the_log_file_keeps_the_banner_and_every_option(tmp_path, tiny_data):
+    opt_file = write_options(tmp_path / 'quiet.yml', tiny_options(tiny_data, name='quiet', total_iter=1,
+                                                                   checkpoint_freq=1, val_freq=1))
+    result = run_basicsr('train', '-opt', opt_file, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    terminal = result.stdout + result.stderr
+    log = open(glob.glob(str(tmp_path / 'experiments/quiet/train_quiet_*.log'))[0]).read()
+    for boilerplate in ('/_____/', 'PyTorch: ', 'manual_seed: 0', 'Disable distributed'):
+        assert boilerplate not in terminal, boilerplate
+    assert '/_____/' in log and 'manual_seed: 0' in log
+    for line in ('Number of train images: 4', 'iter:       1', '# psnr:', 'End of training'):
+        assert line in terminal, line

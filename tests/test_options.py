@@ -71,7 +71,8 @@ def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
     assert opt['name'] == name[:-4] and opt['model_type'] == 'ASIDModel' and opt['scale'] == scale
     train = opt['datasets']['train']
     layout = prepare.div2k_layout(os.path.join('datasets', 'DIV2K'), 'DIV2K_train', [scale])
-    assert train['type'] == 'PairedImageDataset'
+    # decoded once into memory from the PNG files; an LMDB is read by BasicSR's own type
+    assert train['type'] == ('PairedImageDataset' if lmdb else 'InMemoryPairedImageDataset')
     if lmdb:
         assert (train['dataroot_gt'], train['dataroot_lq']) == (layout['hr_lmdb'], layout['lr_lmdb'][scale])
         assert train['io_backend'] == {'type': 'lmdb'} and 'meta_info_file' not in train
@@ -79,7 +80,7 @@ def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
         assert (train['dataroot_gt'], train['dataroot_lq']) == (layout['hr'], layout['lr'][scale])
         assert train['meta_info_file'] == layout['meta_info'] and train['io_backend'] == {'type': 'disk'}
     assert train['gt_size'] == 64 * scale and train['use_hflip'] is True and train['use_rot'] is True
-    assert train['batch_size_per_gpu'] == 16 and train['num_worker_per_gpu'] == 6
+    assert train['batch_size_per_gpu'] == 16 and train['num_worker_per_gpu'] == 'auto'
     assert train['prefetch_mode'] == 'cuda' and train['pin_memory'] is True
     val = opt['datasets']['val']
     assert (val['name'], val['type']) == ('Set5', 'PairedImageDataset')
@@ -108,12 +109,22 @@ def test_every_train_file_computes_in_minus_one_to_one_and_states_the_measuremen
             '  # [-1, 1], 27.13 / 28.47 dB in [0, 1]') in text
 
 
+@pytest.mark.parametrize('name', [n for n in TRAIN_FILES + FINETUNE_FILES if '_lmdb' not in n])
+def test_in_memory_div2k_file_states_the_memory_its_sub_images_take(name):
+    # prepare div2k's defaults (480 px crops every 240 px) make 32,208 sub-images of DIV2K's 800
+    scale = file_facts(name)[2]
+    hr, lr = 32208 * 480 * 480 * 3, 32208 * (480 // scale) ** 2 * 3
+    text = open(os.path.join(OPTIONS, name)).read()
+    assert (f'take {(hr + lr) / 1e9:.3g} GB at x{scale} (HR {hr / 1e9:.3g} GB + LR {lr / 1e9:.3g} GB) in each '
+            f'training process') in text.replace('\n    # ', ' ')
+
+
 @pytest.mark.parametrize('name', [n for n in TRAIN_FILES if n.endswith('_lmdb.yml')])
 def test_lmdb_file_differs_from_its_disk_file_only_in_how_it_reads_div2k(name):
     lmdb, disk = load(name), load(name.replace('_lmdb', ''))
     for opt in (lmdb, disk):
         opt.pop('name')
-        for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file', 'filename_tmpl', 'io_backend'):
+        for key in ('type', 'dataroot_gt', 'dataroot_lq', 'meta_info_file', 'filename_tmpl', 'io_backend'):
             opt['datasets']['train'].pop(key, None)
     assert lmdb == disk
 
@@ -380,6 +391,7 @@ def test_bsds200_gpu_file_trains_one_iteration_on_a_cpu_with_its_gpu_switches_ov
                  *cpu]) == 0
     log = open(max(glob.glob(str(stub / 'experiments/train_ASID_x4_BSDS200/train_*.log')))).read()
     assert 'End of training' in log and set(metrics_in(log)) == {'Set5', 'Set14'}
+    assert 'InMemoryPairedImageDataset BSDS200: 2 pairs take ' in log  # decoded once, the memory stated first
 
 
 @pytest.mark.parametrize('change, message', [

@@ -25,9 +25,19 @@ option files' own training instead (the Real-ESRGAN stages: their data, batch, m
 and splits an iteration into ``feed_data`` (the degradations), ``optimize_parameters`` and the
 rest. ``--large`` measures a
 960x540 -> 3840x2160 frame through :class:`asid_arch.ASIDUpsampler` (whole image or tiles).
+
+``--data`` measures the training data sets instead, on the same pairs (``--data-gt/--data-lq``,
+default: generated 480 px pairs like DIV2K's sub-images): BasicSR's ``PairedImageDataset``
+reading PNG files, the same from an LMDB made of them in a temporary folder (BasicSR's
+``make_lmdb_from_imgs``), and ``InMemoryPairedImageDataset``; samples/s of one process calling
+the data set (what one loader worker delivers), and with ``--data-workers N`` through a
+DataLoader of N workers, side by side in one table.
 """
 import json
+import os
 import sys
+
+from basicsr_ext.common.errors import CommandError
 
 #: The networks measured side by side (built in :mod:`basicsr_ext.commands.benchmark_runs`).
 NETWORK_NAMES = ('ASID', 'ASID-D8', 'SwinIR-light')
@@ -51,10 +61,26 @@ def _fmt(value, spec):
     return '-' if value is None else format(value, spec)
 
 
+def print_data_table(data, out):
+    rows = data['rows']
+    print(f'\ntraining data, x{data["scale"]}, HR patch {data["gt_size"]}, flips and rotations, {rows[0]["pairs"]} '
+          f'pairs of {data["gt"]}: samples/s ({data["samples"]} samples)', file=out)
+    loaders = [f'{lo["workers"]} workers (each)' for lo in rows[0]['loaders']]
+    print(f'{"dataset":<27} {"backend":<7} {"build s":>8} {"1 process":>10} {"vs disk":>8} {"memory GB":>10}'
+          + ''.join(f' {h:>22}' for h in loaders), file=out)
+    disk = rows[0]['samples_per_s']
+    for r in rows:
+        cells = ''.join(f' {lo["samples_per_s"]:>10.1f} ({_fmt(lo["per_worker"], ".1f"):>8})' for lo in r['loaders'])
+        print(f'{r["dataset"]:<27} {r["backend"]:<7} {r["build_s"]:>8.2f} {r["samples_per_s"]:>10.1f} '
+              f'{r["samples_per_s"] / disk:>7.2f}x {_fmt(r["memory_gb"], ".3f"):>10}{cells}', file=out)
+
+
 def print_tables(result, out=None):
     out = out or sys.stdout
     print(f'\ndevice: {result["device"]}, torch {result["torch"]}', file=out)
-    rows = result['inference']
+    if result.get('data'):
+        print_data_table(result['data'], out)
+    rows = result.get('inference')
     if rows:
         print(f'\ninference, x4, {rows[0]["input"]} -> {rows[0]["output"]}, fp32 input; ms: one call, '
               f'ms/frame: one call / batch', file=out)
@@ -122,11 +148,23 @@ def add_parser(commands, train_command=None):
     p.add_argument('--train-profile', default=None, metavar='PREFIX',
                    help='write a torch profiler table of the iterations just before the timed ones of each training '
                         'run to PREFIX.<path>.txt (with a --train-warmup long enough: the command says how long)')
+    p.add_argument('--data', action='store_true',
+                   help='measure the training data sets instead (disk, LMDB, in memory: samples/s on the same pairs)')
+    p.add_argument('--data-gt', default=None, metavar='DIR', help='HR folder (default: generated 480 px pairs)')
+    p.add_argument('--data-lq', default=None, metavar='DIR', help='LR folder, with --data-gt')
+    p.add_argument('--data-scale', type=int, default=4, help='default: 4')
+    p.add_argument('--data-patch', type=int, default=256, help="HR patch, gt_size (default: 256, the recipe's)")
+    p.add_argument('--data-count', type=int, default=32, help='pairs generated without --data-gt (default: 32)')
+    p.add_argument('--data-samples', type=int, default=400, help='samples timed per measurement (default: 400)')
+    p.add_argument('--data-workers', type=int, nargs='*', default=[], metavar='N',
+                   help='also through a DataLoader of N workers, batch 16 (e.g. --data-workers 1 4)')
     p.add_argument('--json', default=None, metavar='FILE', help='also write the figures as JSON')
     p.set_defaults(func=run, train_command=train_command)
 
 
 def run(args):
+    if args.data:
+        return run_data(args)
     import torch
 
     from basicsr_ext.commands.benchmark_runs import bench_inference, bench_large, bench_training, check_training_args
@@ -145,6 +183,30 @@ def run(args):
         result['large'] = bench_large(device, log)
     if args.train:
         result['training'] = bench_training(args, device, log)
+    print_tables(result)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def run_data(args):
+    """``basicsr benchmark --data``: the training data sets' table (no networks)."""
+    import torch
+
+    from basicsr_ext.commands.benchmark_runs import bench_data
+    from basicsr_ext.common import resources
+    if bool(args.data_gt) != bool(args.data_lq):
+        raise CommandError('--data-gt and --data-lq go together')
+    for folder in filter(None, (args.data_gt, args.data_lq)):
+        if not os.path.isdir(folder):
+            raise CommandError(f'{folder}: no such folder')
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    result = {'device': f'CPU ({resources.usable_cores()} usable cores)', 'torch': torch.__version__,
+              'data': bench_data(args, log)}
     print_tables(result)
     if args.json:
         with open(args.json, 'w') as f:

@@ -1,8 +1,10 @@
 """The measurements of ``basicsr benchmark`` (:mod:`basicsr_ext.commands.benchmark`): inference
-latency, multiply-adds and memory of ASID, ASID-D8 and SwinIR-light, and training iterations/s
-through ``basicsr train``."""
+latency, multiply-adds and memory of ASID, ASID-D8 and SwinIR-light, training iterations/s
+through ``basicsr train``, and samples/s of the training data sets (``--data``)."""
+import contextlib
 import copy
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -384,3 +386,98 @@ def bench_option_file(path, workdir, args, device, log):
         f'optimize_parameters {row["optimize_ms"]:.1f} ms, the rest (waiting for data, logging) '
         f'{1e3 / its - row["feed_data_ms"] - row["optimize_ms"]:.1f} ms')
     return row
+
+
+# ----------------------------------------------------------------------------------------
+# training data sets: --data
+# ----------------------------------------------------------------------------------------
+#: The data sets ``--data`` compares: (label, dataset type, io backend).
+DATA_SETS = (('disk', 'PairedImageDataset', 'disk'), ('lmdb', 'PairedImageDataset', 'lmdb'),
+             ('memory', 'InMemoryPairedImageDataset', 'disk'))
+
+
+def make_data_lmdbs(gt_dir, lq_dir, workdir):
+    """LMDBs of the pairs of ``gt_dir``/``lq_dir`` (keyed by the HR names, as BasicSR's tools do)."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    from basicsr_ext.common.datacheck import paired_paths
+    pairs = paired_paths({'dataroot_gt': gt_dir, 'dataroot_lq': lq_dir})
+    keys = [os.path.splitext(os.path.basename(p['gt_path']))[0] for p in pairs]
+    lmdbs = []
+    for folder, key in ((gt_dir, 'gt_path'), (lq_dir, 'lq_path')):
+        files = [os.path.relpath(p[key], folder) for p in pairs]
+        size = sum(os.path.getsize(p[key]) for p in pairs)
+        lmdb_path = os.path.join(workdir, f'{"HR" if key == "gt_path" else "LR"}.lmdb')
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            make_lmdb_from_imgs(folder, lmdb_path, files, keys, map_size=size * 10 + (64 << 20))
+        lmdbs.append(lmdb_path)
+    return lmdbs
+
+
+def samples_per_second(dataset, samples, seed=0):
+    """Samples/s of ``dataset[i]`` for ``samples`` random indices, in this process (after 3 untimed)."""
+    import random
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, len(dataset), samples + 3)
+    random.seed(seed)
+    for i in indices[:3]:
+        dataset[int(i)]
+    t0 = time.perf_counter()
+    for i in indices[3:]:
+        dataset[int(i)]
+    return samples / (time.perf_counter() - t0)
+
+
+def loader_samples_per_second(dataset, workers, samples, batch=16):
+    """Samples/s through a DataLoader of ``workers`` processes, from its second batch on (at least
+    ``samples``, whole batches)."""
+    from torch.utils.data import DataLoader, RandomSampler
+    sampler = RandomSampler(dataset, replacement=True, num_samples=(-(-samples // batch) + 1) * batch)
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True)
+    batches = iter(loader)
+    next(batches)  # the workers have started
+    t0, count = time.perf_counter(), 0
+    for item in batches:
+        count += item['gt'].shape[0]
+    return count / (time.perf_counter() - t0)
+
+
+def bench_data(args, log):
+    """One row per data set of :data:`DATA_SETS` on the same pairs: build time, samples/s."""
+    from basicsr.data import build_dataset
+
+    from basicsr_ext.training import data  # noqa: F401  (registers InMemoryPairedImageDataset)
+    workdir = tempfile.mkdtemp(prefix='asid_data_bench_')
+    try:
+        if args.data_gt:
+            gt_dir, lq_dir = args.data_gt, args.data_lq
+        else:
+            make_train_data(os.path.join(workdir, 'pairs'), count=args.data_count, hr_size=480, scale=args.data_scale)
+            gt_dir, lq_dir = os.path.join(workdir, 'pairs', 'HR'), os.path.join(workdir, 'pairs', 'LR')
+        log(f'data: LMDBs of {gt_dir} and {lq_dir} in {workdir}')
+        lmdb_gt, lmdb_lq = make_data_lmdbs(gt_dir, lq_dir, workdir)
+        rows = []
+        for label, kind, backend in DATA_SETS:
+            roots = (lmdb_gt, lmdb_lq) if backend == 'lmdb' else (gt_dir, lq_dir)
+            opt = {'name': label, 'type': kind, 'dataroot_gt': roots[0], 'dataroot_lq': roots[1],
+                   'io_backend': {'type': backend}, 'gt_size': args.data_patch, 'use_hflip': True, 'use_rot': True,
+                   'scale': args.data_scale, 'phase': 'train'}
+            t0 = time.perf_counter()
+            dataset = build_dataset(opt)
+            built = time.perf_counter() - t0
+            row = {'dataset': kind, 'backend': backend, 'pairs': len(dataset), 'build_s': built,
+                   'samples_per_s': samples_per_second(dataset, args.data_samples),
+                   'memory_gb': dataset.nbytes / 1e9 if hasattr(dataset, 'nbytes') else None, 'loaders': []}
+            log(f'data {kind} ({backend}): built in {built:.2f} s, {row["samples_per_s"]:.1f} samples/s in one process')
+            for workers in args.data_workers:
+                rate = loader_samples_per_second(dataset, workers, args.data_samples)
+                row['loaders'].append({'workers': workers, 'samples_per_s': rate,
+                                       'per_worker': rate / workers if workers else None})
+                log(f'data {kind} ({backend}): {rate:.1f} samples/s through a DataLoader of {workers} workers')
+            rows.append(row)
+            del dataset
+        return {'gt': args.data_gt or f'{args.data_count} generated 480 px images', 'lq': lq_dir,
+                'scale': args.data_scale, 'gt_size': args.data_patch,
+                'samples': args.data_samples, 'rows': rows}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

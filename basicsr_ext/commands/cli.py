@@ -59,7 +59,9 @@ def _run_pipeline(args, is_train):
     from basicsr_ext.common.options import check_read_options
     from basicsr_ext.patches.pipeline import handed_over
     from basicsr_ext.common.checkpoints import RunError
-    from basicsr_ext.training import models  # noqa: F401  (registers ASIDModel)
+    from basicsr_ext.common.datacheck import DataError
+    from basicsr_ext.common.resources import NoRoomError
+    from basicsr_ext.training import data, models  # noqa: F401  (register InMemoryPairedImageDataset, ASIDModel)
     try:
         # Every rank checks the options; only rank 0 reads the data sets' files (the launcher
         # stops the other ranks when rank 0 exits with an error). `basicsr test` skips the sets
@@ -77,7 +79,9 @@ def _run_pipeline(args, is_train):
         with handed_over(opt, args.opt, launcher=args.launcher, auto_resume=args.auto_resume, debug=args.debug,
                          is_train=is_train):
             pipeline(os.getcwd())
-    except RunError as e:  # a failed save, nothing to resume from, an unusable checkpoint: one line
+    except (RunError, DataError, NoRoomError) as e:
+        # a failed save, nothing to resume from, an unusable checkpoint, an image that does not
+        # decode, decoded images that would not fit: one line
         print(f'basicsr {args.command}: error: {e}', file=sys.stderr)
         return 1
     return 0

@@ -96,7 +96,7 @@ def _names(folder, where):
     return names
 
 
-def _lmdb_meta(folder, where):
+def lmdb_shapes(folder, where):
     """Names and (h, w, c) shapes from an LMDB's meta_info.txt, as BasicSR reads them."""
     meta = os.path.join(folder, 'meta_info.txt')
     if not os.path.isfile(meta):
@@ -147,7 +147,7 @@ def check_paired(dataset, scale, where, is_train_phase):
     gt_size = dataset.get('gt_size') if is_train_phase else None
 
     if backend == 'lmdb':
-        gt, lq = _lmdb_meta(gt_dir, where), _lmdb_meta(lq_dir, where)
+        gt, lq = lmdb_shapes(gt_dir, where), lmdb_shapes(lq_dir, where)
         _report_unpartnered(sorted(set(gt) - set(lq)), 'HR', 'LR', lq_dir, where, suffix=' key')
         _report_unpartnered(sorted(set(lq) - set(gt)), 'LR', 'HR', gt_dir, where, suffix=' key')
         if scale:
@@ -209,13 +209,54 @@ def check_single(dataset, where):
     backend = (dataset.get('io_backend') or {}).get('type', 'disk')
     lq_dir = os.path.expanduser(str(dataset['dataroot_lq']))
     if backend == 'lmdb':
-        return len(_lmdb_meta(lq_dir, where))
+        return len(lmdb_shapes(lq_dir, where))
     if backend != 'disk' or dataset.get('meta_info_file'):
         return None
     names = _names(lq_dir, where)
     for name in names:
         _size(os.path.join(lq_dir, name), where)
     return len(names)
+
+
+#: What to use when an InMemoryPairedImageDataset would not fit.
+IN_MEMORY_ALTERNATIVES = ('use type: PairedImageDataset (decodes each sample from disk), an LMDB of the images '
+                          '(basicsr prepare div2k --lmdb; PairedImageDataset with io_backend lmdb), or fewer images')
+
+
+def paired_paths(dataset):
+    """The pairs of a PairedImageDataset's options, listed by BasicSR's own functions in its order.
+
+    Returns:
+        list[dict]: ``{'gt_path': ..., 'lq_path': ...}`` (LMDB keys for the lmdb backend).
+    """
+    from basicsr.data.data_util import (paired_paths_from_folder, paired_paths_from_lmdb,
+                                        paired_paths_from_meta_info_file)
+    folders = [dataset['dataroot_lq'], dataset['dataroot_gt']]
+    tmpl = dataset.get('filename_tmpl', '{}')
+    if (dataset.get('io_backend') or {}).get('type', 'disk') == 'lmdb':
+        return paired_paths_from_lmdb(folders, ['lq', 'gt'])
+    if dataset.get('meta_info_file') is not None:
+        return paired_paths_from_meta_info_file(folders, ['lq', 'gt'], dataset['meta_info_file'], tmpl)
+    return paired_paths_from_folder(folders, ['lq', 'gt'], tmpl)
+
+
+def decoded_sizes(dataset, paths, where):
+    """Bytes each HR and LR image of ``paths`` takes decoded (3-channel uint8, as BasicSR's
+    ``imfrombytes`` gives it), from the image headers or the LMDB's meta_info.txt.
+
+    Returns:
+        tuple[list[int], list[int]]: HR sizes and LR sizes, in the order of ``paths``.
+    """
+    if (dataset.get('io_backend') or {}).get('type', 'disk') == 'lmdb':
+        gt, lq = lmdb_shapes(dataset['dataroot_gt'], where), lmdb_shapes(dataset['dataroot_lq'], where)
+        return ([gt[p['gt_path']][0] * gt[p['gt_path']][1] * 3 for p in paths],
+                [lq[p['lq_path']][0] * lq[p['lq_path']][1] * 3 for p in paths])
+    gt, lq = [], []
+    for p in paths:
+        for key, sizes in (('gt_path', gt), ('lq_path', lq)):
+            w, h = _size(p[key], where)
+            sizes.append(w * h * 3)
+    return gt, lq
 
 
 def check_gt_list(dataset, where):

@@ -102,7 +102,8 @@ def apply_force_yml(opt, entries, path):
         except ValueError as e:
             raise OptionError(f'{path}: --force_yml {entry!r}: {e}') from None
         expected = _kind(node[last])
-        if expected and new is not None and _kind(new) != expected:
+        auto = last == 'num_worker_per_gpu' and new == 'auto'  # a number of workers, or auto
+        if expected and new is not None and not auto and _kind(new) != expected:
             raise OptionError(f'{path}: --force_yml {entry!r}: {keys} is {expected} in the file, '
                               f'got {value!r}')
         node[last] = new

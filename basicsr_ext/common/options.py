@@ -21,9 +21,10 @@ from basicsr.archs import ARCH_REGISTRY
 from basicsr.data import DATASET_REGISTRY
 from basicsr.models import MODEL_REGISTRY
 
-from basicsr_ext.common import testsets
+from basicsr_ext.common import resources, testsets
 from basicsr_ext.common.checkpoints import RunError, params_of, read_checkpoint
-from basicsr_ext.common.datacheck import DataError, check_gt_list, check_paired, check_single
+from basicsr_ext.common.datacheck import (DataError, IN_MEMORY_ALTERNATIVES, check_gt_list, check_paired,
+                                           check_single, decoded_sizes, paired_paths)
 from basicsr_ext.common.optionfile import OptionError, read_with_overrides
 
 
@@ -66,8 +67,13 @@ def _check_dataset(name, dataset, path):
             raise OptionError(f'{path}: datasets.{name}.{key}: {kind} {value} does not exist')
 
 
-def _check_data(name, dataset, opt, path, is_train):
-    """The files of a PairedImageDataset / SingleImageDataset / RealESRGANDataset phase (after the folders exist)."""
+#: Dataset types whose options and files are those of BasicSR's PairedImageDataset.
+PAIRED_TYPES = ('PairedImageDataset', 'InMemoryPairedImageDataset')
+
+
+def _check_data(name, dataset, opt, path, is_train, launcher='none'):
+    """The files of a paired / SingleImageDataset / RealESRGANDataset phase (after the folders exist), and
+    whether an in-memory one fits this host's memory."""
     kind = dataset.get('type')
     where = f'{path}: datasets.{name}'
     if kind == 'RealESRGANDataset' and (dataset.get('io_backend') or {}).get('type', 'disk') == 'disk':
@@ -76,20 +82,33 @@ def _check_data(name, dataset, opt, path, is_train):
         except DataError as e:
             raise OptionError(str(e)) from None
         return
-    if kind not in ('PairedImageDataset', 'SingleImageDataset'):
+    if kind not in (*PAIRED_TYPES, 'SingleImageDataset'):
         return
-    for key in ('dataroot_gt', 'dataroot_lq') if kind == 'PairedImageDataset' else ('dataroot_lq',):
+    for key in ('dataroot_gt', 'dataroot_lq') if kind in PAIRED_TYPES else ('dataroot_lq',):
         if dataset.get(key) is None:
             raise OptionError(f'{path}: missing option datasets.{name}.{key}')
     # BasicSR's phase is the name up to the first '_' (train, val, test)
     train_phase = is_train and name.split('_')[0] == 'train'
     try:
-        if kind == 'PairedImageDataset':
+        if kind in PAIRED_TYPES:
             check_paired(dataset, opt.get('scale'), where, train_phase)
         else:
             check_single(dataset, where)
-    except DataError as e:
+        if kind == 'InMemoryPairedImageDataset':
+            gt, lq = decoded_sizes(dataset, paired_paths(dataset), where)
+            resources.check_fits(sum(gt) + sum(lq), resources.ranks_on_host(launcher),
+                                 f'{where}: {kind} ({len(gt)} pairs decoded)', IN_MEMORY_ALTERNATIVES)
+    except (DataError, resources.NoRoomError) as e:
         raise OptionError(str(e)) from None
+
+
+def _check_workers(dataset, where, path):
+    """``num_worker_per_gpu``: a number of workers (0: the main process loads) or ``auto``."""
+    value = dataset.get('num_worker_per_gpu', 0)
+    if value == 'auto' or isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return
+    raise OptionError(f"{path}: {where}num_worker_per_gpu: must be a number of workers (0 or more) or 'auto', "
+                      f'got {value!r}')
 
 
 def _check_prefetch(opt, path):
@@ -334,6 +353,7 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none'):
     if is_train:
         _positive_int(opt['train'], 'total_iter', 'train.', path)
         _positive_int(datasets['train'], 'batch_size_per_gpu', 'datasets.train.', path)
+        _check_workers(datasets['train'], 'datasets.train.', path)
         _check_prefetch(opt, path)
         _check_realesrgan_model(opt, path, is_train)
         _check_vgg_weights(opt, path)
@@ -342,7 +362,7 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none'):
     if not check_data:
         return
     for name, dataset in datasets.items():
-        _check_data(name, dataset, opt, path, is_train)
+        _check_data(name, dataset, opt, path, is_train, launcher)
 
 
 def check_read_options(opt, path, is_train=True, check_data=True, launcher='none'):

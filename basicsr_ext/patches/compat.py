@@ -212,6 +212,45 @@ def patch_eta_off_by_one():
     return True
 
 
+def patch_auto_workers():
+    """BasicSR's ``build_dataloader`` takes a number of workers only; add ``num_worker_per_gpu: auto``."""
+    import basicsr.data
+    upstream = basicsr.data.build_dataloader
+    if getattr(upstream, 'resolves_auto_workers', False):
+        return False
+
+    @functools.wraps(upstream)
+    def build_dataloader(dataset, dataset_opt, num_gpu=1, dist=False, sampler=None, seed=None):
+        if dataset_opt.get('phase') == 'train' and dataset_opt.get('num_worker_per_gpu') == 'auto':
+            dataset_opt = dict(dataset_opt, num_worker_per_gpu=resolve_auto_workers(num_gpu, dist))
+            if dataset_opt['num_worker_per_gpu'] == 0:
+                dataset_opt['persistent_workers'] = False  # the DataLoader refuses it without workers
+        return upstream(dataset, dataset_opt, num_gpu=num_gpu, dist=dist, sampler=sampler, seed=seed)
+
+    build_dataloader.resolves_auto_workers = True
+    for name in ('basicsr.data', 'basicsr.train', 'basicsr.test'):  # those that imported the name
+        module = sys.modules.get(name)
+        if getattr(module, 'build_dataloader', None) is upstream:
+            module.build_dataloader = build_dataloader
+    return True
+
+
+def resolve_auto_workers(num_gpu, dist):
+    """``num_worker_per_gpu: auto`` as a number: this host's usable cores shared among its GPUs
+    (the ranks of this host under DDP; ``num_gpu`` without a launcher), one each left for the
+    training processes, at most :data:`~basicsr_ext.common.resources.AUTO_WORKER_CAP`; logged."""
+    from basicsr.utils import get_root_logger
+
+    from basicsr_ext.common import resources
+    cores = resources.usable_cores()
+    gpus = resources.ranks_on_host() if dist else max(1, num_gpu or 0)
+    workers = resources.auto_workers(cores, gpus)
+    sharing = f'{gpus} {"ranks" if dist else "GPUs"} on this host' if gpus > 1 else 'one training process'
+    get_root_logger().info(f'num_worker_per_gpu: auto -> {workers} ({cores} usable cores, {sharing}, '
+                           f'at most {resources.AUTO_WORKER_CAP} each)')
+    return workers
+
+
 #: Before anything imports ``basicsr``: without these, ``import basicsr`` fails.
 IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: After: these change what BasicSR does; those of :mod:`basicsr_ext.patches.safety` (saving, loading,
@@ -219,7 +258,7 @@ IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_realesrgan_cpu, patch_filter2d_layout,
                    patch_optimizers, safety.patch_resume, safety.patch_atomic_save, safety.patch_safe_load_network,
                    safety.patch_log_file_errors, safety.patch_force_yml_values, patch_eta_off_by_one,
-                   pipeline.patch_quiet_terminal)
+                   pipeline.patch_quiet_terminal, patch_auto_workers)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()
