@@ -289,6 +289,12 @@ def test_test_file_runs_on_the_sets_that_are_prepared_and_ends_with_the_table_be
         assert float(row['bicubic_psnr']) == pytest.approx(bicubic, abs=1e-6)
         assert float(row['ASID_psnr']) == pytest.approx(metrics_in(log)[row['set']], abs=1e-4)
         assert f'| {row["set"]} | 1 | {float(row["ASID_psnr"]):.2f} | {bicubic:.2f} |' in table
+    # beside the table, a comparison image per set: its one image's crop, ground truth | bicubic | ASID
+    assert ('crops beside bicubic: results/test_ASID_x4/compare_Set5.png, results/test_ASID_x4/compare_Set14.png'
+            in log)
+    for name in ('Set5', 'Set14'):
+        sheet = cv2.imread(str(run / f'compare_{name}.png'))
+        assert sheet.shape[1] > 2 * sheet.shape[0]  # one row of three panels
 
 
 def test_test_file_with_no_set_prepared_fails_with_one_line(tmp_path, monkeypatch, capsys):

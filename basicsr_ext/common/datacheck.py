@@ -489,6 +489,21 @@ def decoded_sizes(dataset, paths, where):
     gt, lq = [], []
     for p in paths:
         for key, sizes in (('gt_path', gt), ('lq_path', lq)):
-            w, h = _size(p[key], where)
+            w, h = image_size(p[key])
             sizes.append(w * h * 3)
     return gt, lq
+
+
+def check_gt_list(dataset, where):
+    """RealESRGANDataset on disk: every image its ``meta_info`` lists (relative to ``dataroot_gt``)
+    exists and is a readable image; an empty list is refused."""
+    meta, root = str(dataset['meta_info']), str(dataset['dataroot_gt'])
+    with open(meta, encoding='utf-8') as f:
+        entries = [(number, line.strip().split(' ')[0]) for number, line in enumerate(f, 1) if line.strip()]
+    if not entries:
+        raise DataError(f'{where}.meta_info: {meta} lists no image (basicsr prepare realesrgan writes it)')
+    for number, entry in entries:
+        path = os.path.join(root, entry)
+        if not os.path.isfile(path):
+            raise DataError(f'{where}.meta_info: {meta} line {number}: {path} does not exist')
+        image_size(path)

@@ -8,6 +8,9 @@ phases are checked too (:mod:`basicsr_ext.common.datacheck`): an empty folder, a
 its LR partner (or the reverse), an LR that is not HR / scale, an HR smaller than ``gt_size``,
 an image that does not decode, an LMDB cut short, without a key of its meta_info.txt or with a
 damaged value is named, with what is wrong, before training starts.
+For BasicSR's Real-ESRGAN pipeline (RealESRGANDataset, RealESRNetModel, RealESRGANModel) the
+degradation and kernel settings, ``gt_size``, ``queue_size`` and every image of the ``meta_info``
+list are checked, and a perceptual loss's VGG weights must be on disk (where, named in the error).
 ``network_g`` is built once (unknown keys, ``upscale`` against ``scale``, values the network
 refuses, ``ASID_D8`` with another group count), ``total_iter`` and the batch size must be
 positive integers, ``gt_size`` a multiple of ``scale``, the logging, checkpoint and validation
@@ -25,8 +28,8 @@ from basicsr.models import MODEL_REGISTRY
 
 from basicsr_ext.common import resources, testsets
 from basicsr_ext.common.checkpoints import RunError, find_resume_state, params_of, read_checkpoint, resume_weights
-from basicsr_ext.common.datacheck import (DataError, IN_MEMORY_ALTERNATIVES, check_paired, check_single,
-                                           decoded_sizes, paired_paths)
+from basicsr_ext.common.datacheck import (DataError, IN_MEMORY_ALTERNATIVES, check_gt_list, check_paired,
+                                           check_single, decoded_sizes, paired_paths)
 from basicsr_ext.common.optionfile import OptionError, read_with_overrides
 
 
@@ -37,9 +40,15 @@ def _require(opt, key, path, section=''):
     return node
 
 
+def registered(registry, name):
+    """What ``registry.get(name)`` returns, or None, without its printed note: BasicSR registers its
+    Real-ESRGAN classes as ``<name>_basicsr`` and finds them by ``<name>`` too."""
+    return registry._obj_map.get(name) or registry._obj_map.get(f'{name}_basicsr')
+
+
 def _check_registered(name, registry, what, key, path):
-    if name not in registry:
-        known = ', '.join(sorted(registry.keys()))
+    if registered(registry, name) is None:
+        known = ', '.join(sorted(k[:-len('_basicsr')] if k.endswith('_basicsr') else k for k in registry.keys()))
         raise OptionError(f'{path}: {key}: {name!r} is not a registered {what} (known: {known})')
 
 
@@ -47,19 +56,19 @@ def _check_dataset(name, dataset, path):
     _check_registered(_require(dataset, 'type', path, f'datasets.{name}.'), DATASET_REGISTRY, 'dataset',
                       f'datasets.{name}.type', path)
     backend = (dataset.get('io_backend') or {}).get('type', 'disk')
-    for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file'):
+    for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file', 'meta_info'):
         value = dataset.get(key)
         if value is None:
             continue
         value = os.path.expanduser(str(value))
-        if key == 'meta_info_file':
+        if key.startswith('meta_info'):
             exists = os.path.isfile(value)
         elif backend == 'lmdb':
             exists = os.path.isfile(os.path.join(value, 'data.mdb'))
         else:
             exists = os.path.isdir(value)
         if not exists:
-            kind = 'LMDB' if backend == 'lmdb' and key != 'meta_info_file' else 'path'
+            kind = 'LMDB' if backend == 'lmdb' and not key.startswith('meta_info') else 'path'
             raise OptionError(f'{path}: datasets.{name}.{key}: {kind} {value} does not exist')
 
 
@@ -68,10 +77,16 @@ PAIRED_TYPES = ('PairedImageDataset', 'InMemoryPairedImageDataset')
 
 
 def _check_data(name, dataset, opt, path, is_train, launcher='none'):
-    """The files of a paired / SingleImageDataset phase (after the folders exist), and whether
-    an in-memory one fits this host's memory."""
+    """The files of a paired / SingleImageDataset / RealESRGANDataset phase (after the folders exist), and
+    whether an in-memory one fits this host's memory."""
     kind = dataset.get('type')
     where = f'{path}: datasets.{name}'
+    if kind == 'RealESRGANDataset' and (dataset.get('io_backend') or {}).get('type', 'disk') == 'disk':
+        try:
+            check_gt_list(dataset, where)
+        except DataError as e:
+            raise OptionError(str(e)) from None
+        return
     if kind not in (*PAIRED_TYPES, 'SingleImageDataset'):
         return
     for key in ('dataroot_gt', 'dataroot_lq') if kind in PAIRED_TYPES else ('dataroot_lq',):
@@ -346,6 +361,105 @@ def _check_run_values(opt, path, launcher):
     _check_scheduler(opt, path)
 
 
+# ---------------------------------------------------------------------------- Real-ESRGAN
+#: What BasicSR's RealESRGANDataset reads from its options (a KeyError in a DataLoader worker otherwise).
+REALESRGAN_DATASET_KEYS = ('dataroot_gt', 'io_backend', 'use_hflip', 'use_rot', 'final_sinc_prob') + tuple(
+    key + suffix for suffix in ('', '2') for key in ('blur_kernel_size', 'kernel_list', 'kernel_prob', 'blur_sigma',
+                                                     'betag_range', 'betap_range', 'sinc_prob'))
+#: What RealESRNetModel / RealESRGANModel read from the top level of the options to degrade a batch.
+DEGRADATION_KEYS = ('gt_size',) + tuple(
+    key + suffix for suffix in ('', '2') for key in ('resize_prob', 'resize_range', 'gaussian_noise_prob',
+                                                     'noise_range', 'poisson_scale_range', 'gray_noise_prob',
+                                                     'jpeg_range')) + ('second_blur_prob',)
+#: Keys of each model on top: which ground truth (plain or unsharp-masked) the losses see.
+USM_KEYS = {'RealESRNetModel': ('gt_usm',), 'RealESRGANModel': ('l1_gt_usm', 'percep_gt_usm', 'gan_gt_usm')}
+#: RealESRGANDataset crops or pads every ground truth image to this size (hard-coded in BasicSR).
+REALESRGAN_CROP = 400
+
+
+def _check_realesrgan_dataset(name, dataset, path):
+    for key in REALESRGAN_DATASET_KEYS + (('meta_info',) if (dataset.get('io_backend') or {}).get('type', 'disk')
+                                          != 'lmdb' else ()):
+        _require(dataset, key, path, f'datasets.{name}.')
+    for suffix in ('', '2'):
+        kernels, probs = dataset[f'kernel_list{suffix}'], dataset[f'kernel_prob{suffix}']
+        if not isinstance(kernels, list) or not isinstance(probs, list) or len(kernels) != len(probs):
+            raise OptionError(f'{path}: datasets.{name}.kernel_prob{suffix}: one probability per kernel of '
+                              f'kernel_list{suffix} ({kernels!r}), got {probs!r}')
+
+
+def _check_realesrgan_model(opt, path, is_train):
+    """The top-level degradation options of RealESRNetModel / RealESRGANModel, and what each needs on top."""
+    model = opt.get('model_type')
+    model = model[:-len('_basicsr')] if str(model).endswith('_basicsr') else model
+    if model not in USM_KEYS or not is_train:
+        return
+    train = opt['datasets']['train']
+    degrading = opt.get('high_order_degradation', True)
+    if degrading:
+        for key in DEGRADATION_KEYS + USM_KEYS[model]:
+            _require(opt, key, path)
+        if train.get('type') != 'RealESRGANDataset':
+            raise OptionError(f'{path}: datasets.train.type: {model} degrades the ground truth with the blur kernels '
+                              f'of RealESRGANDataset, not {train.get("type")} (or set high_order_degradation: false)')
+        gt_size, scale = opt['gt_size'], opt.get('scale', 4)
+        if not isinstance(gt_size, int) or gt_size < scale or gt_size % scale or gt_size > REALESRGAN_CROP:
+            raise OptionError(f'{path}: gt_size: must be a multiple of the scale {scale} up to {REALESRGAN_CROP} '
+                              f'(RealESRGANDataset\'s crop), got {gt_size!r}')
+        queue, batch = opt.get('queue_size', 180), train['batch_size_per_gpu']
+        if not isinstance(queue, int) or queue < batch or queue % batch:
+            raise OptionError(f'{path}: queue_size: the training pair pool must hold a whole number of batches '
+                              f'(batch_size_per_gpu {batch}), got {queue!r}')
+    if model == 'RealESRGANModel':
+        _require(opt, 'network_d', path)
+        _check_registered(_require(opt['network_d'], 'type', path, 'network_d.'), ARCH_REGISTRY, 'network',
+                          'network_d.type', path)
+        for key in ('optim_d', 'gan_opt'):
+            _require(opt['train'], key, path, 'train.')
+
+
+# ---------------------------------------------------------------------------- VGG weights
+#: torchvision's ImageNet VGG19 weights, which BasicSR's VGGFeatureExtractor (PerceptualLoss) loads from
+#: BasicSR's path or, when that file is missing, downloads through torchvision into torch's hub cache.
+#: Size: the file at the URL (torchvision's metadata: _file_size 548.051 MiB).
+VGG19_FILE, VGG19_BYTES = 'vgg19-dcbb9e9d.pth', 574_673_361
+VGG19_URL = f'https://download.pytorch.org/models/{VGG19_FILE}'
+
+
+def vgg_weight_places(vgg_type='vgg19'):
+    """Where ``VGGFeatureExtractor(vgg_type=...)`` finds its weights without downloading, in its order."""
+    import torch
+    from basicsr.archs.vgg_arch import VGG_PRETRAIN_PATH
+    from torchvision.models import get_model_weights
+    url = get_model_weights(vgg_type).IMAGENET1K_V1.url
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
+    return ([os.path.abspath(VGG_PRETRAIN_PATH)] if vgg_type == 'vgg19' else []) + [cached]
+
+
+def _check_vgg_weights(opt, path):
+    """``train.perceptual_opt``: the VGG weights are on disk (BasicSR would download them, mid-start)."""
+    perceptual = (opt.get('train') or {}).get('perceptual_opt')
+    if not perceptual or perceptual.get('type') != 'PerceptualLoss':
+        return
+    from basicsr.archs.vgg_arch import VGG_PRETRAIN_PATH
+    vgg_type = str(perceptual.get('vgg_type', 'vgg19'))
+    if vgg_type != 'vgg19' and os.path.exists(VGG_PRETRAIN_PATH):
+        raise OptionError(f'{path}: train.perceptual_opt.vgg_type: BasicSR loads {os.path.abspath(VGG_PRETRAIN_PATH)} '
+                          f'(VGG19) into any vgg_type, which fails for {vgg_type}: use vgg19 or move that file')
+    try:
+        places = vgg_weight_places(vgg_type.replace('_bn', '') if vgg_type == 'vgg19_bn' else vgg_type)
+    except (ValueError, KeyError, AttributeError):
+        raise OptionError(f'{path}: train.perceptual_opt.vgg_type: {vgg_type!r} is not a VGG of torchvision') from None
+    if any(os.path.isfile(p) for p in places):
+        return
+    if vgg_type == 'vgg19':
+        raise OptionError(f'{path}: train.perceptual_opt: needs the VGG19 weights {VGG19_FILE} ({VGG19_BYTES:,d} '
+                          f'bytes, {VGG19_URL}): put the file at {places[0]} (or {places[1]}); BasicSR would try to '
+                          f'download it')
+    raise OptionError(f'{path}: train.perceptual_opt: needs the {vgg_type} weights: put '
+                      f'{os.path.basename(places[-1])} at {places[-1]}; BasicSR would try to download it')
+
+
 #: Options of earlier releases, and where they are now.
 MOVED = {
     'model_type: TiledSRModel': 'model_type: ASIDModel (the same Model, renamed)',
@@ -373,7 +487,7 @@ def _check_speed_switches(opt, path, is_train, launcher='none'):
 def _check_model_options(opt, path, is_train, launcher):
     """A registered Model may check its own options before the run: ``check_options(opt, is_train, launcher)``,
     a classmethod raising ValueError (as :class:`~basicsr_ext.training.models.ASIDModel` does)."""
-    check = getattr(MODEL_REGISTRY.get(opt['model_type']), 'check_options', None)
+    check = getattr(registered(MODEL_REGISTRY, opt['model_type']), 'check_options', None)
     if check is not None:
         try:
             check(opt, is_train=is_train, launcher=launcher)
@@ -401,6 +515,8 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none', au
         if is_train and name != 'train' and not name.startswith('val'):
             raise OptionError(f'{path}: datasets.{name}: training phases are "train" and "val*"')
         _check_dataset(name, dataset, path)
+        if dataset.get('type') == 'RealESRGANDataset':
+            _check_realesrgan_dataset(name, dataset, path)
     for key, value in (opt.get('path') or {}).items():
         if value and (key.startswith('pretrain_network') or key == 'resume_state'):
             if not os.path.isfile(os.path.expanduser(str(value))):
@@ -411,6 +527,8 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none', au
         _check_workers(datasets['train'], 'datasets.train.', path)
         _check_prefetch(opt, path)
         _check_run_values(opt, path, launcher)
+        _check_realesrgan_model(opt, path, is_train)
+        _check_vgg_weights(opt, path)
     _check_gpus(opt, path, launcher)
     net = _check_network(opt, path)
     _check_pretrained(opt, path, net)
