@@ -103,6 +103,16 @@ def run_basicsr(*args, cwd, env=None, timeout=300):
                           text=True, timeout=timeout)
 
 
+@pytest.fixture(scope='session', autouse=True)
+def datacheck_cache(tmp_path_factory):
+    """The data check's cache (``$XDG_CACHE_HOME/asid-basicsr/datacheck``) in a folder of the test
+    session, for the commands run here and in subprocesses: the user's own stays untouched."""
+    folder = tmp_path_factory.mktemp('xdg_cache')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('XDG_CACHE_HOME', str(folder))
+        yield folder
+
+
 @pytest.fixture
 def tiny_data(tmp_path):
     """``tmp_path/data/{train,val}/{HR,LR}``: four training pairs and one validation pair at x4."""

@@ -75,6 +75,28 @@ def test_train_profile_writes_the_profilers_table_of_iterations_before_the_timed
     assert table.startswith('2 training iterations') and 'aten::convolution_backward' in table
 
 
+def test_train_opt_times_a_real_esrgan_stage_and_splits_its_iterations(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from test_realesrgan import STAGE_1, hr_photos_in, shipped_options
+    monkeypatch.chdir(tmp_path)
+    opt = shipped_options(STAGE_1, hr_photos_in(tmp_path / 'hr'), 'stage1', 1)
+    opt['datasets']['train']['num_worker_per_gpu'] = 0
+    (tmp_path / 'stage1.yml').write_text(yaml.safe_dump(opt))
+    out_json = tmp_path / 'bench.json'
+    assert main(['benchmark', '--device', 'cpu', '--networks', 'ASID', '--paths', 'plain', '--size', '8x8',
+                 '--repeat', '1', '--warmup', '0', '--train', '--train-opt', 'stage1.yml', '--train-iters', '3',
+                 '--train-warmup', '1', '--json', str(out_json)]) == 0
+    (row,) = json.loads(out_json.read_text())['training']
+    assert (row['path'], row['model'], row['batch'], row['lr_patch']) == ('stage1', 'RealESRNetModel', 2, 8)
+    assert row['feed_data_ms'] > 0 and row['optimize_ms'] > 0
+    assert row['feed_data_ms'] + row['optimize_ms'] < 1e3 / row['iters_per_s']
+    assert re.search(r'^training with stage1 \(RealESRNetModel, ASID x4, batch 2, LR patch 8, 0 loader workers\): '
+                     r'[\d.]+ it/s, peak - GB; per iteration: feed_data [\d.]+ ms, optimize_parameters [\d.]+ ms, '
+                     r'rest [\d.]+ ms$', capsys.readouterr().out, re.M)
+    assert not (tmp_path / 'experiments').exists()
+
+
 def test_data_benchmark_compares_disk_lmdb_and_in_memory_on_the_same_pairs(tmp_path, capsys):
     out_json = tmp_path / 'data.json'
     assert main(['benchmark', '--data', '--data-count', '3', '--data-samples', '6', '--data-patch', '64',

@@ -26,9 +26,11 @@ def test_apply_runs_each_patch_once_and_reports_what_it_applied(monkeypatch):
     assert set(compat.APPLIED) <= {p.__name__ for p in compat.PATCHES}
     assert len(compat.APPLIED) == len(set(compat.APPLIED))
     # this stack needs these (torchvision >= 0.17; no GPU; PyPI 1.4.2's Adam-only optimizers,
-    # its saving, resuming, loading and eta): they were applied, so the list is not just empty
+    # its saving, resuming, loading and eta; today's F.pad keeping channels-last): they were applied,
+    # so the list is not just empty
     needed = {'patch_functional_tensor', 'patch_optimizers', 'patch_resume', 'patch_atomic_save',
-              'patch_eta_off_by_one'} | ({'patch_cpu_distributed'} if not torch.cuda.is_available() else set())
+              'patch_eta_off_by_one', 'patch_filter2d_layout'} | (
+                  {'patch_cpu_distributed', 'patch_realesrgan_cpu'} if not torch.cuda.is_available() else set())
     assert needed <= set(compat.APPLIED), compat.APPLIED
 
     # on a fresh process's state: each patch runs once however often apply() is called, and
@@ -210,3 +212,35 @@ def test_training_log_eta_at_the_last_iteration_is_zero_not_minus_one_day():
         msg({'epoch': 1, 'iter': current_iter, 'lrs': [1e-3], 'time': 10., 'data_time': 0.})
     assert 'eta: 0:00:' in lines[0] and 'eta: 0:00:00' not in lines[0]  # one iteration left
     assert 'eta: 0:00:00' in lines[1]  # none left
+
+
+def _realesrnet_options():
+    """What RealESRNetModel's constructor reads, with a tiny ASID, on the CPU."""
+    return {'name': 'cpu', 'model_type': 'RealESRNetModel', 'scale': 4, 'num_gpu': 0, 'is_train': False,
+            'dist': False, 'queue_size': 4, 'network_g': {'type': 'ASID', 'upscale': 4, 'num_groups': 1, 'num_feat': 8},
+            'path': {'pretrain_network_g': None}, 'val': {}}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the patch applies without CUDA only')
+def test_realesrgan_models_build_and_pool_their_batches_on_a_machine_without_gpu():
+    import asid_arch  # noqa: F401  (registers ASID)
+    from basicsr.models.realesrnet_model import RealESRNetModel
+    model = RealESRNetModel(_realesrnet_options())  # upstream: .cuda() on the JPEG simulator and sharpener
+    assert model.jpeger(torch.rand(2, 3, 16, 16), quality=torch.tensor([50., 90.])).device.type == 'cpu'
+    batches = [(torch.full((2, 3, 4, 4), float(i)), torch.full((2, 3, 16, 16), float(i))) for i in range(3)]
+    for lq, gt in batches:  # the pool (4 pairs) fills with two batches, then swaps
+        model.lq, model.gt = lq, gt
+        model._dequeue_and_enqueue()  # upstream: the pool made with .cuda()
+    assert model.queue_lr.device.type == 'cpu' and model.queue_lr.shape == (4, 3, 4, 4)
+    assert set(model.lq.flatten().tolist()) <= {0., 1.} and 2. in model.queue_lr
+
+
+def test_basicsr_filter2d_blurs_diffjpeg_output_as_a_contiguous_batch():
+    from basicsr.models import realesrnet_model
+    from basicsr.utils import DiffJPEG
+    from basicsr.utils.img_process_util import filter2D
+    jpeg = DiffJPEG(differentiable=False)
+    image = jpeg(torch.rand(2, 3, 20, 20), quality=torch.tensor([40., 80.]))  # channels-last, sliced
+    kernels = torch.rand(2, 5, 5)
+    assert torch.equal(filter2D(image, kernels), filter2D(image.contiguous(), kernels))
+    assert realesrnet_model.filter2D is filter2D  # what the model calls

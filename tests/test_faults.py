@@ -126,6 +126,67 @@ def test_auto_resume_refuses_in_one_line_when_no_state_loads(trained, capsys):
     assert lines[-1].startswith('basicsr train: error: --auto_resume: none of the 2 training states')
 
 
+@pytest.fixture(scope='module')
+def asid_run(tmp_path_factory):
+    """A finished run of a tiny ASID in [-1, 1] (states 2 and 4), trained once for the tests below."""
+    root = tmp_path_factory.mktemp('asid_run')
+    from conftest import write_pairs
+    write_pairs(str(root / 'data' / 'train'), 2)
+    write_pairs(str(root / 'data' / 'val'), 1, start=10)
+    opt_file = write_options(root / 'asid.yml', tiny_options(str(root / 'data'), name='asid', network=dict(TINY_ASID),
+                                                             total_iter=4, checkpoint_freq=2, val_freq=100))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        assert main(['train', '-opt', opt_file]) == 0
+    return root
+
+
+RESUME_CHANGES = {
+    'network_g:value_range=[0,1]': 'experiments/asid/models/net_g_4.pth was trained with value_range [-1, 1], '
+                                   'network_g has [0, 1]',
+    'network_g:num_groups=2': 'experiments/asid/models/net_g_4.pth has num_groups 1, network_g asks for 2',
+    'network_g:type=ASID_D8': 'network_g.num_groups: 1, but ASID_D8 is the 8-group variant (leave num_groups out, '
+                              'or use type: ASID for 1 groups)',
+}
+
+
+@pytest.mark.parametrize('how', ['--auto_resume', 'path.resume_state'])
+@pytest.mark.parametrize('change', RESUME_CHANGES)
+def test_resume_refuses_what_pretrain_refuses_in_one_line_and_touches_nothing(change, how, asid_run, tmp_path,
+                                                                               capsys, monkeypatch):
+    import shutil
+    shutil.copytree(asid_run, tmp_path / 'run')
+    monkeypatch.chdir(tmp_path / 'run')
+    before = sorted(p for p in (tmp_path / 'run').rglob('*'))
+    args = ['train', '-opt', 'asid.yml', '--force_yml', change, 'train:total_iter=6']
+    args += ['--auto_resume'] if how == '--auto_resume' else ['path:resume_state=experiments/asid/training_states/4.state']
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    state = ' experiments/asid/training_states/4.state' if 'network_g.' not in RESUME_CHANGES[change] else ''
+    where = f'{how}{state}: ' if state else ''
+    assert err == f'basicsr train: error: asid.yml: {where}{RESUME_CHANGES[change]}', err
+    assert sorted(p for p in (tmp_path / 'run').rglob('*')) == before
+
+
+def test_resume_with_the_options_that_saved_it_continues(asid_run, tmp_path, monkeypatch):
+    import shutil
+    shutil.copytree(asid_run, tmp_path / 'run')
+    monkeypatch.chdir(tmp_path / 'run')
+    assert main(['train', '-opt', 'asid.yml', '--auto_resume', '--force_yml', 'train:total_iter=5']) == 0
+    log = open(sorted(glob.glob(str(tmp_path / 'run' / 'experiments' / 'asid' / 'train_asid_*.log')))[-1]).read()
+    assert 'Resuming training from epoch: 3, iter: 4.' in log and 'End of training' in log
+
+
+def test_asid_d8_with_another_group_count_is_refused_in_one_line(tmp_path, tiny_data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    network = {**TINY_ASID, 'type': 'ASID_D8', 'num_groups': 3}
+    assert main(['train', '-opt', write_options(tmp_path / 'd8.yml', tiny_options(tiny_data, network=network))]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f'basicsr train: error: {tmp_path / "d8.yml"}: network_g.num_groups: 3, but ASID_D8 is the 8-group variant '
+        f'(leave num_groups out, or use type: ASID for 3 groups)')
+    assert not (tmp_path / 'experiments').exists()
+
+
 # ----------------------------------------------------------------------------------------
 # hostile files: the safe loader whatever the environment says
 # ----------------------------------------------------------------------------------------

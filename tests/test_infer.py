@@ -750,3 +750,29 @@ def test_an_animated_gif_is_refused_rather_than_cut_to_its_first_frame(tmp_path,
     code, out, err = run(capsys, tmp_path / 'anim.gif', tmp_path / 'out', ckpt)
     assert code == 1 and summary(out) == (0, 0, 1)
     assert 'anim.gif: animated image (3 frames): only still images are upscaled' in err, err
+
+
+def test_compare_writes_input_bicubic_output_side_by_side_per_image_and_never_takes_them_as_inputs(
+        tmp_path, capsys, ckpt):
+    from basicsr_ext.common import compare
+    from basicsr_ext.common.images import bicubic_upscale
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.png'), bgr(img8(20, 30)))
+    cv2.imwrite(str(folder / 'g.png'), img8(16, 12, c=1))  # grey: shown in three channels
+    code, out, _ = run(capsys, folder, folder, ckpt, '--compare', '-q')
+    assert code == 0 and summary(out) == (2, 0, 0)
+    sheet, output = read(folder / 'a_ASID_x2_compare.png'), read(folder / 'a_ASID_x2.png')
+    bar, gap = compare.BAR, compare.GAP
+    assert sheet.shape == (bar + 40, 3 * 60 + 2 * gap, 3)
+    panels = [sheet[bar:, i * (60 + gap):i * (60 + gap) + 60] for i in range(3)]
+    lq = read(folder / 'a.png')
+    assert np.array_equal(panels[0], cv2.resize(lq, (60, 40), interpolation=cv2.INTER_NEAREST))
+    assert np.array_equal(panels[1], bicubic_upscale(lq, 2))
+    assert np.array_equal(panels[2], output)
+    assert not np.array_equal(sheet[:bar, :60], np.zeros((bar, 60, 3), np.uint8))  # a label is written there
+    assert read(folder / 'g_ASID_x2_compare.png').shape == (bar + 32, 3 * 24 + 2 * gap, 3)
+    # a second run over the same folder: neither outputs nor comparison images are inputs
+    code, out, err = run(capsys, folder, folder, ckpt, '--compare', '-q')
+    assert summary(out) == (0, 2 + 4, 0)  # two inputs with outputs, four earlier outputs
+    assert f'skipped {folder}/a_ASID_x2_compare.png: an output of basicsr infer' in err

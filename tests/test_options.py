@@ -23,7 +23,7 @@ from basicsr_ext.common.options import OptionError, check_options
 from asid_arch.tiling import tiled_forward
 from basicsr.utils import img2tensor, tensor2img  # noqa: E402  (after basicsr_ext)
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
-from conftest import REPO, make_image
+from conftest import REPO, make_image, run_basicsr, tiny_options, write_options
 
 OPTIONS = os.path.join(REPO, 'options')
 VARIANTS = [('ASID', 'ASID', 3), ('ASID_D8', 'ASID_D8', 8)]  # file stem, network type, groups
@@ -289,6 +289,12 @@ def test_test_file_runs_on_the_sets_that_are_prepared_and_ends_with_the_table_be
         assert float(row['bicubic_psnr']) == pytest.approx(bicubic, abs=1e-6)
         assert float(row['ASID_psnr']) == pytest.approx(metrics_in(log)[row['set']], abs=1e-4)
         assert f'| {row["set"]} | 1 | {float(row["ASID_psnr"]):.2f} | {bicubic:.2f} |' in table
+    # beside the table, a comparison image per set: its one image's crop, ground truth | bicubic | ASID
+    assert ('crops beside bicubic: results/test_ASID_x4/compare_Set5.png, results/test_ASID_x4/compare_Set14.png'
+            in log)
+    for name in ('Set5', 'Set14'):
+        sheet = cv2.imread(str(run / f'compare_{name}.png'))
+        assert sheet.shape[1] > 2 * sheet.shape[0]  # one row of three panels
 
 
 def test_test_file_with_no_set_prepared_fails_with_one_line(tmp_path, monkeypatch, capsys):
@@ -420,3 +426,56 @@ def test_a_compiled_step_on_several_gpus_is_fine_under_a_launcher_and_auto_count
     with pytest.raises(OptionError) as err:  # under torchrun: past this check (to the missing data sets here)
         check_options(opt, 'train_ASID_x4.yml', launcher='pytorch')
     assert 'train.compile' not in str(err.value) and 'does not exist' in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------
+# values BasicSR would trip over after making the experiment folder (issue 24, case 8)
+# ------------------------------------------------------------------------------------------
+BAD_RUN_VALUES = {
+    'datasets:train:gt_size=30': 'datasets.train.gt_size: 30 is not a multiple of scale 4 (the LR patch is '
+                                 'gt_size / scale)',
+    'datasets:train:gt_size=0': 'datasets.train.gt_size: must be a positive integer, got 0',
+    'logger:save_checkpoint_freq=0': 'logger.save_checkpoint_freq: must be a positive integer, got 0',
+    'val:val_freq=0': 'val.val_freq: must be a positive integer, got 0',
+    'train:optim_g:lr=-1': 'train.optim_g.lr: must be a positive number, got -1',
+    'train:optim_g:lr=0': 'train.optim_g.lr: must be a positive number, got 0',
+    'train:optim_g:type=Adamm': "train.optim_g.type: 'Adamm' is not an optimizer BasicSR knows (known: Adam, AdamW, "
+                                'Adamax, SGD, ASGD, RMSprop, Rprop)',
+    'train:optim_g:betas=[0.9,2]': 'train.optim_g: AdamW: Invalid beta parameter at index 1: 2',
+    'train:scheduler:milestones=[100,abc]': "train.scheduler.milestones: must be whole iteration numbers, got 'abc' "
+                                            "in [100, 'abc']",
+    'train:scheduler:milestones=[8,4]': 'train.scheduler.milestones: must increase, got [8, 4]',
+    'num_gpu=-1': "num_gpu: must be 'auto' or a whole number of GPUs, got -1",
+}
+
+
+@pytest.mark.parametrize('entry', BAD_RUN_VALUES)
+def test_training_value_basicsr_trips_over_later_is_one_line_before_the_experiment_folder(
+        entry, tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    opt_file = write_options(tmp_path / 'v.yml', tiny_options(tiny_data, name='v'))
+    assert main(['train', '-opt', opt_file, '--force_yml', entry]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f'basicsr train: error: {opt_file}: {BAD_RUN_VALUES[entry]}'
+    assert not (tmp_path / 'experiments').exists()
+
+
+def test_more_gpus_than_the_machine_has_is_one_line_from_the_real_command(tiny_data, tmp_path):
+    have = torch.cuda.device_count()
+    opt_file = write_options(tmp_path / 'g.yml', {**tiny_options(tiny_data, name='g'), 'num_gpu': have + 1})
+    result = run_basicsr('train', '-opt', opt_file, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f'basicsr train: error: {opt_file}: num_gpu: {have + 1}, but this machine has '
+                                     f'{have} GPU{"" if have == 1 else "s"} ('
+                                     f'{"num_gpu: 0 runs on the CPU" if have == 0 else f"num_gpu: auto takes all {have}"}'
+                                     f'; --force_yml num_gpu={have} overrides it)')
+    assert not (tmp_path / 'experiments').exists()
+
+
+def test_milestones_beyond_total_iter_train_with_a_one_line_warning(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    opt_file = write_options(tmp_path / 'm.yml', tiny_options(tiny_data, name='m', total_iter=2, val_freq=100))
+    assert main(['train', '-opt', opt_file, '--force_yml', 'train:scheduler:milestones=[1,3,40]']) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if 'warning' in line]
+    assert warnings == [f'basicsr train: warning: {opt_file}: train.scheduler.milestones: 3, 40 beyond total_iter 2: '
+                        f'the learning rate is never lowered there']

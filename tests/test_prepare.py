@@ -468,3 +468,46 @@ def test_a_preparation_removes_what_a_killed_one_left_and_only_that(tmp_path, mo
     users.write_bytes(b'mine')
     assert div2k() == 0
     assert not any(p.exists() for p in killed) and users.exists()
+
+
+def _realesrgan(tmp_path, sizes, **kwargs):
+    folder = str(tmp_path / 'hr')
+    images = write_hr_images(folder, sizes)
+    sources = {stem: os.path.join(folder, f'{stem}.png') for stem in images}
+    result = prepare.prepare_realesrgan(sources, str(tmp_path / 'out'), workers=1, log=lambda *a: None, **kwargs)
+    return images, sources, result
+
+
+def test_realesrgan_writes_multiscale_sub_images_listed_relative_to_dataroot_gt(tmp_path):
+    images, _, result = _realesrgan(tmp_path, [(300, 240), (900, 600)], crop_size=200, step=100, min_size=64)
+    out = tmp_path / 'out'
+    lines = (out / 'meta_info_multiscale_sub.txt').read_text().splitlines()
+    assert result['subimages'] == len(lines) and not result['errors']
+    assert all(line.startswith('multiscale_sub/') and (out / line).is_file() for line in lines)
+    # 0000 (shorter side 240 <= 400): T0, and 0.75 / 0.5 / (1/3: 80 px >= 64) copies; no 400 px copy
+    tags = {re.match(r'multiscale_sub/0000(T\d)_s', line).group(1) for line in lines if '/0000T' in line}
+    assert tags == {'T0', 'T1', 'T2', 'T3'}
+    # 0001 (600 px wide): also T4 with the shorter side 400 px, by MATLAB bicubic
+    t4 = read(out / 'multiscale_sub' / '0001T4_s001.png')
+    assert t4.shape[1] == 200 and images['0001'].shape[1] * 400 // 600 == 400
+    assert np.array_equal(read(out / 'multiscale_sub' / '0001T2_s001.png'),
+                          matlab_bicubic_lr(images['0001'], 2)[:200, :200])
+    assert np.array_equal(read(out / 'multiscale_sub' / '0000T0_s002.png'), images['0000'][:200, 40:240])
+
+
+def test_realesrgan_second_run_is_up_to_date_and_a_removed_image_takes_its_sub_images_along(tmp_path, capsys):
+    _, sources, _ = _realesrgan(tmp_path, [(200, 200), (220, 200)], crop_size=100, step=100, min_size=60)
+    meta = tmp_path / 'out' / 'meta_info_multiscale_sub.txt'
+    again = prepare.prepare_realesrgan(sources, str(tmp_path / 'out'), crop_size=100, step=100, min_size=60,
+                                       workers=1)
+    assert again['done'] == 0 and again['skipped'] == 2
+    del sources['0001']
+    prepare.prepare_realesrgan(sources, str(tmp_path / 'out'), crop_size=100, step=100, min_size=60, workers=1)
+    assert not any('0001' in line for line in meta.read_text().splitlines())
+    assert not [n for n in os.listdir(tmp_path / 'out' / 'multiscale_sub') if n.startswith('0001')]
+
+
+def test_realesrgan_command_needs_input_or_demo_in_one_line(tmp_path, capsys):
+    assert main(['prepare', 'realesrgan']) == 2
+    assert capsys.readouterr().err == ('basicsr prepare: error: give either --input DIR (a folder of HR images) '
+                                       'or --demo\n')

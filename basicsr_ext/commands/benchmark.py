@@ -20,7 +20,10 @@ default there) and ``compile fp16`` (both).
 data set at the recipe's batch 16, LR patch 64 (data loading, prefetching and the optimizer included): ``plain``
 is BasicSR's ``SRModel``, ``compile`` ASIDModel with ``train: compile: true`` (on a GPU the whole
 step is one CUDA graph), ``compile bf16`` the same under bf16 autocast (GPU only); it reports
-iterations/s between ``--train-warmup`` and the last iteration. ``--large`` measures a
+iterations/s between ``--train-warmup`` and the last iteration. ``--train-opt FILE ...`` times
+option files' own training instead (the Real-ESRGAN stages: their data, batch, model and losses)
+and splits an iteration into ``feed_data`` (the degradations), ``optimize_parameters`` and the
+rest. ``--large`` measures a
 960x540 -> 3840x2160 frame through :class:`asid_arch.ASIDUpsampler` (whole image or tiles).
 
 ``--data`` measures the training data sets instead, on the same pairs (``--data-gt/--data-lq``,
@@ -98,7 +101,14 @@ def print_tables(result, out=None):
     for r in result.get('large', []):
         print(f'\nASID x4 960x540 -> 3840x2160 ({r["precision"]}, {r["plan"]}): {r["latency_ms"]:.0f} ms, '
               f'peak {_fmt(r["peak_mem_gb"], ".2f")} GB', file=out)
-    if result.get('training'):
+    option_files = [r for r in result.get('training', []) if 'model' in r]
+    for r in option_files:
+        rest = 1e3 / r['iters_per_s'] - r['feed_data_ms'] - r['optimize_ms']
+        print(f'\ntraining with {r["path"]} ({r["model"]}, {r["network"]} x4, batch {r["batch"]}, LR patch '
+              f'{r["lr_patch"]}, {r["workers"]} loader workers): {r["iters_per_s"]:.2f} it/s, peak '
+              f'{_fmt(r["peak_mem_gb"], ".2f")} GB; per iteration: feed_data {r["feed_data_ms"]:.1f} ms, '
+              f'optimize_parameters {r["optimize_ms"]:.1f} ms, rest {rest:.1f} ms', file=out)
+    if result.get('training') and not option_files:
         first = result['training'][0]
         print(f'\ntraining through basicsr train, ASID x4, batch {first["batch"]}, LR patch {first["lr_patch"]}',
               file=out)
@@ -124,6 +134,12 @@ def add_parser(commands, train_command=None):
     p.add_argument('--warmup', type=int, default=3, help='untimed runs first (default: 3)')
     p.add_argument('--large', action='store_true', help='also a 960x540 -> 3840x2160 frame (memory)')
     p.add_argument('--train', action='store_true', help='also training iterations/s through basicsr train')
+    p.add_argument('--train-opt', nargs='+', default=None, metavar='FILE',
+                   help='with --train: time these option files\' own training instead (e.g. '
+                   'options/train_ASID_x4_realesrnet.yml and _realesrgan.yml, their data prepared under the '
+                   'current directory): their batch, workers and model; no validation, checkpoints or '
+                   'pretrained weights; also the time per iteration in feed_data (where the Real-ESRGAN models '
+                   'degrade the batch) and in optimize_parameters')
     p.add_argument('--train-iters', type=int, default=300, help='default: 300')
     p.add_argument('--train-warmup', type=int, default=100, help='iterations before the clock starts (default 100)')
     p.add_argument('--train-batch', type=int, default=16, help='batch size (default: 16, the recipe\'s)')

@@ -201,44 +201,65 @@ def train_options(data, name, switches, iters, device, workers, batch=16, lr_pat
     }
 
 
-def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=None):
+def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=None, breakdown=False):
     """Run ``train(['-opt', opt_file])`` (``basicsr train``, which :mod:`basicsr_ext.commands.cli` hands to
-    :func:`add_parser`) in this process; iterations/s after ``warmup`` iterations, peak memory (GB)
-    and the seconds from the command's start to the end of the first iteration (compilation).
+    :func:`add_parser`) in this process; returns iterations/s after ``warmup`` iterations, peak memory
+    (GB), the seconds from the command's start to the end of the first iteration (compilation), and
+    with ``breakdown`` the seconds per timed iteration spent in the model's ``feed_data`` (where
+    RealESRNetModel / RealESRGANModel degrade the batch) and ``optimize_parameters``, else None.
 
-    Only measurement is added: ``optimize_parameters`` (SRModel's and ASIDModel's) is wrapped
-    to read the clock (after a device synchronisation) at the end of iteration ``warmup`` and of
-    the last one. With ``profile_file``, the :data:`PROFILED_ITERS` iterations that end
-    5 before ``warmup`` (outside the timed ones) run under the torch profiler, whose
-    table of kernels (GPU) or operators (CPU) is written there.
+    Only measurement is added, to the model BasicSR's ``train_pipeline`` builds: its
+    ``optimize_parameters`` reads the clock (after a device synchronisation) at the end of
+    iteration ``warmup`` and of the last one; with ``breakdown``, the timed iterations' ``feed_data``
+    and ``optimize_parameters`` are each timed between synchronisations (which the Real-ESRGAN
+    models' ``feed_data`` makes anyway). With ``profile_file``, the :data:`PROFILED_ITERS`
+    iterations that end 5 before ``warmup`` (outside the timed ones) run under the torch profiler,
+    whose table of kernels (GPU) or operators (CPU) is written there.
     """
-    from basicsr.models.sr_model import SRModel
-
-    from basicsr_ext.training.models import ASIDModel
-    stamps = {}
-    originals = {cls: cls.optimize_parameters for cls in (SRModel, ASIDModel)}
-
+    import basicsr.train
+    stamps, spent = {}, {'feed_data': 0., 'optimize_parameters': 0.}
     profiled = range(warmup - 5 - PROFILED_ITERS, warmup - 5) if profile_file else range(0)
     profiler = None
 
-    def timed(original):
-        def optimize_parameters(self, current_iter):
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+
+    def timing():
+        return breakdown and warmup in stamps and iters not in stamps
+
+    def spend(name, function, *args):
+        if not timing():
+            return function(*args)
+        sync()
+        started = time.perf_counter()
+        result = function(*args)
+        sync()
+        spent[name] += time.perf_counter() - started
+        return result
+
+    def instrumented(model):
+        optimize, feed_data = model.optimize_parameters, model.feed_data
+
+        def optimize_parameters(current_iter):
             nonlocal profiler
             if current_iter == profiled.start:
                 profiler = start_profiler(device)
-            original(self, current_iter)
+            spend('optimize_parameters', optimize, current_iter)
             if profiler is not None and current_iter == profiled.stop - 1:
                 write_profile(profiler, profile_file, device, len(profiled))
                 profiler = None
             if current_iter in (1, warmup, iters):
-                if device.type == 'cuda':
-                    torch.cuda.synchronize(device)
+                sync()
                 stamps[current_iter] = time.perf_counter()
-        return optimize_parameters
 
+        model.optimize_parameters = optimize_parameters
+        model.feed_data = lambda data: spend('feed_data', feed_data, data)
+        return model
+
+    build_model = basicsr.train.build_model
     cwd = os.getcwd()
-    for cls, original in originals.items():
-        cls.optimize_parameters = timed(original)
+    basicsr.train.build_model = lambda opt: instrumented(build_model(opt))
     try:
         os.chdir(workdir)
         if device.type == 'cuda':
@@ -247,11 +268,11 @@ def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=
         if train(['-opt', opt_file]) != 0:
             raise RuntimeError(f'basicsr train -opt {opt_file} failed')
     finally:
-        for cls, original in originals.items():
-            cls.optimize_parameters = original
+        basicsr.train.build_model = build_model
         os.chdir(cwd)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None
-    return (iters - warmup) / (stamps[iters] - stamps[warmup]), peak, stamps[1] - stamps[0]
+    split = {k: v / (iters - warmup) for k, v in spent.items()} if breakdown else None
+    return (iters - warmup) / (stamps[iters] - stamps[warmup]), peak, stamps[1] - stamps[0], split
 
 
 #: Training iterations that ``--train-profile`` records.
@@ -283,10 +304,38 @@ def check_training_args(args):
         raise SystemExit(f'--train-profile needs --train-warmup >= {PROFILED_ITERS + 10}')
 
 
+def option_file_run(path, workdir, name, iters, device):
+    """The options of ``path`` (e.g. a Real-ESRGAN stage) as a timed run: ``iters`` iterations on one
+    device, the training phase only (no validation, checkpoints, TensorBoard or pretrained weights);
+    its data paths, relative to the current directory, made absolute (the run goes in ``workdir``)."""
+    from basicsr.archs.vgg_arch import VGG_PRETRAIN_PATH
+
+    from basicsr_ext.common.optionfile import read_options
+    opt = read_options(path)
+    opt.update(name=name, num_gpu=1 if device.type == 'cuda' else 0)
+    opt.pop('val', None)
+    opt['datasets'] = {'train': opt['datasets']['train']}
+    for key in ('dataroot_gt', 'dataroot_lq', 'meta_info', 'meta_info_file'):
+        if opt['datasets']['train'].get(key):
+            opt['datasets']['train'][key] = os.path.abspath(os.path.expanduser(opt['datasets']['train'][key]))
+    opt['train']['total_iter'] = iters
+    opt['path'] = {**(opt.get('path') or {}), 'pretrain_network_g': None, 'resume_state': None}
+    opt['logger'] = {'print_freq': max(1, iters // 5), 'save_checkpoint_freq': 10**9, 'use_tb_logger': False}
+    vgg = os.path.abspath(VGG_PRETRAIN_PATH)  # BasicSR reads it relative to the working directory
+    if os.path.isfile(vgg) and not os.path.exists(os.path.join(workdir, VGG_PRETRAIN_PATH)):
+        os.makedirs(os.path.dirname(os.path.join(workdir, VGG_PRETRAIN_PATH)), exist_ok=True)
+        os.symlink(vgg, os.path.join(workdir, VGG_PRETRAIN_PATH))
+    train = opt['datasets']['train']
+    return opt, train['batch_size_per_gpu'], opt.get('gt_size', train.get('gt_size', 0)) // opt['scale'], \
+        train.get('num_worker_per_gpu', 0)
+
+
 def bench_training(args, device, log):
     import yaml
     rows = []
     workdir = tempfile.mkdtemp(prefix='asid_bench_')
+    if args.train_opt:
+        return [bench_option_file(path, workdir, args, device, log) for path in args.train_opt]
     data = os.path.join(workdir, 'data')
     make_train_data(data)
     variants = [('plain', None), ('compile', {'compile': True})]
@@ -305,14 +354,38 @@ def bench_training(args, device, log):
         profile_file = None
         if args.train_profile:
             profile_file = f'{args.train_profile}.{label.replace(" ", "_")}.txt'
-        its, peak, startup = time_training(opt_file, workdir, args.train_iters, args.train_warmup, device,
-                                           args.train_command, profile_file)
+        its, peak, startup, _ = time_training(opt_file, workdir, args.train_iters, args.train_warmup, device,
+                                              args.train_command, profile_file)
         rows.append({'network': 'ASID', 'path': label, 'batch': args.train_batch, 'lr_patch': args.train_patch,
                      'iters_per_s': its, 'first_iter_s': startup, 'peak_mem_gb': peak,
                      'workers': args.train_workers})
         log(f'training ASID x4 ({label}): {its:.2f} it/s, first iteration after {startup:.1f} s'
             + ('' if peak is None else f', peak {peak:.2f} GB'))  # each figure as soon as it exists
     return rows
+
+
+def bench_option_file(path, workdir, args, device, log):
+    """``--train-opt``: iterations/s of an option file's own training, and where an iteration's time goes."""
+    import yaml
+    from basicsr.utils.options import ordered_yaml
+    label = os.path.splitext(os.path.basename(path))[0]
+    opt, batch, lr_patch, workers = option_file_run(path, workdir, f'bench_{label}', args.train_iters, device)
+    opt_file = os.path.join(workdir, f'bench_{label}.yml')
+    with open(opt_file, 'w') as f:
+        yaml.dump(opt, f, Dumper=ordered_yaml()[1])  # the order of the file, as BasicSR reads it
+    log(f'training with {path} ({opt["model_type"]}) through basicsr train: {args.train_iters} iterations')
+    torch._dynamo.reset()
+    profile_file = f'{args.train_profile}.{label}.txt' if args.train_profile else None
+    its, peak, startup, split = time_training(opt_file, workdir, args.train_iters, args.train_warmup, device,
+                                              args.train_command, profile_file, breakdown=True)
+    row = {'network': opt['network_g']['type'], 'path': label, 'model': opt['model_type'], 'batch': batch,
+           'lr_patch': lr_patch, 'iters_per_s': its, 'first_iter_s': startup, 'peak_mem_gb': peak,
+           'workers': workers, 'feed_data_ms': split['feed_data'] * 1e3,
+           'optimize_ms': split['optimize_parameters'] * 1e3}
+    log(f'training with {label}: {its:.2f} it/s; per iteration feed_data {row["feed_data_ms"]:.1f} ms, '
+        f'optimize_parameters {row["optimize_ms"]:.1f} ms, the rest (waiting for data, logging) '
+        f'{1e3 / its - row["feed_data_ms"] - row["optimize_ms"]:.1f} ms')
+    return row
 
 
 # ----------------------------------------------------------------------------------------

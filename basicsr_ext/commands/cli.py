@@ -58,7 +58,7 @@ def _run_pipeline(args, is_train):
     except OptionError as e:
         raise CommandError(str(e)) from None
     import asid_arch  # noqa: F401  (registers ASID and ASID_D8)
-    from basicsr_ext.common.options import check_read_options
+    from basicsr_ext.common.options import check_read_options, option_warnings
     from basicsr_ext.patches.pipeline import handed_over
     from basicsr_ext.common.checkpoints import RunError
     from basicsr_ext.common.datacheck import DataError
@@ -70,9 +70,12 @@ def _run_pipeline(args, is_train):
         # stops the other ranks when rank 0 exits with an error). `basicsr test` skips the sets
         # that are not prepared, one line each.
         opt = check_read_options(opt, args.opt, is_train=is_train, check_data=_rank(args.launcher) == 0,
-                                 launcher=args.launcher)
+                                 launcher=args.launcher, auto_resume=args.auto_resume)
     except OptionError as e:
         raise CommandError(str(e)) from None
+    if is_train and _rank(args.launcher) == 0:
+        for line in option_warnings(opt, args.opt):
+            print(f'basicsr {args.command}: warning: {line}', file=sys.stderr, flush=True)
     if is_train:
         keep_compile_cache_with_the_runs()
         from basicsr.train import train_pipeline as pipeline
@@ -84,8 +87,8 @@ def _run_pipeline(args, is_train):
             pipeline(os.getcwd())
     except (RunError, DataError, NoRoomError) as e:
         # a failed save, nothing to resume from, an unusable checkpoint, an image that does not
-        # decode, decoded images that would not fit: one line
-        print(f'basicsr {args.command}: error: {e}', file=sys.stderr)
+        # decode (also in a loader worker), decoded images that would not fit: one line
+        print(f'basicsr {args.command}: error: {_message(e)}', file=sys.stderr)
         return 1
     except TrainingStopped as e:  # a signal during training: saved (basicsr_ext/patches/runs.py)
         if _rank(args.launcher) == 0:
@@ -108,6 +111,16 @@ def resume_command(args):
     if args.force_yml:
         words += ['--force_yml', *args.force_yml]
     return ' '.join(shlex.quote(w) for w in words + ['--auto_resume'])
+
+
+def _message(error):
+    """The one line of a RunError, also of one raised in a DataLoader worker (which the loader
+    raises again with the worker's whole traceback as the message: its last line is the error)."""
+    text = str(error).strip()
+    if 'Original Traceback' in text:
+        last = text.splitlines()[-1]
+        text = last.split(': ', 1)[1] if ': ' in last else last
+    return text
 
 
 def cmd_train(args):

@@ -7,7 +7,10 @@
 
 INPUT is an image file or a folder (not searched recursively; files that are not images
 are skipped with a note). Outputs are named ``{stem}{suffix}.{ext}`` in OUTPUT, suffix
-``_ASID_x{scale}`` and the input's format by default. What is read and written:
+``_ASID_x{scale}`` and the input's format by default. With ``--compare``, each output also gets
+``{stem}{suffix}_compare.png`` beside it: input (nearest neighbour) | MATLAB bicubic | network
+output, side by side at the output size, labelled (:mod:`basicsr_ext.common.compare`). What is
+read and written:
 
 * 8-bit RGB / greyscale / palette images: upscaled as RGB; greyscale written back as
   greyscale (BT.601 luma of the output).
@@ -50,6 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from basicsr_ext.commands.checkpoint_args import add_weight_overrides, value_range_of
+from basicsr_ext.common.compare import input_bicubic_output
 from basicsr_ext.common.errors import CommandError
 from basicsr_ext.common.files import remove_temporaries, write_file
 from basicsr_ext.common.images import decode as decode_image
@@ -229,6 +233,9 @@ def add_parser(commands):
                    help='how the alpha channel is upscaled (default asid)')
     p.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
                    help=f'fail images whose output would have more pixels (default {DEFAULT_MAX_PIXELS})')
+    p.add_argument('--compare', action='store_true',
+                   help='also write OUTPUT/{stem}{suffix}_compare.png per image: input (nearest neighbour), bicubic '
+                   'and the output side by side, labelled')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bars or per-image lines')
     p.set_defaults(func=cmd_infer)
     return p
@@ -259,12 +266,20 @@ class _Job(NamedTuple):
     ext: str
     img: np.ndarray
     notes: list
+    compare: str = None  # where its input | bicubic | output image goes (--compare)
+
+
+#: What ``--compare`` appends to an output's stem.
+COMPARE_SUFFIX = '_compare'
 
 
 def _encode_and_write(job, result):
-    """Encode ``result`` in ``job``'s format and write it atomically (a writer thread); the notes."""
+    """Encode ``result`` in ``job``'s format and write it atomically (a writer thread), and with
+    ``--compare`` the comparison image; the notes."""
     data, more = encode(result, job.ext)
     write_atomically(job.out, data)
+    if job.compare:
+        write_atomically(job.compare, encode(input_bicubic_output(job.img, result), '.png')[0])
     return more
 
 
@@ -288,7 +303,8 @@ class _Run:
         if not self.suffix or not os.path.isdir(folder) or os.path.realpath(folder) != os.path.realpath(
                 self.args.output):
             return []
-        return [p for p in images if os.path.splitext(os.path.basename(p))[0].endswith(self.suffix)]
+        return [p for p in images if os.path.splitext(os.path.basename(p))[0].endswith(
+            (self.suffix, self.suffix + COMPARE_SUFFIX))]
 
     def say(self, msg):
         if not self.args.quiet:
@@ -338,7 +354,8 @@ class _Run:
             ext = '.png'
             out = self.claim(self.output_path(path, ext))
         self.taken[out] = path
-        return _Job(path, out, ext, img, notes)
+        compare = os.path.splitext(out)[0] + COMPARE_SUFFIX + '.png' if args.compare else None
+        return _Job(path, out, ext, img, notes, compare)
 
     def process(self, job):
         """Upscale one prepared image on its own and write it."""

@@ -48,8 +48,8 @@ from tqdm import tqdm
 from basicsr_ext.common.errors import CommandError
 from basicsr_ext.common.files import is_out_of_space, remove_temporaries, replace_folder, write_file
 from basicsr_ext.common.interrupts import Interrupted, ignore_in_worker
-from basicsr_ext.common.images import (IMAGE_EXTENSIONS, UnreadableImage, bicubic_downscale, bicubic_upscale, load_image,
-                                modcrop)
+from basicsr_ext.common.images import (IMAGE_EXTENSIONS, UnreadableImage, bicubic_downscale, bicubic_resize,
+                                       bicubic_upscale, load_image, modcrop)
 
 #: PNG compression of written images (lossless; 3 is OpenCV's default and fast).
 PNG_COMPRESSION = 3
@@ -645,6 +645,102 @@ def prepare_demo(output=os.path.join('datasets', 'demo'), train=DEMO_TRAIN, val=
 
 
 # ----------------------------------------------------------------------------------------
+# Real-ESRGAN: multi-scale HR sub-images and the meta info RealESRGANDataset reads
+# ----------------------------------------------------------------------------------------
+#: Downscaling factors of Real-ESRGAN's multi-scale HR copies (``<stem>T1`` .. ``T3``; ``T0`` is the
+#: image itself), and the shorter side of its last copy (``T4``), as its generate_multiscale_DF2K.py.
+REALESRGAN_FACTORS = (0.75, 0.5, 1 / 3)
+REALESRGAN_SHORT_SIDE = 400
+#: Sub-images: 400 px (RealESRGANDataset crops or pads every image to 400 px) every 200 px.
+REALESRGAN_CROP, REALESRGAN_STEP = 400, 200
+REALESRGAN_OUTPUT = os.path.join('datasets', 'RealESRGAN')
+REALESRGAN_DEMO_OUTPUT = os.path.join('datasets', 'demo', 'realesrgan')
+
+
+def realesrgan_layout(output):
+    """Paths that ``prepare realesrgan`` writes: ``dataroot_gt`` and ``meta_info`` of the option files
+    (the meta info lists the sub-images relative to ``dataroot_gt``)."""
+    return {'dataroot_gt': output, 'subimages': os.path.join(output, 'multiscale_sub'),
+            'meta_info': os.path.join(output, 'meta_info_multiscale_sub.txt')}
+
+
+def multiscale_copies(img, min_size):
+    """``[(tag, image)]``: the HR image (T0), its downscaled copies (T1..T3) and one with the shorter
+    side REALESRGAN_SHORT_SIDE px (T4), by MATLAB-bicubic ``imresize``. Copies whose shorter side
+    would be below ``min_size`` px are left out (T4 also when the image is not larger than it)."""
+    short = min(img.shape[:2])
+    copies = [('T0', img)]
+    factors = list(REALESRGAN_FACTORS)
+    if short > REALESRGAN_SHORT_SIDE:
+        factors.append(REALESRGAN_SHORT_SIDE / short)
+    for i, factor in enumerate(factors, 1):
+        if round(short * factor) >= min_size:
+            copies.append((f'T{i}', bicubic_resize(img, factor)))
+    return copies
+
+
+def _realesrgan_unit(job):
+    """The multi-scale sub-images of one HR image."""
+    src, stem, out_dir, crop, step, thresh, min_size = job
+    try:
+        img = load_image(src)
+    except (UnreadableImage, OSError) as e:
+        return {'src': src, 'error': str(e)}
+    outputs = []  # sub-images of ``crop`` px (a side shorter than that whole), as prepare div2k cuts them
+    for tag, copy in multiscale_copies(img, min_size):
+        h, w = copy.shape[:2]
+        boxes = [(top, left) for top in crop_starts(h, crop, step, thresh)
+                 for left in crop_starts(w, crop, step, thresh)]
+        for i, (top, left) in enumerate(boxes, 1):
+            outputs.append(os.path.join(out_dir, f'{stem}{tag}_s{i:03d}.png'))
+            write_image(outputs[-1], copy[top:top + crop, left:left + crop])
+    return {'src': src, 'stem': stem, 'outputs': outputs}
+
+
+def prepare_realesrgan(sources, output=REALESRGAN_OUTPUT, crop_size=REALESRGAN_CROP, step=REALESRGAN_STEP,
+                       thresh_size=0, min_size=256, workers=None, log=print, what='HR images'):
+    """Multi-scale HR sub-images and their meta info for BasicSR's RealESRGANDataset.
+
+    Args:
+        sources (dict): {stem: path of an HR image}.
+        output (str): ``dataroot_gt`` of the option files; the sub-images go to
+            ``<output>/multiscale_sub/<stem>T<k>_s<nnn>.png``, their list to
+            ``<output>/meta_info_multiscale_sub.txt``.
+        crop_size, step, thresh_size (int): sub-images, as ``prepare div2k``.
+        min_size (int): leave out downscaled copies whose shorter side is below this (px).
+
+    Returns a dict: ``done``, ``skipped``, ``errors`` (as the other preparations), ``subimages``.
+    """
+    if crop_size < 1 or step < 1 or min_size < 1:
+        raise PrepareError('--crop-size, --step and --min-size must be positive')
+    layout = realesrgan_layout(output)
+    os.makedirs(layout['subimages'], exist_ok=True)
+    ledger = Ledger(output, 'realesrgan')
+    params = {'factors': [round(f, 6) for f in REALESRGAN_FACTORS], 'short_side': REALESRGAN_SHORT_SIDE,
+              'crop': crop_size, 'step': step, 'thresh': thresh_size, 'min_size': min_size}
+    jobs, signatures, skipped = [], {}, 0
+    for stem, src in sources.items():
+        signatures[stem] = source_signature(src, params)
+        if ledger.up_to_date(stem, signatures[stem]):
+            skipped += 1
+        else:
+            jobs.append((src, stem, layout['subimages'], crop_size, step, thresh_size, min_size))
+    removed = ledger.prune(set(sources))  # the sub-images of HR images no longer there go
+    log(f'realesrgan: {len(sources)} {what}: {len(jobs)} to process, {skipped} up to date'
+        + (f', sub-images of {len(removed)} removed images deleted' if removed else ''))
+    errors = _run_recorded(_realesrgan_unit, jobs, workers or _default_workers(), 'realesrgan', ledger,
+                           lambda result: ledger.add(result['stem'], signatures[result['stem']], result['outputs']))
+    lines = []
+    for stem in sorted(sources):
+        if ledger.up_to_date(stem, signatures[stem]):
+            lines += [os.path.relpath(p, output).replace(os.sep, '/') + '\n' for p in ledger.outputs(stem)]
+    write_text(layout['meta_info'], ''.join(lines))
+    log(f'realesrgan: {len(lines)} HR sub-images in {layout["subimages"]}; meta info {layout["meta_info"]} '
+        f'(dataroot_gt: {output})')
+    return {'done': len(jobs) - len(errors), 'skipped': skipped, 'errors': errors, 'subimages': len(lines)}
+
+
+# ----------------------------------------------------------------------------------------
 # the command
 # ----------------------------------------------------------------------------------------
 def _finish(result, input_dir):
@@ -694,9 +790,36 @@ def cmd_demo(args):
     return _prepare(prepare_demo, 'scikit-image data', output=args.output, workers=args.workers)
 
 
+def cmd_realesrgan(args):
+    try:
+        if args.demo == (args.input is not None):
+            raise PrepareError('give either --input DIR (a folder of HR images) or --demo')
+        if args.demo:
+            data_dir = skimage_data_dir()
+            sources = {photo: os.path.join(data_dir, SKIMAGE_FILES[photo]) for photo in DEMO_TRAIN}
+            missing = [p for p in sources.values() if not os.path.isfile(p)]
+            if missing:
+                raise PrepareError(f'{missing[0]}: this scikit-image does not bundle it; the demo needs its '
+                                   f'photographs')
+            what = f'photographs of the demo from {data_dir}'
+        else:
+            sources = {os.path.splitext(n)[0]: os.path.join(args.input, n) for n in list_images(args.input)}
+            what = f'HR images in {args.input}'
+        output = args.output or (REALESRGAN_DEMO_OUTPUT if args.demo else REALESRGAN_OUTPUT)
+        min_size = args.min_size or (128 if args.demo else 256)
+        result = prepare_realesrgan(sources, output, crop_size=args.crop_size, step=args.step,
+                                    thresh_size=args.thresh_size, min_size=min_size, workers=args.workers, what=what)
+    except PrepareError as e:
+        raise CommandError(str(e)) from None
+    except OSError as e:
+        raise _stopped_writing(e) from None
+    return _finish(result, args.input or 'scikit-image data')
+
+
 def add_parser(commands):
     """Register ``basicsr prepare`` (with its sub-commands) on the ``commands`` subparsers."""
-    prepare = commands.add_parser('prepare', help='prepare training and test data (DIV2K, benchmarks, demo)',
+    prepare = commands.add_parser('prepare',
+                                  help='prepare training and test data (DIV2K, benchmarks, demo, Real-ESRGAN)',
                                   description='Prepare data sets in the layouts the option files in options/ read. '
                                   'Every sub-command can be re-run: it only does what is not done yet.')
     sub = prepare.add_subparsers(dest='what', metavar='WHAT', required=True)
@@ -735,4 +858,27 @@ def add_parser(commands):
                       help='default: datasets/demo')
     demo.add_argument('--workers', type=int, default=None, help='processes (default: CPU count, at most 8)')
     demo.set_defaults(func=cmd_demo)
+
+    real = sub.add_parser('realesrgan', help='multi-scale HR sub-images and meta info for the Real-ESRGAN pipeline',
+                          description='For BasicSR\'s RealESRGANDataset (options/train_ASID_x4_realesrnet.yml and '
+                          '_realesrgan.yml): each HR image, its copies downscaled by 0.75, 0.5 and 1/3 and one with '
+                          'the shorter side 400 px (MATLAB bicubic), cut into sub-images '
+                          '<output>/multiscale_sub/<name>T<k>_s<nnn>.png, listed in '
+                          '<output>/meta_info_multiscale_sub.txt. With --demo, from scikit-image\'s bundled '
+                          'photographs into datasets/demo/realesrgan (for the _demo option files).')
+    real.add_argument('--input', metavar='DIR', help='folder of HR images (DIV2K_train_HR, your photographs, ...)')
+    real.add_argument('--demo', action='store_true', help='use the demo\'s photographs instead of --input')
+    real.add_argument('--output', default=None, metavar='DIR',
+                      help=f'dataroot_gt (default: {REALESRGAN_OUTPUT}; with --demo {REALESRGAN_DEMO_OUTPUT})')
+    real.add_argument('--crop-size', type=int, default=REALESRGAN_CROP,
+                      help=f'sub-image size (default: {REALESRGAN_CROP})')
+    real.add_argument('--step', type=int, default=REALESRGAN_STEP,
+                      help=f'sub-image stride (default: {REALESRGAN_STEP})')
+    real.add_argument('--thresh-size', type=int, default=0,
+                      help='add a crop at the border when more than this is left over (default: 0)')
+    real.add_argument('--min-size', type=int, default=None, metavar='PX',
+                      help='leave out downscaled copies with a shorter side below this (default: 256, the option '
+                      'files\' gt_size; with --demo 128)')
+    real.add_argument('--workers', type=int, default=None, help='processes (default: CPU count, at most 8)')
+    real.set_defaults(func=cmd_realesrgan)
     return prepare

@@ -6,6 +6,9 @@ patches of :mod:`basicsr_ext.patches.safety`): the safe loader, BasicSR's choice
 weights refused. The checkpoint format itself is :mod:`asid_arch.checkpoint`'s.
 """
 
+import os
+import re
+
 import torch
 
 # asid_arch is imported inside the functions: the patches use this module while BasicSR, which
@@ -54,3 +57,57 @@ def params_of(obj, path, param_key):
     if bad is not None:
         raise RunError(f'{path}: {bad} holds NaN or infinite values: the checkpoint is unusable')
     return state_dict
+
+
+# ----------------------------------------------------------------------------------------
+# resuming: the state a run resumes from, and the checkpoints it loads with it
+# ----------------------------------------------------------------------------------------
+def _resume_device():
+    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
+
+
+def load_training_state(path, opt):
+    """A BasicSR training state and the checkpoints it resumes with, all readable; RunError if not."""
+    state = read_checkpoint(path, map_location=_resume_device())
+    if not isinstance(state, dict) or not isinstance(state.get('iter'), int) or 'optimizers' not in state:
+        raise RunError(f'{path}: not a BasicSR training state (no iter / optimizers)')
+    for weights in resume_weights(opt, state).values():
+        if not os.path.isfile(weights):
+            raise RunError(f'{path}: its {weights} is missing')
+        params_of(read_checkpoint(weights), weights, 'params')
+    return state
+
+
+def find_resume_state(opt, auto_resume, say=lambda msg: None):
+    """(path, state) of the training state a run resumes from, or (None, None) for a fresh start.
+
+    ``path.resume_state`` if set; with ``auto_resume`` the newest state in
+    ``experiments/<name>/training_states`` that loads with its networks (``say`` gets a line for
+    each one skipped). RunError when none of the states there can be resumed from.
+    """
+    if not auto_resume:
+        path = (opt.get('path') or {}).get('resume_state')
+        return (path, load_training_state(path, opt)) if path else (None, None)
+    from basicsr.utils import scandir
+    state_dir = os.path.join('experiments', opt['name'], 'training_states')
+    names = list(scandir(state_dir, suffix='.state')) if os.path.isdir(state_dir) else []
+    numbered = sorted((int(n[:-len('.state')]), n) for n in names if re.fullmatch(r'\d+\.state', n))
+    for _, name in reversed(numbered):
+        path = os.path.join(state_dir, name)
+        try:
+            return path, load_training_state(path, opt)
+        except RunError as e:
+            say(f'--auto_resume: skipped {e}')
+    if numbered:
+        raise RunError(f'--auto_resume: none of the {len(numbered)} training states in {state_dir} can be '
+                       f'resumed from (named above); move them away to start afresh')
+    return None, None
+
+
+def resume_weights(opt, state):
+    """{network option ('network_g', ...): the checkpoint a run resuming from ``state`` loads into it}."""
+    paths = opt.get('path') or {}
+    ignored = paths.get('ignore_resume_networks') or ()
+    models = paths.get('models') or os.path.join('experiments', opt['name'], 'models')
+    return {network: os.path.join(models, f'net_{network[len("network_"):]}_{state["iter"]}.pth')
+            for network in opt if network.startswith('network_') and network not in ignored}

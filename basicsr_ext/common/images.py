@@ -172,8 +172,9 @@ def modcrop(img, modulus):
     return img[:h - h % modulus, :w - w % modulus]
 
 
-def _matlab_resize(img, factor):
-    """``basicsr.utils.matlab_functions.imresize`` of a uint8 image, rounded and clipped back to uint8."""
+def bicubic_resize(img, factor):
+    """``basicsr.utils.matlab_functions.imresize`` of a uint8 image by ``factor``, rounded and clipped back
+    to uint8 (MATLAB's bicubic, antialiased when downscaling)."""
     from basicsr.utils.matlab_functions import imresize
     out = imresize(img.astype(np.float32) / 255., factor)
     return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
@@ -188,9 +189,9 @@ def bicubic_downscale(img, scale):
     h, w = img.shape[:2]
     if h % scale or w % scale:
         raise ValueError(f'image size {w}x{h} is not a multiple of the scale {scale}')
-    return _matlab_resize(img, 1 / scale)
+    return bicubic_resize(img, 1 / scale)
 
 
 def bicubic_upscale(img, scale):
     """MATLAB-compatible bicubic upscaling of a uint8 image (the 'bicubic' baseline of SR papers)."""
-    return _matlab_resize(img, scale)
+    return bicubic_resize(img, scale)

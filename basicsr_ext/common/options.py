@@ -5,12 +5,20 @@ exist as a long traceback from deep inside its pipeline, often after minutes of 
 :func:`load_and_check` finds those mistakes first and raises :class:`OptionError` with one
 line naming the file and the key. The files of PairedImageDataset and SingleImageDataset
 phases are checked too (:mod:`basicsr_ext.common.datacheck`): an empty folder, an HR image without
-its LR partner (or the reverse), an LR that is not HR / scale, an HR smaller than ``gt_size``
-or a file that is not a readable image is named, with what is wrong, before training starts.
+its LR partner (or the reverse), an LR that is not HR / scale, an HR smaller than ``gt_size``,
+an image that does not decode, an LMDB cut short, without a key of its meta_info.txt or with a
+damaged value is named, with what is wrong, before training starts.
+For BasicSR's Real-ESRGAN pipeline (RealESRGANDataset, RealESRNetModel, RealESRGANModel) the
+degradation and kernel settings, ``gt_size``, ``queue_size`` and every image of the ``meta_info``
+list are checked, and a perceptual loss's VGG weights must be on disk (where, named in the error).
 ``network_g`` is built once (unknown keys, ``upscale`` against ``scale``, values the network
-refuses), ``total_iter`` and the batch size must be positive integers, ``--force_yml`` values
-keep the type of the option they replace (and are never passed to ``eval``), and the
-pretrained checkpoint must load with the safe loader, be finite and fit ``network_g``.
+refuses, ``ASID_D8`` with another group count), ``total_iter`` and the batch size must be
+positive integers, ``gt_size`` a multiple of ``scale``, the logging, checkpoint and validation
+frequencies positive, each optimizer of a known type with a positive ``lr``, the scheduler's
+milestones increasing whole numbers, ``num_gpu`` no more than the machine has; ``--force_yml``
+values keep the type of the option they replace (and are never passed to ``eval``), and the
+pretrained checkpoint, and the one a resumed run loads, must load with the safe loader, be
+finite and fit ``network_g`` (scale, group count, value range).
 """
 import os
 
@@ -19,9 +27,9 @@ from basicsr.data import DATASET_REGISTRY
 from basicsr.models import MODEL_REGISTRY
 
 from basicsr_ext.common import resources, testsets
-from basicsr_ext.common.checkpoints import RunError, params_of, read_checkpoint
-from basicsr_ext.common.datacheck import (DataError, IN_MEMORY_ALTERNATIVES, check_paired, check_single,
-                                           decoded_sizes, paired_paths)
+from basicsr_ext.common.checkpoints import RunError, find_resume_state, params_of, read_checkpoint, resume_weights
+from basicsr_ext.common.datacheck import (DataError, IN_MEMORY_ALTERNATIVES, check_gt_list, check_paired,
+                                           check_single, decoded_sizes, paired_paths)
 from basicsr_ext.common.optionfile import OptionError, read_with_overrides
 
 
@@ -32,9 +40,15 @@ def _require(opt, key, path, section=''):
     return node
 
 
+def registered(registry, name):
+    """What ``registry.get(name)`` returns, or None, without its printed note: BasicSR registers its
+    Real-ESRGAN classes as ``<name>_basicsr`` and finds them by ``<name>`` too."""
+    return registry._obj_map.get(name) or registry._obj_map.get(f'{name}_basicsr')
+
+
 def _check_registered(name, registry, what, key, path):
-    if name not in registry:
-        known = ', '.join(sorted(registry.keys()))
+    if registered(registry, name) is None:
+        known = ', '.join(sorted(k[:-len('_basicsr')] if k.endswith('_basicsr') else k for k in registry.keys()))
         raise OptionError(f'{path}: {key}: {name!r} is not a registered {what} (known: {known})')
 
 
@@ -42,19 +56,19 @@ def _check_dataset(name, dataset, path):
     _check_registered(_require(dataset, 'type', path, f'datasets.{name}.'), DATASET_REGISTRY, 'dataset',
                       f'datasets.{name}.type', path)
     backend = (dataset.get('io_backend') or {}).get('type', 'disk')
-    for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file'):
+    for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file', 'meta_info'):
         value = dataset.get(key)
         if value is None:
             continue
         value = os.path.expanduser(str(value))
-        if key == 'meta_info_file':
+        if key.startswith('meta_info'):
             exists = os.path.isfile(value)
         elif backend == 'lmdb':
             exists = os.path.isfile(os.path.join(value, 'data.mdb'))
         else:
             exists = os.path.isdir(value)
         if not exists:
-            kind = 'LMDB' if backend == 'lmdb' and key != 'meta_info_file' else 'path'
+            kind = 'LMDB' if backend == 'lmdb' and not key.startswith('meta_info') else 'path'
             raise OptionError(f'{path}: datasets.{name}.{key}: {kind} {value} does not exist')
 
 
@@ -63,10 +77,16 @@ PAIRED_TYPES = ('PairedImageDataset', 'InMemoryPairedImageDataset')
 
 
 def _check_data(name, dataset, opt, path, is_train, launcher='none'):
-    """The files of a paired / SingleImageDataset phase (after the folders exist), and whether
-    an in-memory one fits this host's memory."""
+    """The files of a paired / SingleImageDataset / RealESRGANDataset phase (after the folders exist), and
+    whether an in-memory one fits this host's memory."""
     kind = dataset.get('type')
     where = f'{path}: datasets.{name}'
+    if kind == 'RealESRGANDataset' and (dataset.get('io_backend') or {}).get('type', 'disk') == 'disk':
+        try:
+            check_gt_list(dataset, where)
+        except DataError as e:
+            raise OptionError(str(e)) from None
+        return
     if kind not in (*PAIRED_TYPES, 'SingleImageDataset'):
         return
     for key in ('dataroot_gt', 'dataroot_lq') if kind in PAIRED_TYPES else ('dataroot_lq',):
@@ -132,23 +152,60 @@ def _check_network(opt, path):
     if scale is not None and upscale is not None and scale != upscale:
         raise OptionError(f'{path}: network_g.upscale: {upscale!r}, but scale is {scale!r}; they must be equal')
     try:
-        return cls(**network)
+        net = cls(**network)
     except (TypeError, ValueError, AssertionError, KeyError, ZeroDivisionError, RuntimeError) as e:
         raise OptionError(f'{path}: network_g: {name}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}'
                           ) from None
+    _check_variant(name, net, path)
+    return net
+
+
+#: Network types that name their group count: ``ASID_D8`` is ASID with 8 groups.
+VARIANT_GROUPS = {'ASID_D8': 8}
+
+
+def _check_variant(name, net, path):
+    """A variant named by its group count, built with another one, would train (and save, and
+    report) a different network under the variant's name."""
+    groups = VARIANT_GROUPS.get(name)
+    if groups is not None and getattr(net, 'num_groups', groups) != groups:
+        raise OptionError(f'{path}: network_g.num_groups: {net.num_groups}, but {name} is the {groups}-group '
+                          f'variant (leave num_groups out, or use type: ASID for {net.num_groups} groups)')
 
 
 def _check_pretrained(opt, path, net):
     """``path.pretrain_network_g``: readable by the safe loader, finite, and the weights of ``net``."""
-    from asid_arch.checkpoint import ASID, CheckpointError, infer_config, saved_value_range
     paths = opt.get('path') or {}
     ckpt = paths.get('pretrain_network_g')
-    if not ckpt:
+    if ckpt:
+        _check_weights(opt, f'{path}: path.pretrain_network_g', ckpt, paths.get('param_key_g', 'params'), net,
+                       strict=paths.get('strict_load_g', True) is not False)
+
+
+def _check_resumed(opt, path, net, auto_resume):
+    """The checkpoint a resumed run loads into ``network_g`` passes what a pretrained one must
+    (:func:`_check_weights`): a resume with another value range or group count is refused as a
+    pretrain with them is. Nothing to do for a fresh start; a state that cannot be resumed from
+    at all is reported by the resume itself (``safety.patch_resume``)."""
+    try:
+        state_path, state = find_resume_state(opt, auto_resume)
+    except RunError:
         return
-    where = f'{path}: path.pretrain_network_g'
+    if state is None:
+        return
+    weights = resume_weights(opt, state).get('network_g')
+    if weights:
+        flag = '--auto_resume' if auto_resume else 'path.resume_state'
+        _check_weights(opt, f'{path}: {flag} {state_path}', weights, 'params', net, strict=True)
+
+
+def _check_weights(opt, where, ckpt, param_key, net, strict):
+    """A checkpoint that a run loads into ``net``: readable by the safe loader, finite, and (for ASID)
+    of its scale, group count and value range; with ``strict``, of its exact keys and shapes."""
+    from asid_arch.checkpoint import ASID, CheckpointError, infer_config, saved_value_range
     try:
         obj = read_checkpoint(os.path.expanduser(str(ckpt)))
-        state_dict = params_of(obj, ckpt, paths.get('param_key_g', 'params'))
+        state_dict = params_of(obj, ckpt, param_key)
     except RunError as e:
         raise OptionError(f'{where}: {e}') from None
     if isinstance(net, ASID):
@@ -163,7 +220,7 @@ def _check_pretrained(opt, path, net):
         if saved is not None and tuple(saved) != tuple(net.value_range):
             raise OptionError(f'{where}: {ckpt} was trained with value_range {list(saved)}, network_g has '
                               f'{list(net.value_range)}')
-    if paths.get('strict_load_g', True) is not False:
+    if strict:
         expected = net.state_dict()
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]
@@ -173,6 +230,234 @@ def _check_pretrained(opt, path, net):
                      (('missing', missing), ('unexpected', unexpected), ('wrong shape', wrong)) if keys]
             raise OptionError(f'{where}: {ckpt} does not hold the weights of network_g '
                               f'({opt["network_g"]["type"]}): {"; ".join(parts)}')
+
+
+def _positive_number(node, key, where, path):
+    value = node.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise OptionError(f'{path}: {where}{key}: must be a positive number, got {value!r}')
+
+
+def _check_patch_size(opt, path):
+    """``datasets.train.gt_size``: a positive multiple of ``scale`` (BasicSR crops LR patches of gt_size // scale)."""
+    train = (opt.get('datasets') or {}).get('train') or {}
+    if train.get('gt_size') is None:
+        return
+    _positive_int(train, 'gt_size', 'datasets.train.', path)
+    scale = opt.get('scale')
+    if isinstance(scale, int) and scale > 0 and int(train['gt_size']) % scale:
+        raise OptionError(f'{path}: datasets.train.gt_size: {train["gt_size"]} is not a multiple of scale {scale} '
+                          f'(the LR patch is gt_size / scale)')
+
+
+def _check_frequencies(opt, path):
+    """``logger.save_checkpoint_freq``, ``logger.print_freq`` and ``val.val_freq``: BasicSR takes the
+    iteration modulo each, so 0 (or a negative or fractional value) fails at the first iteration."""
+    for section, keys in (('logger', ('print_freq', 'save_checkpoint_freq')), ('val', ('val_freq', ))):
+        node = opt.get(section)
+        for key in keys:
+            if isinstance(node, dict) and node.get(key) is not None:
+                _positive_int(node, key, f'{section}.', path)
+
+
+def _check_optimizers(opt, path):
+    """Every ``train.optim_*``: a type BasicSR knows, a positive ``lr``, arguments the optimizer takes
+    (it is built once on a dummy parameter, by BasicSR's own ``get_optimizer``)."""
+    import torch
+    from basicsr.models.base_model import BaseModel
+    from basicsr_ext.common.optimizers import OPTIMIZERS
+    train = opt.get('train') or {}
+    for name in (k for k in train if k.startswith('optim_')):
+        where = f'{path}: train.{name}'
+        settings = dict(train[name] or {})
+        kind = settings.pop('type', None)
+        _positive_number(settings, 'lr', f'train.{name}.', path)
+        lr = settings.pop('lr')
+        try:
+            # on the CPU (torch takes fused / capturable there too): no CUDA context before the run picks its GPU
+            BaseModel.get_optimizer(None, kind, [torch.zeros(1, requires_grad=True)], lr, **settings)
+        except NotImplementedError:
+            raise OptionError(f'{where}.type: {kind!r} is not an optimizer BasicSR knows (known: '
+                              f'{", ".join(OPTIMIZERS)})') from None
+        except (TypeError, ValueError) as e:
+            raise OptionError(f'{where}: {kind}: {str(e).strip().splitlines()[0]}') from None
+
+
+def _milestones_error(milestones):
+    """Why a scheduler's ``milestones`` cannot be used, or None."""
+    if not isinstance(milestones, list):
+        return f'must be a list of iterations, got {milestones!r}'
+    bad = [m for m in milestones if isinstance(m, bool) or not isinstance(m, (int, float)) or m != int(m)]
+    if bad:
+        return f'must be whole iteration numbers, got {bad[0]!r} in {milestones}'
+    if any(b <= a for a, b in zip(milestones, milestones[1:])):
+        return f'must increase, got {milestones}'
+    return None
+
+
+def _check_scheduler(opt, path):
+    """``train.scheduler.milestones``: whole numbers, increasing."""
+    scheduler = (opt.get('train') or {}).get('scheduler') or {}
+    if 'milestones' in scheduler:
+        error = _milestones_error(scheduler['milestones'])
+        if error:
+            raise OptionError(f'{path}: train.scheduler.milestones: {error}')
+
+
+def option_warnings(opt, path):
+    """Lines worth saying before a training run that is otherwise fine: milestones the run never reaches
+    (a shortened run, e.g. ``--force_yml train:total_iter=1000``, may mean it)."""
+    train = opt.get('train') or {}
+    milestones, total = (train.get('scheduler') or {}).get('milestones'), train.get('total_iter')
+    if not isinstance(milestones, list) or not isinstance(total, (int, float)):
+        return []
+    late = [m for m in milestones if isinstance(m, (int, float)) and m > total]
+    if not late:
+        return []
+    return [f'{path}: train.scheduler.milestones: {", ".join(map(str, late))} beyond total_iter {total:g}: the '
+            f'learning rate is never lowered there']
+
+
+def _check_gpus(opt, path, launcher):
+    """``num_gpu``: 'auto' or a whole number this machine has (BasicSR would fail in CUDA set-up)."""
+    gpus = opt.get('num_gpu', 'auto')
+    if gpus == 'auto':
+        return
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise OptionError(f"{path}: num_gpu: must be 'auto' or a whole number of GPUs, got {gpus!r}")
+    import torch
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    needed = gpus if launcher == 'none' else min(gpus, 1)  # under a launcher, each rank uses one GPU
+    if needed > have:
+        hint = 'num_gpu: 0 runs on the CPU' if have == 0 else f'num_gpu: auto takes all {have}'
+        raise OptionError(f'{path}: num_gpu: {gpus}, but this machine has {_count(have, "GPU")} '
+                          f'({hint}; --force_yml num_gpu={have} overrides it)')
+
+
+def _count(n, word):
+    return f'{n} {word}' if n == 1 else f'{n} {word}s'
+
+
+def _check_max_damaged(opt, path):
+    """``datasets.train.max_damaged``: how many damaged images training skips before it stops
+    (:mod:`basicsr_ext.patches.damaged`), a whole number >= 0; validation sets never skip."""
+    for name, dataset in (opt.get('datasets') or {}).items():
+        if not isinstance(dataset, dict) or 'max_damaged' not in dataset:
+            continue
+        if name != 'train':
+            raise OptionError(f'{path}: datasets.{name}.max_damaged: only the train set skips damaged images '
+                              f'(a validation metric would average other images)')
+        value = dataset['max_damaged']
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise OptionError(f'{path}: datasets.train.max_damaged: must be a whole number >= 0, got {value!r}')
+
+
+def _check_run_values(opt, path, launcher):
+    """The training values BasicSR would trip over after making the experiment folder (issue 24, case 8)."""
+    _check_patch_size(opt, path)
+    _check_max_damaged(opt, path)
+    _check_frequencies(opt, path)
+    _check_optimizers(opt, path)
+    _check_scheduler(opt, path)
+
+
+# ---------------------------------------------------------------------------- Real-ESRGAN
+#: What BasicSR's RealESRGANDataset reads from its options (a KeyError in a DataLoader worker otherwise).
+REALESRGAN_DATASET_KEYS = ('dataroot_gt', 'io_backend', 'use_hflip', 'use_rot', 'final_sinc_prob') + tuple(
+    key + suffix for suffix in ('', '2') for key in ('blur_kernel_size', 'kernel_list', 'kernel_prob', 'blur_sigma',
+                                                     'betag_range', 'betap_range', 'sinc_prob'))
+#: What RealESRNetModel / RealESRGANModel read from the top level of the options to degrade a batch.
+DEGRADATION_KEYS = ('gt_size',) + tuple(
+    key + suffix for suffix in ('', '2') for key in ('resize_prob', 'resize_range', 'gaussian_noise_prob',
+                                                     'noise_range', 'poisson_scale_range', 'gray_noise_prob',
+                                                     'jpeg_range')) + ('second_blur_prob',)
+#: Keys of each model on top: which ground truth (plain or unsharp-masked) the losses see.
+USM_KEYS = {'RealESRNetModel': ('gt_usm',), 'RealESRGANModel': ('l1_gt_usm', 'percep_gt_usm', 'gan_gt_usm')}
+#: RealESRGANDataset crops or pads every ground truth image to this size (hard-coded in BasicSR).
+REALESRGAN_CROP = 400
+
+
+def _check_realesrgan_dataset(name, dataset, path):
+    for key in REALESRGAN_DATASET_KEYS + (('meta_info',) if (dataset.get('io_backend') or {}).get('type', 'disk')
+                                          != 'lmdb' else ()):
+        _require(dataset, key, path, f'datasets.{name}.')
+    for suffix in ('', '2'):
+        kernels, probs = dataset[f'kernel_list{suffix}'], dataset[f'kernel_prob{suffix}']
+        if not isinstance(kernels, list) or not isinstance(probs, list) or len(kernels) != len(probs):
+            raise OptionError(f'{path}: datasets.{name}.kernel_prob{suffix}: one probability per kernel of '
+                              f'kernel_list{suffix} ({kernels!r}), got {probs!r}')
+
+
+def _check_realesrgan_model(opt, path, is_train):
+    """The top-level degradation options of RealESRNetModel / RealESRGANModel, and what each needs on top."""
+    model = opt.get('model_type')
+    model = model[:-len('_basicsr')] if str(model).endswith('_basicsr') else model
+    if model not in USM_KEYS or not is_train:
+        return
+    train = opt['datasets']['train']
+    degrading = opt.get('high_order_degradation', True)
+    if degrading:
+        for key in DEGRADATION_KEYS + USM_KEYS[model]:
+            _require(opt, key, path)
+        if train.get('type') != 'RealESRGANDataset':
+            raise OptionError(f'{path}: datasets.train.type: {model} degrades the ground truth with the blur kernels '
+                              f'of RealESRGANDataset, not {train.get("type")} (or set high_order_degradation: false)')
+        gt_size, scale = opt['gt_size'], opt.get('scale', 4)
+        if not isinstance(gt_size, int) or gt_size < scale or gt_size % scale or gt_size > REALESRGAN_CROP:
+            raise OptionError(f'{path}: gt_size: must be a multiple of the scale {scale} up to {REALESRGAN_CROP} '
+                              f'(RealESRGANDataset\'s crop), got {gt_size!r}')
+        queue, batch = opt.get('queue_size', 180), train['batch_size_per_gpu']
+        if not isinstance(queue, int) or queue < batch or queue % batch:
+            raise OptionError(f'{path}: queue_size: the training pair pool must hold a whole number of batches '
+                              f'(batch_size_per_gpu {batch}), got {queue!r}')
+    if model == 'RealESRGANModel':
+        _require(opt, 'network_d', path)
+        _check_registered(_require(opt['network_d'], 'type', path, 'network_d.'), ARCH_REGISTRY, 'network',
+                          'network_d.type', path)
+        for key in ('optim_d', 'gan_opt'):
+            _require(opt['train'], key, path, 'train.')
+
+
+# ---------------------------------------------------------------------------- VGG weights
+#: torchvision's ImageNet VGG19 weights, which BasicSR's VGGFeatureExtractor (PerceptualLoss) loads from
+#: BasicSR's path or, when that file is missing, downloads through torchvision into torch's hub cache.
+#: Size: the file at the URL (torchvision's metadata: _file_size 548.051 MiB).
+VGG19_FILE, VGG19_BYTES = 'vgg19-dcbb9e9d.pth', 574_673_361
+VGG19_URL = f'https://download.pytorch.org/models/{VGG19_FILE}'
+
+
+def vgg_weight_places(vgg_type='vgg19'):
+    """Where ``VGGFeatureExtractor(vgg_type=...)`` finds its weights without downloading, in its order."""
+    import torch
+    from basicsr.archs.vgg_arch import VGG_PRETRAIN_PATH
+    from torchvision.models import get_model_weights
+    url = get_model_weights(vgg_type).IMAGENET1K_V1.url
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
+    return ([os.path.abspath(VGG_PRETRAIN_PATH)] if vgg_type == 'vgg19' else []) + [cached]
+
+
+def _check_vgg_weights(opt, path):
+    """``train.perceptual_opt``: the VGG weights are on disk (BasicSR would download them, mid-start)."""
+    perceptual = (opt.get('train') or {}).get('perceptual_opt')
+    if not perceptual or perceptual.get('type') != 'PerceptualLoss':
+        return
+    from basicsr.archs.vgg_arch import VGG_PRETRAIN_PATH
+    vgg_type = str(perceptual.get('vgg_type', 'vgg19'))
+    if vgg_type != 'vgg19' and os.path.exists(VGG_PRETRAIN_PATH):
+        raise OptionError(f'{path}: train.perceptual_opt.vgg_type: BasicSR loads {os.path.abspath(VGG_PRETRAIN_PATH)} '
+                          f'(VGG19) into any vgg_type, which fails for {vgg_type}: use vgg19 or move that file')
+    try:
+        places = vgg_weight_places(vgg_type.replace('_bn', '') if vgg_type == 'vgg19_bn' else vgg_type)
+    except (ValueError, KeyError, AttributeError):
+        raise OptionError(f'{path}: train.perceptual_opt.vgg_type: {vgg_type!r} is not a VGG of torchvision') from None
+    if any(os.path.isfile(p) for p in places):
+        return
+    if vgg_type == 'vgg19':
+        raise OptionError(f'{path}: train.perceptual_opt: needs the VGG19 weights {VGG19_FILE} ({VGG19_BYTES:,d} '
+                          f'bytes, {VGG19_URL}): put the file at {places[0]} (or {places[1]}); BasicSR would try to '
+                          f'download it')
+    raise OptionError(f'{path}: train.perceptual_opt: needs the {vgg_type} weights: put '
+                      f'{os.path.basename(places[-1])} at {places[-1]}; BasicSR would try to download it')
 
 
 #: Options of earlier releases, and where they are now.
@@ -202,7 +487,7 @@ def _check_speed_switches(opt, path, is_train, launcher='none'):
 def _check_model_options(opt, path, is_train, launcher):
     """A registered Model may check its own options before the run: ``check_options(opt, is_train, launcher)``,
     a classmethod raising ValueError (as :class:`~basicsr_ext.training.models.ASIDModel` does)."""
-    check = getattr(MODEL_REGISTRY.get(opt['model_type']), 'check_options', None)
+    check = getattr(registered(MODEL_REGISTRY, opt['model_type']), 'check_options', None)
     if check is not None:
         try:
             check(opt, is_train=is_train, launcher=launcher)
@@ -210,7 +495,7 @@ def _check_model_options(opt, path, is_train, launcher):
             raise OptionError(f'{path}: {e}') from None
 
 
-def check_options(opt, path, is_train=True, check_data=True, launcher='none'):
+def check_options(opt, path, is_train=True, check_data=True, launcher='none', auto_resume=False):
     """Raise OptionError for the first problem BasicSR would otherwise hit later.
 
     ``check_data=False`` leaves out the look at every image file (the expensive part: under DDP
@@ -230,6 +515,8 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none'):
         if is_train and name != 'train' and not name.startswith('val'):
             raise OptionError(f'{path}: datasets.{name}: training phases are "train" and "val*"')
         _check_dataset(name, dataset, path)
+        if dataset.get('type') == 'RealESRGANDataset':
+            _check_realesrgan_dataset(name, dataset, path)
     for key, value in (opt.get('path') or {}).items():
         if value and (key.startswith('pretrain_network') or key == 'resume_state'):
             if not os.path.isfile(os.path.expanduser(str(value))):
@@ -239,23 +526,30 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none'):
         _positive_int(datasets['train'], 'batch_size_per_gpu', 'datasets.train.', path)
         _check_workers(datasets['train'], 'datasets.train.', path)
         _check_prefetch(opt, path)
+        _check_run_values(opt, path, launcher)
+        _check_realesrgan_model(opt, path, is_train)
+        _check_vgg_weights(opt, path)
+    _check_gpus(opt, path, launcher)
     net = _check_network(opt, path)
     _check_pretrained(opt, path, net)
+    if is_train:
+        _check_resumed(opt, path, net, auto_resume)
     if not check_data:
         return
     for name, dataset in datasets.items():
         _check_data(name, dataset, opt, path, is_train, launcher)
 
 
-def check_read_options(opt, path, is_train=True, check_data=True, launcher='none'):
+def check_read_options(opt, path, is_train=True, check_data=True, launcher='none', auto_resume=False):
     """Check the options read from ``path`` (with their overrides); returns the options BasicSR will run
     with: for ``basicsr test``, without the test sets that are not prepared (one line each)."""
     if not is_train:
         testsets.drop_missing(opt, path, OptionError)
-    check_options(opt, path, is_train=is_train, check_data=check_data, launcher=launcher)
+    check_options(opt, path, is_train=is_train, check_data=check_data, launcher=launcher, auto_resume=auto_resume)
     return opt
 
 
-def load_and_check(path, force_yml=None, is_train=True, check_data=True, launcher='none'):
+def load_and_check(path, force_yml=None, is_train=True, check_data=True, launcher='none', auto_resume=False):
     """Read, override and check an option file; returns the options BasicSR will run with."""
-    return check_read_options(read_with_overrides(path, force_yml), path, is_train, check_data, launcher)
+    return check_read_options(read_with_overrides(path, force_yml), path, is_train, check_data, launcher,
+                              auto_resume)

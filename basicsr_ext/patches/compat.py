@@ -15,7 +15,8 @@ import types
 
 import torch
 
-from basicsr_ext.patches import pipeline, runs, safety
+from basicsr_ext.common.optimizers import OPTIMIZERS
+from basicsr_ext.patches import damaged, pipeline, runs, safety
 
 APPLIED = []
 
@@ -106,6 +107,65 @@ def patch_cpu_distributed():
     return True
 
 
+def patch_realesrgan_cpu():
+    """BasicSR's ``RealESRNetModel`` / ``RealESRGANModel`` put their JPEG simulator, USM sharpener and
+    training pair pool on the GPU with ``.cuda()``, which fails on a machine without CUDA."""
+    if torch.cuda.is_available():
+        return False
+    from basicsr.models import realesrgan_model, realesrnet_model
+    from basicsr.utils import DiffJPEG, USMSharp
+
+    class CPUDiffJPEG(DiffJPEG):
+        def cuda(self, device=None):
+            return self  # no GPU: the model's device is the CPU
+
+    class CPUUSMSharp(USMSharp):
+        def cuda(self, device=None):
+            return self
+
+    def pool_on_the_data_device(upstream):
+        @functools.wraps(upstream)
+        def _dequeue_and_enqueue(self):
+            if not hasattr(self, 'queue_lr'):  # the pool, made where the batch is instead of on CUDA
+                b = self.lq.size(0)
+                assert self.queue_size % b == 0, f'queue size {self.queue_size} should be divisible by batch size {b}'
+                self.queue_lr = self.lq.new_zeros((self.queue_size, *self.lq.shape[1:]))
+                self.queue_gt = self.gt.new_zeros((self.queue_size, *self.gt.shape[1:]))
+                self.queue_ptr = 0
+            return upstream(self)
+        return _dequeue_and_enqueue
+
+    for module, model in ((realesrnet_model, realesrnet_model.RealESRNetModel),
+                          (realesrgan_model, realesrgan_model.RealESRGANModel)):
+        module.DiffJPEG, module.USMSharp = CPUDiffJPEG, CPUUSMSharp
+        model._dequeue_and_enqueue = pool_on_the_data_device(model._dequeue_and_enqueue)
+    return True
+
+
+def patch_filter2d_layout():
+    """BasicSR's ``filter2D`` ``.view()``s its padded input; DiffJPEG's output is channels-last, which
+    ``F.pad`` keeps on today's torch, so Real-ESRGAN's second blur fails: 'view size is not compatible'."""
+    from basicsr.models import realesrgan_model, realesrnet_model
+    from basicsr.utils import img_process_util
+    upstream = img_process_util.filter2D
+    if hasattr(upstream, '__wrapped__'):
+        return False
+    probe = torch.zeros(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    try:
+        upstream(probe, torch.zeros(2, 3, 3))
+        return False
+    except RuntimeError:
+        pass
+
+    @functools.wraps(upstream)
+    def filter2D(img, kernel):  # noqa: N802  (BasicSR's name)
+        return upstream(img.contiguous(), kernel)
+
+    for module in (img_process_util, realesrnet_model, realesrgan_model):
+        module.filter2D = filter2D
+    return True
+
+
 def patch_optimizers():
     """PyPI 1.4.2 accepts only ``optim_g: {type: Adam}``; BasicSR master (and ASID's recipe) also use AdamW etc."""
     from basicsr.models.base_model import BaseModel
@@ -114,21 +174,11 @@ def patch_optimizers():
         return False
     except NotImplementedError:
         pass
-    # The optimizers BasicSR master's get_optimizer accepts, by the names its option files use.
-    optimizers = {
-        'Adam': torch.optim.Adam,
-        'AdamW': torch.optim.AdamW,
-        'Adamax': torch.optim.Adamax,
-        'SGD': torch.optim.SGD,
-        'ASGD': torch.optim.ASGD,
-        'RMSprop': torch.optim.RMSprop,
-        'Rprop': torch.optim.Rprop,
-    }
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
-        if optim_type not in optimizers:
-            raise NotImplementedError(f'optimizer {optim_type} is not supported; use one of {sorted(optimizers)}.')
-        return optimizers[optim_type](params, lr, **kwargs)
+        if optim_type not in OPTIMIZERS:
+            raise NotImplementedError(f'optimizer {optim_type} is not supported; use one of {sorted(OPTIMIZERS)}.')
+        return OPTIMIZERS[optim_type](params, lr, **kwargs)
 
     BaseModel.get_optimizer = get_optimizer
     return True
@@ -220,10 +270,11 @@ def resolve_auto_workers(num_gpu, dist):
 IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: After: these change what BasicSR does; those of :mod:`basicsr_ext.patches.safety` (saving, loading,
 #: resuming, logging, --force_yml) come last.
-BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_optimizers, safety.patch_resume,
-                   safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
-                   safety.patch_force_yml_values, patch_eta_off_by_one, pipeline.patch_quiet_terminal,
-                   patch_auto_workers, patch_validate_bare_network, runs.patch_train_lock_and_signals)
+BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_realesrgan_cpu, patch_filter2d_layout,
+                   patch_optimizers, damaged.patch_skip_damaged_images, safety.patch_resume, safety.patch_atomic_save,
+                   safety.patch_safe_load_network, safety.patch_log_file_errors, safety.patch_force_yml_values,
+                   patch_eta_off_by_one, pipeline.patch_quiet_terminal, patch_auto_workers,
+                   patch_validate_bare_network, runs.patch_train_lock_and_signals)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()

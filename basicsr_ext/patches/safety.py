@@ -24,12 +24,11 @@ import inspect
 import io
 import logging
 import os
-import re
 import sys
 
 import torch
 
-from basicsr_ext.common.checkpoints import RunError, params_of, read_checkpoint, reason
+from basicsr_ext.common.checkpoints import RunError, find_resume_state, params_of, read_checkpoint, reason
 from basicsr_ext.common.files import write_file
 
 
@@ -116,29 +115,10 @@ def patch_safe_load_network():
     return True
 
 
-def _resume_device():
-    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
-
-
-def load_training_state(path, opt):
-    """A BasicSR training state and the checkpoints it resumes with, all readable; RunError if not."""
-    state = read_checkpoint(path, map_location=_resume_device())
-    if not isinstance(state, dict) or not isinstance(state.get('iter'), int) or 'optimizers' not in state:
-        raise RunError(f'{path}: not a BasicSR training state (no iter / optimizers)')
-    ignored = opt['path'].get('ignore_resume_networks') or ()
-    models = opt['path'].get('models') or os.path.join('experiments', opt['name'], 'models')
-    for network in (k for k in opt if k.startswith('network_') and k not in ignored):
-        weights = os.path.join(models, f'net_{network[len("network_"):]}_{state["iter"]}.pth')
-        if not os.path.isfile(weights):
-            raise RunError(f'{path}: its {weights} is missing')
-        params_of(read_checkpoint(weights), weights, 'params')
-    return state
-
-
 def patch_resume():
     """BasicSR's ``load_resume_state`` needs CUDA, takes the newest state even if truncated, omits ``weights_only``."""
     import basicsr.train
-    from basicsr.utils import check_resume, scandir
+    from basicsr.utils import check_resume
     if getattr(basicsr.train.load_resume_state, '_falls_back', False):
         return False
 
@@ -147,30 +127,12 @@ def patch_resume():
             print(f'basicsr train: {msg}', file=sys.stderr, flush=True)
 
     def load_resume_state(opt):
-        if not opt['auto_resume']:
-            path = opt['path'].get('resume_state')
-            if not path:
-                return None
-            state = load_training_state(path, opt)
-            check_resume(opt, state['iter'])
-            return state
-        state_dir = os.path.join('experiments', opt['name'], 'training_states')
-        names = list(scandir(state_dir, suffix='.state')) if os.path.isdir(state_dir) else []
-        numbered = sorted((int(n[:-len('.state')]), n) for n in names if re.fullmatch(r'\d+\.state', n))
-        for _, name in reversed(numbered):
-            path = os.path.join(state_dir, name)
-            try:
-                state = load_training_state(path, opt)
-            except RunError as e:
-                say(opt, f'--auto_resume: skipped {e}')
-                continue
-            opt['path']['resume_state'] = path
-            check_resume(opt, state['iter'])
-            return state
-        if numbered:
-            raise RunError(f'--auto_resume: none of the {len(numbered)} training states in {state_dir} can be '
-                           f'resumed from (named above); move them away to start afresh')
-        return None
+        path, state = find_resume_state(opt, opt['auto_resume'], lambda msg: say(opt, msg))
+        if state is None:
+            return None
+        opt['path']['resume_state'] = path
+        check_resume(opt, state['iter'])
+        return state
 
     load_resume_state._falls_back = True
     basicsr.train.load_resume_state = load_resume_state

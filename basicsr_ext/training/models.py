@@ -25,7 +25,9 @@ With ``model_type: ASIDModel`` an option file gets, on top of SRModel:
 - Bicubic beside the network. Every validation also scores MATLAB-bicubic upscaling of the
   same LR images with the same metrics (:mod:`basicsr_ext.common.results`) and logs both on one
   line; ``basicsr test`` ends with the table of all its sets, also written to
-  ``results/<name>/results.md`` and ``results.csv``.
+  ``results/<name>/results.md`` and ``results.csv``, and with one comparison image per set,
+  ``results/<name>/compare_<set>.png``: the crops where the network gains most over bicubic,
+  ground truth | bicubic | network, labelled with their PSNR (:mod:`basicsr_ext.common.compare`).
 - A readable training terminal: the network's module tree goes to the log file only (one
   summary line on the terminal); training ends with where the latest model is and its
   validation figures against bicubic, without validating the same weights a second time.
@@ -37,11 +39,12 @@ from collections import OrderedDict
 import torch
 import torch.distributed as dist
 from basicsr.models.sr_model import SRModel
-from basicsr.utils import get_root_logger
+from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from asid_arch.tiling import tiled_forward
 from basicsr_ext.common import results
+from basicsr_ext.common.compare import ComparisonSheet
 from basicsr_ext.patches.pipeline import log_to_file_only
 from basicsr_ext.training.train_step import AUTOCAST_DTYPES, TrainStep
 
@@ -77,6 +80,8 @@ class ASIDModel(SRModel):
 
     def __init__(self, opt):
         self.figures = {}  # dataset name -> {'set', 'images', 'network', 'bicubic', 'iter'}
+        self.sheets = {}  # dataset name -> ComparisonSheet (basicsr test)
+        self.sheet = None  # the one being filled by the validation running now
         self._bicubic = {}  # dataset name -> bicubic scores (they never change)
         self.last_iter = 0  # the last training iteration run
         train = opt.get('train') or {}
@@ -158,12 +163,30 @@ class ASIDModel(SRModel):
     def network_name(self):
         return str(self.opt['network_g']['type']).replace('_', '-')
 
+    def feed_data(self, data):
+        super().feed_data(data)
+        self.lq_path = (data.get('lq_path') or [None])[0]
+
+    def get_current_visuals(self):
+        """SRModel's; during ``basicsr test`` the image also goes to the set's comparison sheet."""
+        visuals = super().get_current_visuals()
+        if self.sheet is not None and 'gt' in visuals:
+            name = os.path.splitext(os.path.basename(self.lq_path or 'image'))[0]
+            self.sheet.add(name, *(tensor2img([visuals[k]]) for k in ('lq', 'result', 'gt')))
+        return visuals
+
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
-        metrics = self.opt['val'].get('metrics')
+        name = dataloader.dataset.opt['name']
+        metrics = self.opt['val'].get('metrics') or {}
+        if not self.opt['is_train']:
+            psnr = next((m for m in metrics.values() if m.get('type') == 'calculate_psnr'), None)
+            self.sheet = self.sheets[name] = ComparisonSheet(self.network_name(), psnr, self.opt['scale'])
+        try:
+            super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        finally:
+            self.sheet = None
         if not metrics:
             return
-        name = dataloader.dataset.opt['name']
         if name not in self._bicubic:
             self._bicubic[name] = results.bicubic_scores(dataloader.dataset, metrics, self.opt['scale'])
         self.figures[name] = {'set': name, 'images': len(dataloader.dataset), 'iter': current_iter,
@@ -188,8 +211,23 @@ class ASIDModel(SRModel):
                  f'{results.describe_metrics(metrics)}; bicubic: MATLAB-compatible, from the same LR')
         rows = list(self.figures.values())
         paths = results.write_tables(self.opt['path']['results_root'], title, rows, network, metrics)
+        sheets = self.write_sheets()
         get_root_logger().info(f'{title}\n\n{results.markdown_table(rows, network, metrics)}\n\n'
-                               f'Written to {_shown(paths[0])} and {_shown(paths[1])}')
+                               f'Written to {_shown(paths[0])} and {_shown(paths[1])}'
+                               + (f'; crops beside bicubic: {", ".join(_shown(p) for p in sheets)}' if sheets else ''))
+
+    def write_sheets(self):
+        """``compare_<set>.png`` beside the tables, for each set tested; returns their paths."""
+        import cv2
+        paths = []
+        for name, sheet in self.sheets.items():
+            image = sheet.image()
+            if image is None:
+                continue
+            paths.append(os.path.join(self.opt['path']['results_root'], f'compare_{name}.png'))
+            if not cv2.imwrite(paths[-1], image):
+                raise OSError(f'{paths[-1]}: cannot write the comparison image')
+        return paths
 
     # ---------------------------------------------------------------------------- training
     def print_network(self, net):
