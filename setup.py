@@ -57,7 +57,7 @@ setup(
         # basicsr export, basicsr infer --onnx, asid_arch.spandrel_arch: not needed for training
         'export': ['onnx', 'onnxruntime', 'spandrel'],
         # the export extra is small beside torch (about 37 MB of wheels, 7 s to install): CI tests it too
-        'test': ['pytest>=7', 'onnx', 'onnxruntime', 'spandrel'],
+        'test': ['pytest>=7', 'pytest-xdist', 'onnx', 'onnxruntime', 'spandrel'],
     },
     cmdclass={'build_py': BuildPyWithPth, 'editable_wheel': EditableWheelWithPth},
     entry_points={'console_scripts': ['basicsr = basicsr_ext.commands.cli:main']},

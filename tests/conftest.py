@@ -4,6 +4,11 @@ import socket
 import subprocess
 import sys
 
+if 'PYTEST_XDIST_WORKER' in os.environ:
+    # one thread per test process when the suite runs on several processes (pytest -n): the
+    # workers, and the commands they start, share the cores instead of oversubscribing them
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+
 import cv2
 import numpy as np
 import pytest

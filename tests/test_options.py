@@ -20,6 +20,7 @@ from basicsr_ext.commands import prepare
 from basicsr_ext.commands.cli import main
 from basicsr_ext.common.optionfile import read_options
 from basicsr_ext.common.options import OptionError, check_options
+from basicsr_ext.training import models  # noqa: F401  (registers ASIDModel, as basicsr train does)
 from asid_arch.tiling import tiled_forward
 from basicsr.utils import img2tensor, tensor2img  # noqa: E402  (after basicsr_ext)
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
