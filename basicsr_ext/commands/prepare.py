@@ -219,9 +219,11 @@ def _scale_signature_now(unit, sources, params):
 # running work units, in worker processes when there are several
 # ----------------------------------------------------------------------------------------
 def _init_worker():
+    # first: Ctrl-C is the main process's, and its pool's SIGTERM ends a worker cleanly, also one
+    # still importing torch
+    ignore_in_worker()
     import torch
     torch.set_num_threads(1)
-    ignore_in_worker()  # Ctrl-C is the main process's; its pool's SIGTERM ends a write cleanly
 
 
 def _run_units(function, jobs, workers, desc):

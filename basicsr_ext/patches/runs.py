@@ -34,6 +34,7 @@ device-to-host copy, a stream sync, every iteration). ``torchrun --nproc_per_nod
 benchmark --stop-check`` measures it: figures in docs/long-runs.md, against BasicSR's pace of
 tens of milliseconds an iteration.
 """
+import contextlib
 import datetime
 import fcntl
 import functools
@@ -83,8 +84,10 @@ class ExperimentLock:
     """An exclusive ``flock`` on a file holding the owner's pid, host and start time.
 
     The kernel drops the lock when its process dies, however it dies, so the lock of a killed
-    run is simply taken over. Where the file system has no ``flock``, the pid decides: a lock
-    of this host whose process is gone is taken over.
+    run is simply taken over; a lock still held after its owner died (by the forked DataLoader
+    workers of a run killed with SIGKILL, which share the descriptor until they exit) is replaced
+    by a new file. Where the file system has no ``flock``, the pid decides: a lock of this host
+    whose process is gone is taken over.
     """
 
     def __init__(self, path, name):
@@ -103,7 +106,13 @@ class ExperimentLock:
             except BlockingIOError:
                 holder = os.read(fd, 200).decode(errors='replace').strip()
                 os.close(fd)
-                self._refuse(holder)
+                if not holder or self._held_by_live_process(holder, count_self=True):  # (no pid: just taken)
+                    self._refuse(holder)
+                # the owner is dead and its forked loader workers, which share its descriptor, keep
+                # the lock until they notice: a lock of nobody's; a new file is locked in its place
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+                continue
             except OSError:  # no flock here (some network file systems): the pid decides
                 holder = os.read(fd, 200).decode(errors='replace').strip()
                 if self._held_by_live_process(holder):
@@ -123,13 +132,14 @@ class ExperimentLock:
         return self
 
     @staticmethod
-    def _held_by_live_process(holder):
+    def _held_by_live_process(holder, count_self=False):
         match = re.match(r'pid (\d+) on (\S+)', holder)
         if not match:
             return False
         if match.group(2) != socket.gethostname():
             return True  # cannot tell: another host's process is taken to be alive
-        return int(match.group(1)) != os.getpid() and pid_alive(int(match.group(1)))
+        pid = int(match.group(1))
+        return pid_alive(pid) if pid != os.getpid() else count_self
 
     def release(self):
         if self.fd is None:
