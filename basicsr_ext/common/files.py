@@ -34,11 +34,17 @@ def _remove(path):
             os.remove(path)
 
 
-def _named(e, path):
-    """``e`` naming ``path`` (OSErrors of a write name the temporary, or nothing)."""
-    if isinstance(e, OSError) and e.errno is not None:
-        return OSError(e.errno, e.strerror or os.strerror(e.errno), path)
-    return e
+@contextlib.contextmanager
+def _removed_on_failure(tmp, path):
+    """On any failure inside (Ctrl-C and signals too) ``tmp`` is removed, and an OSError is raised
+    again naming ``path`` (those of a write name the temporary, or nothing)."""
+    try:
+        yield
+    except BaseException as e:
+        _remove(tmp)
+        if not (isinstance(e, OSError) and e.errno is not None):
+            raise
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), path) from None
 
 
 def write_file(path, data=None, write=None, mode=0o666):
@@ -58,7 +64,7 @@ def write_file(path, data=None, write=None, mode=0o666):
     if (data is None) == (write is None):
         raise TypeError('write_file takes data or write, not both or neither')
     tmp = temporary_path(path)
-    try:
+    with _removed_on_failure(tmp, path):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with open(fd, 'wb') as f:
             if data is not None:
@@ -68,12 +74,6 @@ def write_file(path, data=None, write=None, mode=0o666):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as e:
-        _remove(tmp)
-        named = _named(e, path)
-        if named is e:
-            raise
-        raise named from None
 
 
 def replace_folder(path, make, suffix=''):
@@ -88,17 +88,11 @@ def replace_folder(path, make, suffix=''):
     """
     tmp = temporary_path(path) + suffix
     _remove(tmp)
-    try:
+    with _removed_on_failure(tmp, path):
         make(tmp)
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException as e:
-        _remove(tmp)
-        named = _named(e, path)
-        if named is e:
-            raise
-        raise named from None
 
 
 def pid_alive(pid):
