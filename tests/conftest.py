@@ -102,6 +102,32 @@ def free_port():
         return s.getsockname()[1]
 
 
+def kill_after_iteration(command, cwd, iteration, timeout=240):
+    """Start ``command`` (a ``basicsr train``) and SIGKILL it once its log shows an iteration after
+    ``iteration``; returns that log line. No sleeping, no polling: the log says when. A run that
+    finishes first, or hangs past ``timeout`` seconds, fails the calling test."""
+    import re
+    import signal
+    import threading
+    run = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(timeout, run.kill)
+    watchdog.start()
+    killed_after = None
+    try:
+        for line in run.stderr:
+            match = re.search(r'\[epoch:\s*\d+, iter:\s*([\d,]+),', line)
+            if match and int(match.group(1).replace(',', '')) > iteration:
+                run.send_signal(signal.SIGKILL)
+                killed_after = line
+                break
+        run.wait()
+    finally:
+        watchdog.cancel()
+        run.stderr.close()
+    assert killed_after and run.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+    return killed_after
+
+
 def run_basicsr(*args, cwd, env=None, timeout=300):
     """Run the ``basicsr`` command as a user would, in a fresh interpreter."""
     return subprocess.run([sys.executable, '-m', 'basicsr_ext', *args], cwd=cwd, env=env, capture_output=True,

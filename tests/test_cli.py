@@ -2,17 +2,15 @@
 import glob
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from basicsr_ext.commands.cli import main
 from basicsr_ext.common import options
 from basicsr_ext.common.options import OptionError, check_read_options, load_and_check
-from conftest import REPO, free_port, run_basicsr, tiny_options, write_options
+from conftest import REPO, free_port, kill_after_iteration, run_basicsr, tiny_options, write_options
 
 
 def test_help_lists_the_subcommands(capsys):
@@ -108,22 +106,7 @@ def test_auto_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path, 
     # Killed once the log shows an iteration after the first save (every 20): that save has
     # finished, and saves are atomic, so whatever the kill interrupts, the states under their
     # final names are complete. No sleeping, no polling: the log says when.
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    watchdog = threading.Timer(240, first.kill)  # a hung run fails the test instead of hanging it
-    watchdog.start()
-    killed_after = None
-    try:
-        for line in first.stderr:
-            match = re.search(r'\[epoch:\s*\d+, iter:\s*([\d,]+),', line)
-            if match and int(match.group(1).replace(',', '')) > 20:
-                first.send_signal(signal.SIGKILL)
-                killed_after = line
-                break
-        first.wait()
-    finally:
-        watchdog.cancel()
-        first.stderr.close()
-    assert killed_after and first.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+    kill_after_iteration(command, tmp_path, 20)
     saved = max(int(name.split('.')[0]) for name in os.listdir(states) if re.fullmatch(r'\d+\.state', name))
     assert 20 <= saved < total
 

@@ -4,10 +4,8 @@ import logging
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
-import threading
 from functools import partial
 from multiprocessing.reduction import ForkingPickler
 
@@ -23,7 +21,7 @@ from basicsr_ext.common.datacheck import DataError
 from basicsr_ext.common.options import OptionError, load_and_check
 from basicsr_ext.commands.prepare import make_lmdb
 from basicsr_ext.training.data import InMemoryPairedImageDataset
-from conftest import tiny_options, write_options, write_pairs
+from conftest import kill_after_iteration, tiny_options, write_options, write_pairs
 
 
 def dataset_options(root, kind='InMemoryPairedImageDataset', phase='train', **extra):
@@ -268,22 +266,7 @@ def test_killed_in_memory_run_with_auto_workers_resumes_and_finishes(tmp_path, t
     command = [sys.executable, '-m', 'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'm.yml', opt),
                '--auto_resume']
     states = tmp_path / 'experiments/mem/training_states'
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    watchdog = threading.Timer(240, first.kill)
-    watchdog.start()
-    killed_after = None
-    try:
-        for line in first.stderr:
-            match = re.search(r'\[epoch:\s*\d+, iter:\s*([\d,]+),', line)
-            if match and int(match.group(1).replace(',', '')) > 4:  # the save at 4 has finished
-                first.send_signal(signal.SIGKILL)
-                killed_after = line
-                break
-        first.wait()
-    finally:
-        watchdog.cancel()
-        first.stderr.close()
-    assert killed_after and first.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+    kill_after_iteration(command, tmp_path, 4)  # the save at 4 has finished
     saved = max(int(name.split('.')[0]) for name in os.listdir(states) if re.fullmatch(r'\d+\.state', name))
     assert 4 <= saved < total
 
