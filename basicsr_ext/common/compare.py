@@ -37,27 +37,31 @@ def labelled(img, text):
     return np.concatenate([bar, img], axis=0)
 
 
-def side_by_side(panels):
-    """Panels (uint8 BGR, any sizes) in a row, top-aligned, :data:`GAP` px apart on white."""
-    height = max(p.shape[0] for p in panels)
-    row = []
+def _joined(panels, axis):
+    """Panels (uint8 BGR) joined along ``axis``, :data:`GAP` px apart on white, each padded with white
+    across it (at the bottom of a row, at the right of a column) to the largest."""
+    across = 1 - axis
+    size = max(p.shape[across] for p in panels)
+    out = []
     for i, panel in enumerate(panels):
         if i:
-            row.append(np.full((height, GAP, 3), BACKGROUND, np.uint8))
-        pad = np.full((height - panel.shape[0], panel.shape[1], 3), BACKGROUND, np.uint8)
-        row.append(np.concatenate([panel, pad], axis=0))
-    return np.concatenate(row, axis=1)
+            gap = [0, 0, 3]
+            gap[axis], gap[across] = GAP, size
+            out.append(np.full(gap, BACKGROUND, np.uint8))
+        pad = list(panel.shape)
+        pad[across] = size - panel.shape[across]
+        out.append(np.concatenate([panel, np.full(pad, BACKGROUND, np.uint8)], axis=across))
+    return np.concatenate(out, axis=axis)
+
+
+def side_by_side(panels):
+    """Panels (uint8 BGR, any sizes) in a row, top-aligned, :data:`GAP` px apart on white."""
+    return _joined(panels, axis=1)
 
 
 def stacked(rows):
     """Rows (uint8 BGR) one under the other, left-aligned, :data:`GAP` px apart on white."""
-    width = max(r.shape[1] for r in rows)
-    out = []
-    for i, row in enumerate(rows):
-        if i:
-            out.append(np.full((GAP, width, 3), BACKGROUND, np.uint8))
-        out.append(np.concatenate([row, np.full((row.shape[0], width - row.shape[1], 3), BACKGROUND, np.uint8)], 1))
-    return np.concatenate(out, axis=0)
+    return _joined(rows, axis=0)
 
 
 def _squared_error_sums(a, b, size, step):
