@@ -238,7 +238,9 @@ def _run_units(function, jobs, workers, desc):
                 yield function(job)
                 pbar.update(1)
             return
-        method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
+        # forkserver: a plain fork copies the locks other threads (tqdm's monitor, torch's) hold at that
+        # moment, and a pool worker could wait on one for ever (a test run hung so)
+        method = 'forkserver' if 'forkserver' in multiprocessing.get_all_start_methods() else 'spawn'
         with multiprocessing.get_context(method).Pool(workers, initializer=_init_worker) as pool:
             for result in pool.imap_unordered(function, jobs):
                 yield result
