@@ -90,7 +90,8 @@ def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
                                 'window_size': 8, 'value_range': [-1, 1]}
     recipe = opt['train']
     assert (recipe['compile'], recipe['precision']) == (True, 'fp32')  # ASIDModel's step: compiled
-    assert recipe['optim_g'] == {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]}
+    assert recipe['optim_g'] == {'type': 'AdamW', 'lr': 5e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999],
+                                 'fused': True}  # the whole update in one kernel
     total = recipe['total_iter']
     assert recipe['scheduler'] == {'type': 'MultiStepLR', 'milestones': [total // 4, total // 2, total * 3 // 4],
                                    'gamma': 0.5}
