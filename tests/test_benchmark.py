@@ -122,3 +122,28 @@ def test_data_benchmark_reads_a_prepared_set_and_refuses_half_of_one(tmp_path, t
     assert f'4 pairs of {train}/HR' in capsys.readouterr().out
     assert main(['benchmark', '--data', '--data-gt', f'{train}/HR']) == 2
     assert capsys.readouterr().err.strip() == 'basicsr benchmark: error: --data-gt and --data-lq go together'
+
+
+def test_profile_times_every_block_of_asid_alone_and_counts_the_sharing_groups_once_each(tmp_path, capsys):
+    out_json = tmp_path / 'profile.json'
+    assert main(['benchmark', '--device', 'cpu', '--profile', '--networks', 'ASID', '--size', '24x16',
+                 '--repeat', '1', '--json', str(out_json)]) == 0
+    (profile,) = json.loads(out_json.read_text())['profiles']
+    blocks = {r['block']: r for r in profile['blocks']}
+    # one distillation block of each kind, measured on the inputs they get inside the network
+    for group, calls in (('block0', 1), ('block1', 2)):  # block1 stands for block2 too
+        for name in ('LB1', 'SLA1', 'SGA1', 'pw1', 'LB2', 'SLA2', 'SGA2', 'pw2', 'LB3', 'SLA3', 'SGA3', 'pw3',
+                     'BlockC', 'res_end', 'esa'):
+            assert blocks[f'{group}.{name}']['calls'] == calls
+    assert set(blocks) >= {'input', 'output', 'up'} and len(blocks) == 3 + 2 * 15
+    assert all(r['kernels'] > 0 and r['us'] > 0 and r['floor_us'] > 0 for r in blocks.values())
+    # a sharing SLA reads the map it is given, a computing one writes it: both in the least traffic
+    assert blocks['block1.SLA1']['mb'] > blocks['block0.pw1']['mb']
+    assert profile['whole']['kernels'] >= sum(r['kernels'] * r['calls'] for r in blocks.values()) * 0.9
+    printed = capsys.readouterr().out
+    assert re.search(r'^sum of blocks +\d+ +[\d.]+', printed, re.M) and 'per frame, by kind: ' in printed
+
+
+def test_profile_refuses_a_network_it_cannot_split_into_blocks(capsys):
+    assert main(['benchmark', '--device', 'cpu', '--profile', '--networks', 'SwinIR-light']) == 2
+    assert capsys.readouterr().err.strip().endswith('--profile measures ASID and ASID-D8: name one with --networks')

@@ -159,6 +159,9 @@ def add_parser(commands, train_command=None):
     p.add_argument('--data-workers', type=int, nargs='*', default=[], metavar='N',
                    help='also through a DataLoader of N workers, batch 16 (e.g. --data-workers 1 4)')
     p.add_argument('--json', default=None, metavar='FILE', help='also write the figures as JSON')
+    p.add_argument('--profile', action='store_true',
+                   help='only: where a frame\'s time goes, block by block, for the ASID networks of --networks at '
+                   '--size (GPU: fp16, each block compiled and replayed as a CUDA graph; CPU: fp32, eager)')
     p.add_argument('--stop-check', action='store_true',
                    help='only: the time DDP ranks spend each iteration agreeing on a stop (run under torchrun)')
     p.set_defaults(func=run, train_command=train_command)
@@ -182,6 +185,8 @@ def run(args):
 
     if args.stop_check:
         return bench_stop_check(device, args.repeat if args.repeat and args.repeat > 50 else 2000, log)
+    if args.profile:
+        return run_profile(args, device, log)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
     result = {'device': name, 'torch': torch.__version__, 'inference': bench_inference(args, device, log)}
     if args.large:
@@ -189,6 +194,29 @@ def run(args):
     if args.train:
         result['training'] = bench_training(args, device, log)
     print_tables(result)
+    if args.json:
+        write_file(args.json, json.dumps(result, indent=2).encode())
+    return 0
+
+
+def run_profile(args, device, log):
+    """``basicsr benchmark --profile``: :mod:`basicsr_ext.commands.profile_blocks`'s table per ASID network."""
+    import torch
+
+    from basicsr_ext.commands.benchmark_runs import NETWORKS
+    from basicsr_ext.commands.profile_blocks import print_profile, profile_blocks
+    names = [n for n in args.networks if n.startswith('ASID')]
+    if not names:
+        raise CommandError('--profile measures ASID and ASID-D8: name one with --networks')
+    dtype = torch.float16 if device.type == 'cuda' else torch.float32
+    result = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU',
+              'torch': torch.__version__, 'profiles': []}
+    for name in names:
+        torch.manual_seed(0)
+        result['profiles'].append(profile_blocks(NETWORKS[name](), args.size, device, dtype, args.repeat, log))
+    print(f'\ndevice: {result["device"]}, torch {result["torch"]}')
+    for profile in result['profiles']:
+        print_profile(profile, sys.stdout)
     if args.json:
         write_file(args.json, json.dumps(result, indent=2).encode())
     return 0
