@@ -235,6 +235,22 @@ def test_build_dataloader_resolves_auto_to_the_hosts_share_and_logs_it(pairs, mo
     assert loader_opt['num_worker_per_gpu'] == 'auto'  # the options are left as they were
 
 
+def test_spawned_workers_are_kept_through_epochs_unless_the_file_says_otherwise(pairs, monkeypatch, basicsr_log):
+    # Under DDP BasicSR spawns its loader workers and (persistent_workers defaulting to false) starts
+    # them again at every epoch: each start re-imports torch and BasicSR in every worker.
+    import multiprocessing
+    dataset = build_dataset(dataset_options(pairs))
+    loader_opt = dict(dataset_options(pairs), num_worker_per_gpu=1, batch_size_per_gpu=2)
+    assert not build_dataloader(dataset, loader_opt, num_gpu=0).persistent_workers  # forked: BasicSR's default
+    monkeypatch.setattr(multiprocessing, 'get_start_method', lambda allow_none=False: 'spawn')  # as init_dist sets
+    loader = build_dataloader(dataset, loader_opt, num_gpu=0)
+    assert loader.persistent_workers and 'persistent_workers' not in loader_opt
+    assert ('persistent_workers: not set -> true (spawned loader workers are kept through epochs rather than started '
+            'again at each one)') in basicsr_log
+    assert not build_dataloader(dataset, dict(loader_opt, persistent_workers=False), num_gpu=0).persistent_workers
+    assert not build_dataloader(dataset, dict(loader_opt, num_worker_per_gpu=0), num_gpu=0).persistent_workers
+
+
 @pytest.mark.parametrize('value, ok', [('auto', True), (0, True), (3, True), ('many', False), (-1, False),
                                        (2.5, False)])
 def test_option_checker_takes_a_number_of_workers_or_auto(value, ok, tmp_path, tiny_data):

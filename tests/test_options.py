@@ -81,7 +81,7 @@ def test_train_file_states_the_release_recipe_at_the_paths_prepare_writes(name):
         assert (train['dataroot_gt'], train['dataroot_lq']) == (layout['hr'], layout['lr'][scale])
         assert train['meta_info_file'] == layout['meta_info'] and train['io_backend'] == {'type': 'disk'}
     assert train['gt_size'] == 64 * scale and train['use_hflip'] is True and train['use_rot'] is True
-    assert train['batch_size_per_gpu'] == 16 and train['num_worker_per_gpu'] == 'auto'
+    assert train['batch_size_per_gpu'] == 16 and train['num_worker_per_gpu'] == 'auto' and train['persistent_workers']
     assert train['prefetch_mode'] == 'cuda' and train['pin_memory'] is True
     val = opt['datasets']['val']
     assert (val['name'], val['type']) == ('Set5', 'PairedImageDataset')
