@@ -19,11 +19,10 @@ one CUDA graph; on a CPU eagerly. For each block the table gives
 The whole network, compiled and replayed the same way, closes the table with the sum of the
 blocks beside it.
 """
-import statistics
-
 import torch
 
 from asid_arch import ASID
+from basicsr_ext.commands.benchmark_runs import time_forward
 
 
 def _nbytes(value):
@@ -103,22 +102,7 @@ class Runner:
 
     def seconds(self, repeat):
         """Median seconds of a call over ``repeat`` timed calls (after one untimed)."""
-        import time
-        self()
-        times = []
-        for _ in range(repeat):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                self()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1000)
-            else:
-                t0 = time.perf_counter()
-                self()
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return time_forward(lambda _: self(), None, self.args[0].device, repeat, warmup=1)[0]
 
     def kernels(self):
         """GPU kernels (CPU: top-level operators) of one call, counted by the torch profiler on the
@@ -142,21 +126,7 @@ def memory_bandwidth(device, nbytes=None, repeat=10):
     nbytes = nbytes or (1 << 30 if device.type == 'cuda' else 1 << 28)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    times = []
-    for _ in range(repeat + 1):
-        if device.type == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            dst.copy_(src)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            import time
-            t0 = time.perf_counter()
-            dst.copy_(src)
-            times.append(time.perf_counter() - t0)
-    return 2 * nbytes / statistics.median(times[1:])
+    return 2 * nbytes / time_forward(lambda _: dst.copy_(src), None, device, repeat, warmup=1)[0]
 
 
 def profile_blocks(net, size, device, dtype, repeat, log):
