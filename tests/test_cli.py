@@ -134,9 +134,12 @@ def test_two_process_ddp_run_with_spawned_loader_workers_trains_validates_and_sa
     # a fresh interpreter that imports BasicSR without anything this package imported first (and,
     # with the in-memory type, receives the decoded images as a handle to shared memory).
     opt = tiny_options(tiny_data, name='ddp', total_iter=4, checkpoint_freq=2, val_freq=2)
-    workers = 'auto' if dataset == 'InMemoryPairedImageDataset' else 1  # auto: 1 each on 2 to 5 cores
-    opt['datasets']['train'].update(type=dataset, num_worker_per_gpu=workers, dataset_enlarge_ratio=4,
-                                    persistent_workers=True)
+    in_memory = dataset == 'InMemoryPairedImageDataset'
+    workers = 'auto' if in_memory else 1  # auto: 1 each on 2 to 5 cores
+    # in memory: two epochs of 2 iterations, the spawned workers kept through them without being asked
+    ratio = 2 if in_memory else 4
+    opt['datasets']['train'].update(type=dataset, num_worker_per_gpu=workers, dataset_enlarge_ratio=ratio,
+                                    **({} if in_memory else {'persistent_workers': True}))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     result = subprocess.run(
         [sys.executable, *LAUNCHERS[launcher], '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
@@ -152,9 +155,10 @@ def test_two_process_ddp_run_with_spawned_loader_workers_trains_validates_and_sa
         assert re.search(r'InMemoryPairedImageDataset tiny_train: 4 pairs take [\d.]+ MB decoded per process '
                          r'\(HR .*\), 2 ranks on this host \(each decodes its own copy\): [\d.]+ MB; MemAvailable', log)
         assert re.search(r'num_worker_per_gpu: auto -> \d+ \(\d+ usable cores, 2 ranks on this host', log)
-    # the total batch is 2 x 2: 16 samples (4 images x 4) make 4 iterations an epoch
-    assert re.search(r'Dataset enlarge ratio: 4\n\s+Batch size per gpu: 2\n\s+World size \(gpu number\): 2\n'
-                     r'\s+Require iter number per epoch: 4\n', log)
+    # the total batch is 2 x 2: 16 samples (4 images x 4) make 4 iterations an epoch, 8 samples 2
+    assert re.search(rf'Dataset enlarge ratio: {ratio}\n\s+Batch size per gpu: 2\n\s+World size \(gpu number\): 2\n'
+                     rf'\s+Require iter number per epoch: {ratio}\n', log)
+    assert ('persistent_workers: not set -> true (spawned loader workers are kept' in log) == in_memory
     assert len(re.findall(r'Validation tiny_val', log)) == 3  # iterations 2 and 4, and after training
     assert sorted(os.listdir(tmp_path / 'experiments/ddp/training_states')) == ['2.state', '4.state']
     assert sorted(os.listdir(tmp_path / 'experiments/ddp/models')) == ['net_g_2.pth', 'net_g_4.pth',

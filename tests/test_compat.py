@@ -153,6 +153,19 @@ def test_distributed_init_uses_gloo_without_gpu(monkeypatch):
         dist.destroy_process_group()
 
 
+def test_ddp_loader_workers_are_spawned_even_after_a_progress_bar_fixed_fork():
+    # BasicSR's init_dist chooses spawn only when no start method is fixed; a tqdm bar (the data
+    # check shows one) makes a multiprocessing lock first, which fixes fork. A fresh interpreter:
+    # the start method is process-wide.
+    result = _fresh_python(
+        'import multiprocessing, basicsr_ext.patches.hook; from basicsr.utils import dist_util, options; '
+        'from tqdm import tqdm; tqdm(total=1).close(); before = multiprocessing.get_start_method(allow_none=True); '
+        'dist_util._init_dist_pytorch = lambda backend, **kwargs: None; options.init_dist("pytorch"); '
+        'print(before, multiprocessing.get_start_method(allow_none=True))')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ['fork', 'spawn']
+
+
 def test_loose_version_stand_in_orders_versions_as_basicsr_needs():
     # used by basicsr.archs.arch_util where Python >= 3.12 has no distutils
     from basicsr_ext.patches.compat import LooseVersion

@@ -107,6 +107,32 @@ def patch_cpu_distributed():
     return True
 
 
+def patch_ddp_spawns_workers():
+    """BasicSR's ``init_dist`` makes DDP's loader workers spawned, but only when no start method is
+    fixed yet, and anything that made a multiprocessing lock first fixes ``fork`` (a tqdm progress
+    bar does, e.g. the data check's): whether workers were spawned depended on what ran before.
+    Spawn is set whenever ``init_dist`` runs, as BasicSR means it."""
+    import multiprocessing
+
+    from basicsr.utils import dist_util
+    upstream = dist_util.init_dist
+    if getattr(upstream, 'sets_spawn', False):
+        return False
+
+    @functools.wraps(upstream)
+    def init_dist(launcher, backend='nccl', **kwargs):
+        if multiprocessing.get_start_method(allow_none=True) != 'spawn':
+            multiprocessing.set_start_method('spawn', force=True)
+        return upstream(launcher, backend, **kwargs)
+
+    init_dist.sets_spawn = True
+    for name in ('basicsr.utils.dist_util', 'basicsr.utils.options', 'basicsr.utils'):  # those that imported it
+        module = sys.modules.get(name)
+        if getattr(module, 'init_dist', None) is upstream:
+            module.init_dist = init_dist
+    return True
+
+
 def patch_realesrgan_cpu():
     """BasicSR's ``RealESRNetModel`` / ``RealESRGANModel`` put their JPEG simulator, USM sharpener and
     training pair pool on the GPU with ``.cuda()``, which fails on a machine without CUDA."""
@@ -247,8 +273,9 @@ def patch_auto_workers():
             dataset_opt = dict(dataset_opt, num_worker_per_gpu=resolve_auto_workers(num_gpu, dist))
         if dataset_opt.get('num_worker_per_gpu') == 0 and dataset_opt.get('persistent_workers'):
             dataset_opt = dict(dataset_opt, persistent_workers=False)  # the DataLoader refuses it without workers
+        spawned = multiprocessing.get_start_method(allow_none=True) == 'spawn'
         if (dataset_opt.get('phase') == 'train' and dataset_opt.get('persistent_workers') is None
-                and dataset_opt.get('num_worker_per_gpu') and multiprocessing.get_start_method(allow_none=True) == 'spawn'):
+                and dataset_opt.get('num_worker_per_gpu') and spawned):
             from basicsr.utils import get_root_logger
             dataset_opt = dict(dataset_opt, persistent_workers=True)
             get_root_logger().info('persistent_workers: not set -> true (spawned loader workers are kept through '
@@ -283,9 +310,9 @@ def resolve_auto_workers(num_gpu, dist):
 IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: After: these change what BasicSR does; those of :mod:`basicsr_ext.patches.safety` (saving, loading,
 #: resuming, logging, --force_yml) come last.
-BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_realesrgan_cpu, patch_filter2d_layout,
-                   patch_optimizers, damaged.patch_skip_damaged_images, safety.patch_resume, safety.patch_atomic_save,
-                   safety.patch_safe_load_network, safety.patch_log_file_errors, safety.patch_force_yml_values,
+BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_ddp_spawns_workers, patch_realesrgan_cpu,
+                   patch_filter2d_layout, patch_optimizers, damaged.patch_skip_damaged_images, safety.patch_resume,
+                   safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors, safety.patch_force_yml_values,
                    patch_eta_off_by_one, pipeline.patch_quiet_terminal, patch_auto_workers,
                    patch_validate_bare_network, runs.patch_train_lock_and_signals)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
