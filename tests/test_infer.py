@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from asid_arch import ASID
 from asid_arch.inference import ASIDUpsampler
 from basicsr_ext.commands import infer
+from basicsr_ext.common.images import read_header
 from basicsr_ext.commands.cli import main
 from conftest import DATA
 
@@ -171,7 +172,7 @@ def test_exif_orientation_is_applied_like_pil(orientation):
     pil.save(buf, 'PNG', exif=exif)
     upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))))
     decoded = infer.decode(buf.getvalue())  # RGB, as stored
-    _, _, found = infer.probe(buf.getvalue())
+    found = read_header(buf.getvalue()).orientation
     assert found == orientation
     np.testing.assert_array_equal(infer.apply_orientation(decoded, found), upright)
 

@@ -41,7 +41,6 @@ run killed while writing left: :func:`basicsr_ext.common.files.remove_temporarie
 """
 import collections
 import contextlib
-import io
 import os
 import sys
 import time
@@ -58,7 +57,7 @@ from basicsr_ext.common.compare import input_bicubic_output
 from basicsr_ext.common.errors import CommandError
 from basicsr_ext.common.files import remove_temporaries, write_file
 from basicsr_ext.common.images import decode as decode_image
-from basicsr_ext.common.images import is_image_name, opencv_log_level
+from basicsr_ext.common.images import is_image_name, opencv_log_level, read_header
 from basicsr_ext.common.interrupts import Interrupted
 
 #: Output formats for ``--ext``.
@@ -103,27 +102,6 @@ def read_bytes(path):
             return f.read()
     except OSError as e:
         raise ImageError(f'cannot read: {e.strerror or e}') from None
-
-
-def probe(data):
-    """(width, height, EXIF orientation) from the header, without decoding; None where unknown."""
-    from PIL import Image
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # DecompressionBombWarning: our own limit is --max-pixels
-            with Image.open(io.BytesIO(data)) as im:
-                try:
-                    orientation = im.getexif().get(0x0112, 1)
-                except Exception:  # broken EXIF: keep the pixels as stored
-                    orientation = 1
-                frames = getattr(im, 'n_frames', 1)
-                size = im.size
-    except Exception:  # not a format PIL knows, or a size PIL refuses: OpenCV may still read it
-        return None, None, 1
-    if frames > 1:  # OpenCV would read the first frame only
-        raise ImageError(f'animated image ({frames} frames): only still images are upscaled; extract the frames '
-                         f'first')
-    return size[0], size[1], orientation
 
 
 def apply_orientation(img, orientation):
@@ -346,10 +324,13 @@ class _Run:
         out = self.claim(self.output_path(path, ext))
 
         data = read_bytes(path)
-        width, height, orientation = probe(data)
-        if width is not None:
-            self.check_size(width, height)
-        img = apply_orientation(decode(data), orientation)
+        header = read_header(data)  # None: not a format Pillow knows; OpenCV may still decode it
+        if header is not None:
+            if header.frames > 1:  # OpenCV would read the first frame only
+                raise ImageError(f'animated image ({header.frames} frames): only still images are upscaled; '
+                                 f'extract the frames first')
+            self.check_size(header.width, header.height)
+        img = apply_orientation(decode(data), header.orientation if header is not None else 1)
         height, width = img.shape[:2]
         self.check_size(width, height)
 
@@ -441,16 +422,12 @@ class _Run:
 
 
 def most_common_size(images):
-    """``((width, height), count)`` of the most common size among the readable ``images`` (headers only)."""
-    from PIL import Image
-    sizes = {}
-    for path in images:
-        try:
-            with Image.open(path) as im:
-                sizes[im.size] = sizes.get(im.size, 0) + 1
-        except Exception:  # unreadable here: its own FAILED line comes when it is processed
-            continue
-    return max(sizes.items(), key=lambda item: item[1], default=(None, 0))
+    """``((width, height), count)`` of the most common size among the readable ``images`` (their
+    headers, :func:`basicsr_ext.common.images.read_header`); ``(None, 0)`` when none is readable
+    (the unreadable ones get their FAILED lines when they are processed)."""
+    headers = (read_header(path) for path in images)
+    sizes = collections.Counter((h.width, h.height) for h in headers if h is not None)
+    return sizes.most_common(1)[0] if sizes else (None, 0)
 
 
 def frames_to_compile(images, device):
