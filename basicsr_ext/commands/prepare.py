@@ -215,6 +215,19 @@ def _scale_signature_now(unit, sources, params):
     return source_signature(sources[stem], {**params, 'scale': int(kind[1:])})
 
 
+def _prune_and_report(ledger, units, input_dir, names, params, what, todo, up_to_date, log):
+    """Delete the outputs of the ``ledger``'s outdated units (:meth:`Ledger.prune`: ``units`` are
+    wanted this run; a unit ``'<stem>|X<scale>'`` of another scale stays while its source among
+    ``names`` in ``input_dir``, made with ``params``, is as it was) and log the plan in one line:
+    ``{what} in {input_dir}: {todo} to process, {up_to_date} up to date[, outdated outputs of N
+    images deleted]``."""
+    sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
+    removed = ledger.prune(units, lambda unit: _scale_signature_now(unit, sources, params))
+    gone = len({u.rsplit('|', 1)[0] for u in removed})
+    log(f'{what} in {input_dir}: {todo} to process, {up_to_date} up to date'
+        + (f', outdated outputs of {gone} images deleted' if gone else ''))
+
+
 # ----------------------------------------------------------------------------------------
 # running work units, in worker processes when there are several
 # ----------------------------------------------------------------------------------------
@@ -401,11 +414,8 @@ def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), c
                      crop_size, step, thresh_size))
     # Units of scales not asked for this time stay while they still match the HR sub-images
     # (same source file, same geometry): they share the HR folder and the meta info file.
-    sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
-    removed = ledger.prune(units, lambda unit: _scale_signature_now(unit, sources, geometry))
-    gone = len({u.rsplit('|', 1)[0] for u in removed})
-    log(f'{name}: {len(names)} HR images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
-        + (f', outdated outputs of {gone} images deleted' if gone else ''))
+    _prune_and_report(ledger, units, input_dir, names, geometry, f'{name}: {len(names)} HR images', len(jobs),
+                      skipped, log)
 
     def record(result):
         stem = os.path.splitext(os.path.basename(result['src']))[0]
@@ -491,11 +501,9 @@ def prepare_pairs(input_dir, names, folders, ledger_name, ledger_root, workers=1
         else:
             skipped += 1
     # the same rule as prepare div2k: outputs at other scales stay while made from the image as it is
-    sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
-    removed = ledger.prune(units, lambda unit: _scale_signature_now(unit, sources, {}))
-    gone = len({u.rsplit('|', 1)[0] for u in removed})
-    log(f'{ledger_name}: {len(names)} images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
-        + (f', outdated outputs of {gone} images deleted' if gone else ''))
+    _prune_and_report(ledger, units, input_dir, names, {}, f'{ledger_name}: {len(names)} images', len(jobs),
+                      skipped, log)
+
     def record(result):
         stem = os.path.splitext(os.path.basename(result['src']))[0]
         for scale, outputs in result['outputs'].items():
