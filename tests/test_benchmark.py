@@ -8,6 +8,7 @@ from basicsr_ext.commands import benchmark_runs
 from basicsr_ext.commands.benchmark_runs import NETWORKS, multiply_adds
 from conftest import compile_with_backend
 from basicsr_ext.commands.cli import main
+from basicsr_ext.patches.runs import models_built
 
 
 def test_multiply_adds_of_a_720p_x4_frame_match_the_papers_21_g():
@@ -76,6 +77,7 @@ def test_train_profile_writes_the_profilers_table_of_iterations_before_the_timed
 
 
 def test_train_opt_times_a_real_esrgan_stage_and_splits_its_iterations(tmp_path, capsys, monkeypatch):
+    import basicsr.train
     import yaml
 
     from test_realesrgan import STAGE_1, hr_photos_in, shipped_options
@@ -84,9 +86,14 @@ def test_train_opt_times_a_real_esrgan_stage_and_splits_its_iterations(tmp_path,
     opt['datasets']['train']['num_worker_per_gpu'] = 0
     (tmp_path / 'stage1.yml').write_text(yaml.safe_dump(opt))
     out_json = tmp_path / 'bench.json'
-    assert main(['benchmark', '--device', 'cpu', '--networks', 'ASID', '--paths', 'plain', '--size', '8x8',
-                 '--repeat', '1', '--warmup', '0', '--train', '--train-opt', 'stage1.yml', '--train-iters', '3',
-                 '--train-warmup', '1', '--json', str(out_json)]) == 0
+    built, build_model = [], basicsr.train.build_model
+    with models_built(lambda model: built.append((model, basicsr.train.build_model))):
+        assert main(['benchmark', '--device', 'cpu', '--networks', 'ASID', '--paths', 'plain', '--size', '8x8',
+                     '--repeat', '1', '--warmup', '0', '--train', '--train-opt', 'stage1.yml', '--train-iters', '3',
+                     '--train-warmup', '1', '--json', str(out_json)]) == 0
+    # the timing wraps the methods of the model instance: BasicSR's functions stay its own while it trains
+    ((model, build_model_then),) = built
+    assert build_model_then is build_model and 'feed_data' in vars(model)
     (row,) = json.loads(out_json.read_text())['training']
     assert (row['path'], row['model'], row['batch'], row['lr_patch']) == ('stage1', 'RealESRNetModel', 2, 8)
     assert row['feed_data_ms'] > 0 and row['optimize_ms'] > 0
