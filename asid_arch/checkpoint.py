@@ -233,6 +233,22 @@ def non_finite_key(state_dict):
     return None
 
 
+def key_mismatch(state_dict, net):
+    """What keeps ``state_dict`` from loading into ``net`` with ``strict=True``, in one line: the
+    missing keys, the unexpected ones and those of another shape, each counted with the first
+    three named (``"missing 2: 'a', 'b'; wrong shape 1: 'c' is (47,) in the file, (48,) in the
+    model"``); '' when it loads. The one key and shape check: :func:`build_asid` and the option
+    checks of ``basicsr train``/``test`` (``path.pretrain_network_g``, a resumed state) use it."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f'{k!r} is {tuple(state_dict[k].shape)} in the file, {tuple(v.shape)} in the model'
+                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    return '; '.join(f'{label} {len(items)}: {_preview(items, 3, quote)}'
+                     for label, items, quote in (('missing', missing, True), ('unexpected', unexpected, True),
+                                                 ('wrong shape', mismatched, False)) if items)
+
+
 def build_asid(path_or_state, upscale=None, num_groups=None, value_range=None):
     """Build an :class:`ASID` in eval mode with a checkpoint's weights, loaded strictly.
 
@@ -282,17 +298,10 @@ def build_asid(path_or_state, upscale=None, num_groups=None, value_range=None):
     #: Why the value range is a guess, for the model line of ``basicsr infer``; None when known.
     model.value_range_note = note
 
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f'{k!r} is {tuple(state_dict[k].shape)} in the file, {tuple(v.shape)} in the model'
-                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        parts = [f'{label} {len(items)}: {_preview(items, 3, quote)}'
-                 for label, items, quote in (('missing', missing, True), ('unexpected', unexpected, True),
-                                             ('wrong shape', mismatched, False)) if items]
+    mismatch = key_mismatch(state_dict, model)
+    if mismatch:
         arch = ', '.join(f'{k}={v}' for k, v in config.items())
-        raise CheckpointError(f'checkpoint {name} does not match ASID({arch}): ' + '; '.join(parts))
+        raise CheckpointError(f'checkpoint {name} does not match ASID({arch}): {mismatch}')
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:  # pragma: no cover - the checks above catch what strict loading would

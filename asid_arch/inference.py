@@ -40,7 +40,6 @@ bit-identical with, whole-image output, even far from tile seams; for networks w
 receptive field is smaller than the overlap it is identical there.
 """
 import copy
-import math
 import warnings
 from contextlib import nullcontext
 
@@ -50,8 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import build_asid
-from .runtime import (BYTES_PER_PIXEL, MEMORY_SHARE, MIN_AUTO_TILE, PRECISIONS, available_memory, resolve_device,
-                      resolve_precision)
+from .runtime import PRECISIONS, bytes_per_pixel, choose_tile, resolve_device, resolve_precision
 from .tiling import tile_grid, tiled_forward
 
 #: ITU-R BT.601 luma weights (R, G, B), as OpenCV's COLOR_RGB2GRAY.
@@ -96,7 +94,7 @@ class ASIDUpsampler:
             checkpoint (``scale`` must match the weights); ``scale`` is needed for a network
             without an ``upscale`` attribute.
         max_memory (int | None): bytes the automatic tile choice may plan to use. Default:
-            :data:`MEMORY_SHARE` of the memory free at the time of each call.
+            :data:`asid_arch.runtime.MEMORY_SHARE` of the memory free at the time of each call.
         amp (bool): False (default): fp16/bf16 by casting a copy of the network and the
             inputs (the fastest on an H100, as accurate). True: run under ``torch.autocast``
             with fp32 weights instead.
@@ -154,7 +152,7 @@ class ASIDUpsampler:
         if compile:
             self.compile_network(None if isinstance(compile, bool) else compile)
         self._warned_overflow = False
-        self._bytes_per_pixel = BYTES_PER_PIXEL * getattr(net, 'num_feat', 48) / 48
+        self._bytes_per_pixel = bytes_per_pixel(net)
 
     def compile_network(self, sizes=None):
         """Run the network through ``torch.compile`` from now on (see ``compile`` above); ``sizes``:
@@ -181,15 +179,10 @@ class ASIDUpsampler:
     # planning
     # ------------------------------------------------------------------------------------
     def plan(self, height, width, batch=1):
-        """Tile size used for a ``height`` x ``width`` input: None means the whole image."""
-        if self.tile is not None:
-            return self.tile if 0 < self.tile < max(height, width) else None
-        budget = self.max_memory if self.max_memory is not None else MEMORY_SHARE * available_memory(self.device)
-        if batch * height * width * self._bytes_per_pixel <= budget:
-            return None
-        side = int(math.sqrt(max(budget, 0) / (batch * self._bytes_per_pixel))) // 8 * 8
-        side = max(side, MIN_AUTO_TILE, (2 * self.tile_overlap + 8) // 8 * 8)
-        return side if side < max(height, width) else None
+        """Tile size used for a ``height`` x ``width`` input: None means the whole image
+        (:func:`asid_arch.runtime.choose_tile`)."""
+        return choose_tile(height, width, batch, self.tile, self.tile_overlap, self.max_memory, self.device,
+                           self._bytes_per_pixel)
 
     def num_tiles(self, height, width, batch=1):
         """Number of network calls :meth:`upscale_tensor` makes for such an input (1: whole image)."""

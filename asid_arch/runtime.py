@@ -1,8 +1,10 @@
-"""Where and how ASID runs for inference: the device, the precision, the memory budget.
+"""Where and how ASID runs for inference: the device, the precision, the memory budget and the
+tiles it allows.
 
 :class:`asid_arch.inference.ASIDUpsampler` asks these; the network class itself holds the
 architecture only.
 """
+import math
 import os
 import warnings
 
@@ -64,3 +66,27 @@ def available_memory(device):
         return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
     except (ValueError, OSError, AttributeError):
         return 4 << 30
+
+
+def bytes_per_pixel(net):
+    """Peak memory per LR input pixel of ``net``: :data:`BYTES_PER_PIXEL` scaled with its ``num_feat``."""
+    return BYTES_PER_PIXEL * getattr(net, 'num_feat', 48) / 48
+
+
+def choose_tile(height, width, batch, tile, tile_overlap, max_memory, device, per_pixel):
+    """The LR tile side for a batch of ``batch`` ``height`` x ``width`` inputs; None: the whole image.
+
+    ``tile`` N > 0 gives N-pixel tiles (when smaller than the image), 0 the whole image always;
+    None chooses: the whole image when the batch's estimated memory (``per_pixel`` bytes per
+    input pixel, :func:`bytes_per_pixel`) fits in ``max_memory`` bytes (None:
+    :data:`MEMORY_SHARE` of what is free on ``device`` now), else the largest square tile that
+    fits (a multiple of 8, at least :data:`MIN_AUTO_TILE` and twice ``tile_overlap``).
+    """
+    if tile is not None:
+        return tile if 0 < tile < max(height, width) else None
+    budget = max_memory if max_memory is not None else MEMORY_SHARE * available_memory(device)
+    if batch * height * width * per_pixel <= budget:
+        return None
+    side = int(math.sqrt(max(budget, 0) / (batch * per_pixel))) // 8 * 8
+    side = max(side, MIN_AUTO_TILE, (2 * tile_overlap + 8) // 8 * 8)
+    return side if side < max(height, width) else None

@@ -144,6 +144,21 @@ def datacheck_cache(tmp_path_factory):
         yield folder
 
 
+@pytest.fixture(scope='session')
+def demo_datasets(tmp_path_factory):
+    """``basicsr prepare demo`` run once for the session (a few seconds): the folder it ran in,
+    holding ``datasets/demo``, and what it printed. Tests read it; they write elsewhere."""
+    import contextlib
+    import io
+
+    from basicsr_ext.commands.cli import main
+    folder = tmp_path_factory.mktemp('demo')
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as printed:
+        mp.chdir(folder)
+        assert main(['prepare', 'demo']) == 0
+    return folder, printed.getvalue()
+
+
 @pytest.fixture
 def tiny_data(tmp_path):
     """``tmp_path/data/{train,val}/{HR,LR}``: four training pairs and one validation pair at x4."""

@@ -4,10 +4,12 @@ import re
 
 import torch
 
+from asid_arch import ASID
 from basicsr_ext.commands import benchmark_runs
 from basicsr_ext.commands.benchmark_runs import NETWORKS, multiply_adds
 from conftest import compile_with_backend
 from basicsr_ext.commands.cli import main
+from basicsr_ext.patches.runs import models_built
 
 
 def test_multiply_adds_of_a_720p_x4_frame_match_the_papers_21_g():
@@ -53,6 +55,8 @@ def test_benchmark_prints_the_table_and_json_with_inference_and_training_rows(tm
 
 def test_compiled_paths_are_also_timed_on_batches_of_frames_and_report_ms_per_frame(tmp_path, capsys, monkeypatch):
     compile_with_backend(monkeypatch, 'eager')  # the wiring, not Inductor's code (tested in test_fast_path)
+    # the wiring, not ASID's size: a one-group ASID is a third of the tracing, once per batch size
+    monkeypatch.setitem(NETWORKS, 'ASID', lambda: ASID(upscale=4, num_groups=1, num_feat=8))
     out_json = tmp_path / 'bench.json'
     assert main(['benchmark', '--device', 'cpu', '--networks', 'ASID', '--paths', 'plain', 'compile', '--size',
                  '24x16', '--repeat', '2', '--warmup', '1', '--batch', '1', '3', '--json', str(out_json)]) == 0
@@ -76,6 +80,7 @@ def test_train_profile_writes_the_profilers_table_of_iterations_before_the_timed
 
 
 def test_train_opt_times_a_real_esrgan_stage_and_splits_its_iterations(tmp_path, capsys, monkeypatch):
+    import basicsr.train
     import yaml
 
     from test_realesrgan import STAGE_1, hr_photos_in, shipped_options
@@ -84,9 +89,14 @@ def test_train_opt_times_a_real_esrgan_stage_and_splits_its_iterations(tmp_path,
     opt['datasets']['train']['num_worker_per_gpu'] = 0
     (tmp_path / 'stage1.yml').write_text(yaml.safe_dump(opt))
     out_json = tmp_path / 'bench.json'
-    assert main(['benchmark', '--device', 'cpu', '--networks', 'ASID', '--paths', 'plain', '--size', '8x8',
-                 '--repeat', '1', '--warmup', '0', '--train', '--train-opt', 'stage1.yml', '--train-iters', '3',
-                 '--train-warmup', '1', '--json', str(out_json)]) == 0
+    built, build_model = [], basicsr.train.build_model
+    with models_built(lambda model: built.append((model, basicsr.train.build_model))):
+        assert main(['benchmark', '--device', 'cpu', '--networks', 'ASID', '--paths', 'plain', '--size', '8x8',
+                     '--repeat', '1', '--warmup', '0', '--train', '--train-opt', 'stage1.yml', '--train-iters', '3',
+                     '--train-warmup', '1', '--json', str(out_json)]) == 0
+    # the timing wraps the methods of the model instance: BasicSR's functions stay its own while it trains
+    ((model, build_model_then),) = built
+    assert build_model_then is build_model and 'feed_data' in vars(model)
     (row,) = json.loads(out_json.read_text())['training']
     assert (row['path'], row['model'], row['batch'], row['lr_patch']) == ('stage1', 'RealESRNetModel', 2, 8)
     assert row['feed_data_ms'] > 0 and row['optimize_ms'] > 0

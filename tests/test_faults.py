@@ -331,6 +331,23 @@ def test_unusable_pretrained_checkpoint_is_one_line_naming_it(command, kind, tmp
     assert not (tmp_path / 'results').exists() and not (tmp_path / 'experiments').exists()
 
 
+def test_pretrained_weights_of_another_network_size_name_what_does_not_load(tmp_path, tiny_data, capsys):
+    # network_g is MSRResNet with 8 features and 1 block; the file holds 2 blocks of 16 features
+    from basicsr.archs.srresnet_arch import MSRResNet
+    ckpt = tmp_path / 'ckpt.pth'
+    torch.save({'params': MSRResNet(num_feat=16, num_block=2).state_dict()}, ckpt)
+    opt_file = options_for_test(tmp_path, tiny_data, ckpt, network=tiny_options(tiny_data)['network_g'])
+    assert main(['test', '-opt', opt_file]) == 2
+    err = capsys.readouterr().err.strip()
+    # the one key and shape check (asid_arch.checkpoint.key_mismatch) after this command's own prefix
+    assert err.endswith(f"tested.yml: path.pretrain_network_g: {ckpt} does not hold the weights of network_g "
+                        f"(MSRResNet): unexpected 4: 'body.1.conv1.weight', 'body.1.conv1.bias', "
+                        f"'body.1.conv2.weight', ... (1 more); wrong shape 13: 'conv_first.weight' is (16, 3, 3, 3) "
+                        f"in the file, (8, 3, 3, 3) in the model, 'conv_first.bias' is (16,) in the file, (8,) in "
+                        f"the model, 'body.0.conv1.weight' is (16, 16, 3, 3) in the file, (8, 8, 3, 3) in the model, "
+                        f"... (10 more)"), err
+
+
 # ----------------------------------------------------------------------------------------
 # a checkpoint carries what it needs to be used
 # ----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from asid_arch import ASID
 from asid_arch.inference import ASIDUpsampler
 from basicsr_ext.commands import infer
+from basicsr_ext.common.images import read_header
 from basicsr_ext.commands.cli import main
 from conftest import DATA
 
@@ -171,7 +172,7 @@ def test_exif_orientation_is_applied_like_pil(orientation):
     pil.save(buf, 'PNG', exif=exif)
     upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))))
     decoded = infer.decode(buf.getvalue())  # RGB, as stored
-    _, _, found = infer.probe(buf.getvalue())
+    found = read_header(buf.getvalue()).orientation
     assert found == orientation
     np.testing.assert_array_equal(infer.apply_orientation(decoded, found), upright)
 
@@ -433,10 +434,17 @@ def infer_args(tmp_path, ckpt, *extra):
                                       '--device', 'cpu', *extra])
 
 
+def upsampler_for(args, images=()):
+    """The upsampler ``basicsr infer`` builds for ``args`` and ``images``: network, decision, construction."""
+    network, device = infer.load_network(args)
+    speed = infer.plan_speed(args, device, list(images), infer.fits_whole(args, network, device))
+    return infer.build_upsampler(args, network, device, speed.compile)
+
+
 def test_fast_path_option_compiles_in_the_upsampler_and_leaves_the_callers_network_alone(tiny_net, ckpt, tmp_path):
     args = infer_args(tmp_path, ckpt, '--fast-path', 'compile')
-    assert infer.build_upsampler(args).compiled
-    assert not infer.build_upsampler(infer_args(tmp_path, ckpt)).compiled
+    assert upsampler_for(args).compiled
+    assert not upsampler_for(infer_args(tmp_path, ckpt)).compiled
     up = ASIDUpsampler(tiny_net, device='cpu', compile=True)
     assert up.compiled and type(up.net) is type(tiny_net)  # the module itself is not wrapped
     assert tiny_net.input.weight.is_contiguous()  # the channels-last copy is the upsampler's own
@@ -459,7 +467,7 @@ def test_auto_fast_path_compiles_on_a_gpu_for_a_folder_of_same_size_frames(tmp_p
     assert infer.frames_to_compile(frames, cpu) is None  # on a CPU the default path is already the fast one
 
 
-def test_infer_compiles_the_upsampler_it_loaded_for_the_frames_size(tmp_path, ckpt, monkeypatch, capsys):
+def test_infer_builds_the_upsampler_compiled_for_the_frames_size(tmp_path, ckpt, monkeypatch, capsys):
     # the decision is the GPU's (frames_to_compile); here it is forced, to check the wiring on a CPU
     for i in range(2):
         cv2.imwrite(str(tmp_path / f'{i}.png'), np.full((12, 16, 3), 60 * i, np.uint8))
@@ -467,7 +475,7 @@ def test_infer_compiles_the_upsampler_it_loaded_for_the_frames_size(tmp_path, ck
     monkeypatch.setattr(infer, 'frames_to_compile', lambda images, device: ((16, 12), len(images)))
     monkeypatch.setattr(ASIDUpsampler, 'compile_network', lambda self, sizes=None: compiled.append(sizes))
     assert main(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'out'), '--model-path', ckpt]) == 0
-    assert compiled == [[(12, 16)]]  # (height, width) of the frames, once, on the upsampler already loaded
+    assert compiled == [[(12, 16)]]  # (height, width) of the frames, once, when the upsampler is built
     assert '2 inputs of 16x12: the network is compiled for them' in capsys.readouterr().err
 
 
@@ -564,33 +572,17 @@ def test_a_frame_whose_output_is_not_finite_fails_alone_out_of_its_batch(tmp_pat
     assert summary(out)[:3] == (3, 0, 1)
 
 
-class _FakeUpsampler:
-    """What plan_frames reads of an upsampler on a GPU, without one."""
-
-    def __init__(self, fits=True):
-        self.device, self.compiled, self.fits, self.compiled_for = torch.device('cuda'), False, fits, None
-        self.scale = 4
-
-    def plan(self, height, width, batch=1):
-        return None if self.fits else 64
-
-    def compile_network(self, sizes=None):
-        self.compiled, self.compiled_for = True, sizes
-
-
 @pytest.mark.parametrize('fits', [True, False])
 def test_on_a_gpu_frames_are_compiled_for_batches_of_four_when_they_fit(tmp_path, ckpt, fits):
     src = frame_folder(tmp_path, count=infer.FRAMES_TO_COMPILE + 1)
     cv2.imwrite(str(src / 'odd.png'), img8(10, 10))
-    args = infer_args(src, ckpt)
-    run = infer._Run(args, _FakeUpsampler(fits), [])
-    run.say = lambda msg: None
-    infer.plan_frames(run, sorted(str(p) for p in src.iterdir()))
+    speed = infer.plan_speed(infer_args(src, ckpt), torch.device('cuda'), sorted(str(p) for p in src.iterdir()),
+                             fits=lambda height, width, batch: fits)
     if fits:
-        assert (run.batch, run.frame_size) == (infer.GPU_FRAME_BATCH, (12, 16))
-        assert run.up.compiled_for == [(infer.GPU_FRAME_BATCH, 12, 16)]
+        assert (speed.batch, speed.frame_size) == (infer.GPU_FRAME_BATCH, (12, 16))
+        assert speed.compile == [(infer.GPU_FRAME_BATCH, 12, 16)]
     else:  # a batch would be cut into tiles: frames one at a time, compiled for that
-        assert run.batch == 1 and run.up.compiled_for == [(12, 16)]
+        assert speed.batch == 1 and speed.compile == [(12, 16)]
 
 
 def test_batch_must_be_positive(tmp_path, ckpt, capsys):

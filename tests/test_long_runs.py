@@ -1,5 +1,5 @@
-"""Runs that survive their cluster: a signal saves the run, a run owns its experiment, eager DDP of
-ASID ends cleanly, killed saves leave nothing for good (docs/long-runs.md)."""
+"""Runs that survive their cluster: a signal saves the run, a run owns its experiment, killed saves
+leave nothing for good (docs/long-runs.md; that eager DDP of ASID ends cleanly is checked in test_cli.py)."""
 import glob
 import os
 import re
@@ -213,27 +213,9 @@ def test_lock_is_exclusive_until_released_and_names_its_holder(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
-# 5: eager DDP of ASID validates at the last iteration and ends
+# 5: eager DDP of ASID validates at the last iteration and ends: checked by the DDP runs of
+# tests/test_cli.py (test_two_process_ddp_run_with_spawned_loader_workers_trains_validates_and_saves_once)
 # ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize('model_type', ['SRModel', 'ASIDModel'])
-def test_eager_ddp_of_asid_validates_at_the_last_iteration_and_ends_cleanly(model_type, tmp_path, tiny_data):
-    # ASID has buffers (relative position index), which DistributedDataParallel broadcasts in its
-    # forward: rank 0 validating through the wrapper alone ran a collective the other rank never joined.
-    opt = tiny_options(tiny_data, name='ddpv', network=dict(TINY_ASID), total_iter=2, checkpoint_freq=2, val_freq=2)
-    opt['model_type'] = model_type
-    if model_type == 'ASIDModel':
-        opt['train']['compile'] = False
-    opt['datasets']['train'].update(num_worker_per_gpu=1, dataset_enlarge_ratio=2, persistent_workers=True)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    result = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
-         'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'ddpv.yml', opt), '--launcher', 'pytorch'],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = open(glob.glob(str(tmp_path / 'experiments/ddpv/train_ddpv_*.log'))[0]).read()
-    assert 'World size (gpu number): 2' in log
-    assert re.search(r'Validation tiny_val\s+# psnr: [\d.]+', log)
-    assert 'End of training' in log
 
 
 # ----------------------------------------------------------------------------------------

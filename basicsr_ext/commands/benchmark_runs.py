@@ -208,15 +208,16 @@ def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=
     with ``breakdown`` the seconds per timed iteration spent in the model's ``feed_data`` (where
     RealESRNetModel / RealESRGANModel degrade the batch) and ``optimize_parameters``, else None.
 
-    Only measurement is added, to the model BasicSR's ``train_pipeline`` builds: its
-    ``optimize_parameters`` reads the clock (after a device synchronisation) at the end of
+    Only measurement is added, to the model instance BasicSR's ``train_pipeline`` builds (shown to
+    this run by :func:`basicsr_ext.patches.runs.models_built`; BasicSR's classes and functions are
+    left alone): its ``optimize_parameters`` reads the clock (after a device synchronisation) at the end of
     iteration ``warmup`` and of the last one; with ``breakdown``, the timed iterations' ``feed_data``
     and ``optimize_parameters`` are each timed between synchronisations (which the Real-ESRGAN
     models' ``feed_data`` makes anyway). With ``profile_file``, the :data:`PROFILED_ITERS`
     iterations that end 5 before ``warmup`` (outside the timed ones) run under the torch profiler,
     whose table of kernels (GPU) or operators (CPU) is written there.
     """
-    import basicsr.train
+    from basicsr_ext.patches.runs import models_built
     stamps, spent = {}, {'feed_data': 0., 'optimize_parameters': 0.}
     profiled = range(warmup - 5 - PROFILED_ITERS, warmup - 5) if profile_file else range(0)
     profiler = None
@@ -238,7 +239,7 @@ def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=
         spent[name] += time.perf_counter() - started
         return result
 
-    def instrumented(model):
+    def instrument(model):
         optimize, feed_data = model.optimize_parameters, model.feed_data
 
         def optimize_parameters(current_iter):
@@ -255,20 +256,17 @@ def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=
 
         model.optimize_parameters = optimize_parameters
         model.feed_data = lambda data: spend('feed_data', feed_data, data)
-        return model
 
-    build_model = basicsr.train.build_model
     cwd = os.getcwd()
-    basicsr.train.build_model = lambda opt: instrumented(build_model(opt))
     try:
         os.chdir(workdir)
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
         stamps[0] = time.perf_counter()
-        if train(['-opt', opt_file]) != 0:
-            raise RuntimeError(f'basicsr train -opt {opt_file} failed')
+        with models_built(instrument):
+            if train(['-opt', opt_file]) != 0:
+                raise RuntimeError(f'basicsr train -opt {opt_file} failed')
     finally:
-        basicsr.train.build_model = build_model
         os.chdir(cwd)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None
     split = {k: v / (iters - warmup) for k, v in spent.items()} if breakdown else None

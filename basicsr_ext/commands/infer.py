@@ -40,7 +40,7 @@ every output written is complete, and a rerun continues with the rest (and remov
 run killed while writing left: :func:`basicsr_ext.common.files.remove_temporaries`).
 """
 import collections
-import io
+import contextlib
 import os
 import sys
 import time
@@ -57,7 +57,7 @@ from basicsr_ext.common.compare import input_bicubic_output
 from basicsr_ext.common.errors import CommandError
 from basicsr_ext.common.files import remove_temporaries, write_file
 from basicsr_ext.common.images import decode as decode_image
-from basicsr_ext.common.images import is_image_name, opencv_log_level
+from basicsr_ext.common.images import is_image_name, opencv_log_level, read_header
 from basicsr_ext.common.interrupts import Interrupted
 
 #: Output formats for ``--ext``.
@@ -102,27 +102,6 @@ def read_bytes(path):
             return f.read()
     except OSError as e:
         raise ImageError(f'cannot read: {e.strerror or e}') from None
-
-
-def probe(data):
-    """(width, height, EXIF orientation) from the header, without decoding; None where unknown."""
-    from PIL import Image
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # DecompressionBombWarning: our own limit is --max-pixels
-            with Image.open(io.BytesIO(data)) as im:
-                try:
-                    orientation = im.getexif().get(0x0112, 1)
-                except Exception:  # broken EXIF: keep the pixels as stored
-                    orientation = 1
-                frames = getattr(im, 'n_frames', 1)
-                size = im.size
-    except Exception:  # not a format PIL knows, or a size PIL refuses: OpenCV may still read it
-        return None, None, 1
-    if frames > 1:  # OpenCV would read the first frame only
-        raise ImageError(f'animated image ({frames} frames): only still images are upscaled; extract the frames '
-                         f'first')
-    return size[0], size[1], orientation
 
 
 def apply_orientation(img, orientation):
@@ -259,6 +238,19 @@ def list_inputs(path):
     return images, notes
 
 
+def output_suffix(args, scale):
+    """What output names append to the input stem: ``--suffix``, else ``_ASID_x{scale}``."""
+    return args.suffix if args.suffix is not None else f'_ASID_x{scale}'
+
+
+def earlier_outputs(args, suffix, images):
+    """Inputs that are outputs of an earlier run: files ending with the suffix, when -o is the input folder."""
+    folder = args.input
+    if not suffix or not os.path.isdir(folder) or os.path.realpath(folder) != os.path.realpath(args.output):
+        return []
+    return [p for p in images if os.path.splitext(os.path.basename(p))[0].endswith((suffix, suffix + COMPARE_SUFFIX))]
+
+
 class _Job(NamedTuple):
     """One image read and checked, waiting for the network."""
     path: str
@@ -286,25 +278,16 @@ def _encode_and_write(job, result):
 class _Run:
     """One ``basicsr infer`` run: the upsampler, the options and the counters."""
 
-    def __init__(self, args, upsampler, images):
+    def __init__(self, args, upsampler, images, speed):
         self.args, self.up = args, upsampler
-        self.suffix = args.suffix if args.suffix is not None else f'_ASID_x{upsampler.scale}'
+        self.suffix = output_suffix(args, upsampler.scale)
         self.done = self.skipped = self.failed = 0
         self.taken = {}  # output path -> input path, this run
         self.inputs = {os.path.realpath(p) for p in images}  # never written over
-        #: frames per network call and their (height, width) (:func:`plan_frames`); the frames waiting
-        self.batch, self.frame_size, self.frames = 1, None, []
+        #: frames per network call and their (height, width) (:func:`plan_speed`); the frames waiting
+        self.batch, self.frame_size, self.frames = speed.batch, speed.frame_size, []
         #: outputs being encoded and written, (job, future) in order
         self.writers, self.writing = ThreadPoolExecutor(WRITER_THREADS, 'basicsr-infer-write'), collections.deque()
-
-    def own_outputs(self, images):
-        """Inputs that are outputs of an earlier run: files ending with the suffix, when -o is the input folder."""
-        folder = self.args.input
-        if not self.suffix or not os.path.isdir(folder) or os.path.realpath(folder) != os.path.realpath(
-                self.args.output):
-            return []
-        return [p for p in images if os.path.splitext(os.path.basename(p))[0].endswith(
-            (self.suffix, self.suffix + COMPARE_SUFFIX))]
 
     def say(self, msg):
         if not self.args.quiet:
@@ -341,10 +324,13 @@ class _Run:
         out = self.claim(self.output_path(path, ext))
 
         data = read_bytes(path)
-        width, height, orientation = probe(data)
-        if width is not None:
-            self.check_size(width, height)
-        img = apply_orientation(decode(data), orientation)
+        header = read_header(data)  # None: not a format Pillow knows; OpenCV may still decode it
+        if header is not None:
+            if header.frames > 1:  # OpenCV would read the first frame only
+                raise ImageError(f'animated image ({header.frames} frames): only still images are upscaled; '
+                                 f'extract the frames first')
+            self.check_size(header.width, header.height)
+        img = apply_orientation(decode(data), header.orientation if header is not None else 1)
         height, width = img.shape[:2]
         self.check_size(width, height)
 
@@ -436,16 +422,12 @@ class _Run:
 
 
 def most_common_size(images):
-    """``((width, height), count)`` of the most common size among the readable ``images`` (headers only)."""
-    from PIL import Image
-    sizes = {}
-    for path in images:
-        try:
-            with Image.open(path) as im:
-                sizes[im.size] = sizes.get(im.size, 0) + 1
-        except Exception:  # unreadable here: its own FAILED line comes when it is processed
-            continue
-    return max(sizes.items(), key=lambda item: item[1], default=(None, 0))
+    """``((width, height), count)`` of the most common size among the readable ``images`` (their
+    headers, :func:`basicsr_ext.common.images.read_header`); ``(None, 0)`` when none is readable
+    (the unreadable ones get their FAILED lines when they are processed)."""
+    headers = (read_header(path) for path in images)
+    sizes = collections.Counter((h.width, h.height) for h in headers if h is not None)
+    return sizes.most_common(1)[0] if sizes else (None, 0)
 
 
 def frames_to_compile(images, device):
@@ -457,14 +439,73 @@ def frames_to_compile(images, device):
     return (size, count) if count >= FRAMES_TO_COMPILE else None
 
 
-def build_upsampler(args):
-    """The upsampler for ``args``; any problem with the checkpoint or options is a CommandError."""
-    from asid_arch.checkpoint import CheckpointError
-    from asid_arch.inference import ASIDUpsampler
+class Speed(NamedTuple):
+    """How the network runs in one ``basicsr infer``, decided once by :func:`plan_speed`."""
+    #: what the upsampler compiles (its ``compile``): False, True (every size) or the network input sizes
+    compile: object = False
+    #: frames of ``frame_size`` ((height, width)) per network call; 1: each image on its own
+    batch: int = 1
+    frame_size: tuple = None
+    #: the lines that tell what was chosen
+    notes: tuple = ()
 
-    value_range = value_range_of(args)
-    max_memory = None if args.max_memory is None else int(args.max_memory * 2**30)
-    model = args.model_path
+
+def plan_speed(args, device, images, fits):
+    """What the network is compiled for and how many frames go into one network call, from the
+    arguments, the device and the inputs' headers; decided here only, once per run.
+
+    * ``--fast-path compile``: compiled for every size; on a GPU the frames (RGB images of the
+      most common size) go :data:`GPU_FRAME_BATCH` per call.
+    * ``--fast-path auto`` on a GPU, when at least :data:`FRAMES_TO_COMPILE` inputs share one size
+      (:func:`frames_to_compile`): compiled for the frames only, :data:`GPU_FRAME_BATCH` per call;
+      other sizes, and single images of that size (alpha, grey), stay eager: no compilation each.
+    * Otherwise (``none``, the CPU, ``--onnx``): eager, one image per call.
+
+    ``--batch N`` sets the frames per call in every case (never more than there are frames); a
+    batch that would not go through the network whole (``fits(height, width, batch)`` false: it
+    would be cut into tiles) becomes one frame per call.
+    """
+    gpu = device.type == 'cuda'
+    compile_all = args.onnx is None and args.fast_path == 'compile'
+    frames = frames_to_compile(images, device) if args.fast_path == 'auto' and args.onnx is None else None
+    if frames is None and (args.batch or 1) == 1 and not (compile_all and gpu):
+        return Speed(compile_all)  # one image per network call
+    size, count = frames or most_common_size(images)
+    if size is None:  # no readable image
+        return Speed(compile_all)
+    width, height = size
+    batch = min(args.batch or (GPU_FRAME_BATCH if gpu and (frames or compile_all) else 1), count)
+    notes = []
+    if batch > 1 and not fits(height, width, batch):
+        notes.append(f'basicsr infer: {batch} frames of {width}x{height} do not fit in memory at once: one at a time')
+        batch = 1
+    compile = compile_all
+    if frames:
+        compile = [(batch, height, width)] if batch > 1 else [(height, width)]
+        notes.append(f'basicsr infer: {count} inputs of {width}x{height}: the network is compiled for them'
+                     + (f', {batch} per call' if batch > 1 else '') + ' (--fast-path none: never)')
+    if batch == 1:
+        return Speed(compile, notes=tuple(notes))
+    return Speed(compile, batch, (height, width), tuple(notes))
+
+
+@contextlib.contextmanager
+def _warnings_printed():
+    """Python warnings raised inside the block (e.g. fp16 on the CPU) printed after it, one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        yield
+    for w in caught:
+        print(f'basicsr infer: warning: {w.message}', file=sys.stderr)
+
+
+def load_network(args):
+    """(network, device): the checkpoint built as an ASID (``--scale``, ``--num-groups`` and
+    ``--value-range`` checked or applied), or the ``--onnx`` model run by ONNX Runtime on the
+    CPU, and the device it runs on. Any problem with them or their options is a CommandError."""
+    from asid_arch.checkpoint import CheckpointError, build_asid
+    from asid_arch.runtime import resolve_device
+
     if args.onnx is not None:
         from basicsr_ext.common.onnx_model import OnnxError, OnnxNetwork
         for option, value, default in (('--device', args.device, ('auto', 'cpu')),
@@ -477,22 +518,46 @@ def build_upsampler(args):
                 raise CommandError(f'{option} {value} does not apply to --onnx (ONNX Runtime on the CPU, fp32 '
                                    f'input and output, the value range fixed at export)')
         try:
-            model = OnnxNetwork(args.onnx)
+            return OnnxNetwork(args.onnx), resolve_device('cpu')
         except OnnxError as e:
             raise CommandError(str(e)) from None
-        args.device, args.precision = 'cpu', 'fp32'
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            up = ASIDUpsampler(model, device=args.device, precision=args.precision, tile=args.tile,
-                               tile_overlap=args.tile_overlap, alpha=args.alpha, scale=args.scale,
-                               num_groups=args.num_groups, value_range=value_range, max_memory=max_memory,
-                               compile=args.onnx is None and args.fast_path == 'compile')
+        device = resolve_device(args.device)
+        with _warnings_printed():
+            return build_asid(args.model_path, upscale=args.scale, num_groups=args.num_groups,
+                              value_range=value_range_of(args)), device
     except (CheckpointError, ValueError, RuntimeError) as e:
         raise CommandError(str(e)) from None
-    for w in caught:
-        print(f'basicsr infer: warning: {w.message}', file=sys.stderr)
-    return up
+
+
+def fits_whole(args, network, device):
+    """``fits(height, width, batch)``: whether such a batch goes through ``network`` whole, not in
+    tiles, as the upsampler that :func:`build_upsampler` makes will plan it."""
+    from asid_arch.runtime import bytes_per_pixel, choose_tile
+
+    max_memory, per_pixel = _max_memory(args), bytes_per_pixel(network)
+    return lambda height, width, batch: choose_tile(height, width, batch, args.tile, args.tile_overlap, max_memory,
+                                                    device, per_pixel) is None
+
+
+def _max_memory(args):
+    """``--max-memory`` in bytes, or None."""
+    return None if args.max_memory is None else int(args.max_memory * 2**30)
+
+
+def build_upsampler(args, network, device, compile):
+    """The upsampler of ``network`` (:func:`load_network`) for ``args``, compiled as :func:`plan_speed`
+    decided (``compile``); a problem with the options is a CommandError."""
+    from asid_arch.inference import ASIDUpsampler
+
+    precision = 'fp32' if args.onnx is not None else args.precision
+    try:
+        with _warnings_printed():
+            return ASIDUpsampler(network, device=device, precision=precision, tile=args.tile,
+                                 tile_overlap=args.tile_overlap, alpha=args.alpha, scale=args.scale,
+                                 max_memory=_max_memory(args), compile=compile)
+    except (ValueError, RuntimeError) as e:
+        raise CommandError(str(e)) from None
 
 
 def cmd_infer(args):
@@ -509,30 +574,33 @@ def cmd_infer(args):
     if args.batch is not None and args.batch < 1:
         raise CommandError(f'--batch must be positive, got {args.batch}')
 
-    up = build_upsampler(args)  # before any image is read: a bad checkpoint stops here
-    if not args.quiet:
-        print(f'basicsr infer: {args.model_path or args.onnx}: {up}', file=sys.stderr)
+    network, device = load_network(args)  # before any image is read: a bad checkpoint stops here
     try:
         images, notes = list_inputs(args.input)
     except OSError as e:
         raise CommandError(f'cannot list {args.input}: {e.strerror or e}') from None
+    suffix = output_suffix(args, network.upscale)
+    earlier = earlier_outputs(args, suffix, images)
+    images = [p for p in images if p not in earlier]  # earlier outputs may be replaced (--overwrite)
+    speed = plan_speed(args, device, images, fits_whole(args, network, device))
+    up = build_upsampler(args, network, device, speed.compile)
+    if not args.quiet:
+        print(f'basicsr infer: {args.model_path or args.onnx}: {up}', file=sys.stderr)
     try:
         os.makedirs(args.output, exist_ok=True)
     except OSError as e:
         raise CommandError(f'cannot create output folder {args.output}: {e.strerror or e}') from None
     remove_temporaries(args.output)  # of an earlier run that was killed while writing
 
-    run = _Run(args, up, images)
+    run = _Run(args, up, images, speed)
     for note in notes:
         run.note_skipped(note)
-    earlier = run.own_outputs(images)
     for path in earlier:
         run.note_skipped(f'skipped {path}: an output of basicsr infer (its name ends with {run.suffix})')
-    images = [p for p in images if p not in earlier]
-    run.inputs = {os.path.realpath(p) for p in images}  # earlier outputs may be replaced (--overwrite)
     if not images:
         run.say(f'no images in {args.input}')
-    plan_frames(run, images)
+    for note in speed.notes:
+        run.say(note)
     status = None
     try:
         with warnings.catch_warnings(), opencv_log_level('ERROR'):  # no decode warnings: we report FAILED
@@ -566,30 +634,6 @@ def cmd_infer(args):
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     tqdm.write(f'basicsr infer: warning: {message}', file=sys.stderr)
-
-
-def plan_frames(run, images):
-    """Choose the compilation (``--fast-path auto``) and the frames batched together (``--batch``)."""
-    args, up = run.args, run.up
-    frames = frames_to_compile(images, up.device) if args.fast_path == 'auto' and args.onnx is None else None
-    if frames is None and (args.batch or 1) == 1 and not (up.compiled and up.device.type == 'cuda'):
-        return  # one image per network call
-    size, count = frames or most_common_size(images)
-    if size is None:  # no readable image
-        return
-    width, height = size
-    batch = args.batch or (GPU_FRAME_BATCH if up.device.type == 'cuda' and (frames or up.compiled) else 1)
-    batch = min(batch, count)
-    if batch > 1 and up.plan(height, width, batch) is not None:  # would be cut into tiles: one at a time
-        run.say(f'basicsr infer: {batch} frames of {width}x{height} do not fit in memory at once: one at a time')
-        batch = 1
-    if frames:
-        run.say(f'basicsr infer: {count} inputs of {width}x{height}: the network is compiled for them'
-                + (f', {batch} per call' if batch > 1 else '') + ' (--fast-path none: never)')
-        # the other sizes (and single images of this size: alpha, grey) stay eager: no compilation for each
-        up.compile_network([(batch, height, width)] if batch > 1 else [(height, width)])
-    if batch > 1:
-        run.batch, run.frame_size = batch, (height, width)
 
 
 def _guarded(run, path, fn, *args):

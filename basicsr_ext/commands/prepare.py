@@ -215,6 +215,19 @@ def _scale_signature_now(unit, sources, params):
     return source_signature(sources[stem], {**params, 'scale': int(kind[1:])})
 
 
+def _prune_and_plan(ledger, units, input_dir, names, params, what, todo, up_to_date):
+    """Delete the outputs of the ``ledger``'s outdated units (:meth:`Ledger.prune`: ``units`` are
+    wanted this run; a unit ``'<stem>|X<scale>'`` of another scale stays while its source among
+    ``names`` in ``input_dir``, made with ``params``, is as it was); returns the plan in one line
+    (:func:`_run_recorded` logs it): ``{what} in {input_dir}: {todo} to process, {up_to_date} up
+    to date[, outdated outputs of N images deleted]``."""
+    sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
+    removed = ledger.prune(units, lambda unit: _scale_signature_now(unit, sources, params))
+    gone = len({u.rsplit('|', 1)[0] for u in removed})
+    return (f'{what} in {input_dir}: {todo} to process, {up_to_date} up to date'
+            + (f', outdated outputs of {gone} images deleted' if gone else ''))
+
+
 # ----------------------------------------------------------------------------------------
 # running work units, in worker processes when there are several
 # ----------------------------------------------------------------------------------------
@@ -247,12 +260,15 @@ def _run_units(function, jobs, workers, desc):
                 pbar.update(1)
 
 
-def _run_recorded(function, jobs, workers, desc, ledger, record):
-    """Run ``jobs`` (:func:`_run_units`): a failed one is reported on one line naming its file and
-    collected, a finished one is passed to ``record`` (which adds it to ``ledger``). The ledger
-    is closed at the end, also when interrupted. Returns the failures as [(path, why)]."""
+def _run_recorded(function, jobs, workers, desc, ledger, record, plan, log):
+    """Log ``plan`` (what is to be done), then run ``jobs`` (:func:`_run_units`): a failed one is
+    reported on one line naming its file and collected, a finished one is passed to ``record``
+    (which adds it to ``ledger``). The ledger is closed at the end, also when interrupted; an
+    interruption from the moment the plan is logged says how many jobs were done. Returns the
+    failures as [(path, why)]."""
     errors, done = [], 0
     try:
+        log(plan)  # inside: a Ctrl-C right after this line is answered with the count too
         for result in _run_units(function, jobs, workers, desc):
             if 'error' in result:
                 errors.append((result['src'], result['error']))
@@ -401,11 +417,8 @@ def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), c
                      crop_size, step, thresh_size))
     # Units of scales not asked for this time stay while they still match the HR sub-images
     # (same source file, same geometry): they share the HR folder and the meta info file.
-    sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
-    removed = ledger.prune(units, lambda unit: _scale_signature_now(unit, sources, geometry))
-    gone = len({u.rsplit('|', 1)[0] for u in removed})
-    log(f'{name}: {len(names)} HR images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
-        + (f', outdated outputs of {gone} images deleted' if gone else ''))
+    plan = _prune_and_plan(ledger, units, input_dir, names, geometry, f'{name}: {len(names)} HR images', len(jobs),
+                           skipped)
 
     def record(result):
         stem = os.path.splitext(os.path.basename(result['src']))[0]
@@ -414,7 +427,8 @@ def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), c
             ledger.add(f'{stem}|{key}', source_signature(result['src'], params), outputs,
                        {'names': result['names'], 'shape': result['shape']})
 
-    errors = _run_recorded(_div2k_unit, jobs, workers or _default_workers(), f'{name} sub-images', ledger, record)
+    errors = _run_recorded(_div2k_unit, jobs, workers or _default_workers(), f'{name} sub-images', ledger, record,
+                           plan, log)
 
     # meta info: the HR sub-images of every source image that is complete and current at all scales
     # (not those of an image that changed and could not be read this time)
@@ -491,17 +505,15 @@ def prepare_pairs(input_dir, names, folders, ledger_name, ledger_root, workers=1
         else:
             skipped += 1
     # the same rule as prepare div2k: outputs at other scales stay while made from the image as it is
-    sources = {os.path.splitext(n)[0]: os.path.join(input_dir, n) for n in names}
-    removed = ledger.prune(units, lambda unit: _scale_signature_now(unit, sources, {}))
-    gone = len({u.rsplit('|', 1)[0] for u in removed})
-    log(f'{ledger_name}: {len(names)} images in {input_dir}: {len(jobs)} to process, {skipped} up to date'
-        + (f', outdated outputs of {gone} images deleted' if gone else ''))
+    plan = _prune_and_plan(ledger, units, input_dir, names, {}, f'{ledger_name}: {len(names)} images', len(jobs),
+                           skipped)
+
     def record(result):
         stem = os.path.splitext(os.path.basename(result['src']))[0]
         for scale, outputs in result['outputs'].items():
             ledger.add(f'{stem}|X{scale}', source_signature(result['src'], {'scale': scale}), outputs)
 
-    errors = _run_recorded(_pair_unit, jobs, workers, desc, ledger, record)
+    errors = _run_recorded(_pair_unit, jobs, workers, desc, ledger, record, plan, log)
     return {'done': len(jobs) - len(errors), 'skipped': skipped, 'errors': errors}
 
 
@@ -635,10 +647,11 @@ def prepare_demo(output=os.path.join('datasets', 'demo'), train=DEMO_TRAIN, val=
             else:
                 jobs.append((unit, src, photo, split, *layout[split]))
     ledger.prune(units)  # every photograph of the demo is wanted: others' outputs go
-    log(f'demo: {len(train)} training and {len(val)} validation photographs from {data_dir}: '
-        f'{len(jobs)} to process, {skipped} up to date')
+    plan = (f'demo: {len(train)} training and {len(val)} validation photographs from {data_dir}: '
+            f'{len(jobs)} to process, {skipped} up to date')
     errors = _run_recorded(_demo_unit, jobs, workers or _default_workers(), 'demo', ledger,
-                           lambda result: ledger.add(result['unit'], signatures[result['unit']], result['outputs']))
+                           lambda result: ledger.add(result['unit'], signatures[result['unit']], result['outputs']),
+                           plan, log)
     psnr = bicubic_psnr(*layout['val'], DEMO_SCALE)
     count = len(os.listdir(layout['train'][0]))
     log(f'demo: {count} training pairs (HR {DEMO_CROP}x{DEMO_CROP}) in {os.path.dirname(layout["train"][0])}, '
@@ -730,10 +743,11 @@ def prepare_realesrgan(sources, output=REALESRGAN_OUTPUT, crop_size=REALESRGAN_C
         else:
             jobs.append((src, stem, layout['subimages'], crop_size, step, thresh_size, min_size))
     removed = ledger.prune(set(sources))  # the sub-images of HR images no longer there go
-    log(f'realesrgan: {len(sources)} {what}: {len(jobs)} to process, {skipped} up to date'
-        + (f', sub-images of {len(removed)} removed images deleted' if removed else ''))
+    plan = (f'realesrgan: {len(sources)} {what}: {len(jobs)} to process, {skipped} up to date'
+            + (f', sub-images of {len(removed)} removed images deleted' if removed else ''))
     errors = _run_recorded(_realesrgan_unit, jobs, workers or _default_workers(), 'realesrgan', ledger,
-                           lambda result: ledger.add(result['stem'], signatures[result['stem']], result['outputs']))
+                           lambda result: ledger.add(result['stem'], signatures[result['stem']], result['outputs']),
+                           plan, log)
     lines = []
     for stem in sorted(sources):
         if ledger.up_to_date(stem, signatures[stem]):

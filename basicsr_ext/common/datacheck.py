@@ -16,23 +16,17 @@ folders share one data set); without a writable cache folder the check just deco
 """
 import hashlib
 import os
-import struct
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 from basicsr.utils import scandir
 
+from basicsr_ext.common.images import decode, read_header
+
 
 class DataError(ValueError):
     """A problem with a data set, in one line naming the path."""
-
-
-def _png_size(head):
-    # signature (8 bytes), IHDR length and type (8), width, height (4 + 4)
-    if len(head) >= 24 and head[:8] == b'\x89PNG\r\n\x1a\n' and head[12:16] == b'IHDR':
-        return struct.unpack('>II', head[16:24])
-    return None
 
 
 #: How a complete PNG file ends: its IEND chunk.
@@ -70,17 +64,10 @@ def image_size(path):
         raise DataError(f'{path}: empty file, not an image')
     if truncated:
         raise DataError(f'{path}: truncated PNG (the file ends before its IEND chunk)')
-    size = _png_size(head)
-    if size is not None:
-        return size
-    try:
-        from PIL import Image
-        with Image.open(path) as img:
-            return img.size
-    except Exception:  # noqa: BLE001  (PIL raises many kinds; fall back to OpenCV's full decoder)
-        pass
-    from basicsr_ext.common.images import decode
-    try:
+    header = read_header(path)
+    if header is not None:
+        return header.width, header.height
+    try:  # not a format Pillow reads: OpenCV's full decoder
         with open(path, 'rb') as f:
             img = decode(f.read())  # quiet: OpenCV's own complaints about the file would add lines
     except OSError as e:

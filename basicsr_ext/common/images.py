@@ -1,6 +1,7 @@
 """Reading images, shared by ``basicsr prepare``, ``infer`` and the data checks of ``train``/``test``.
 
-One list of image extensions, one OpenCV decoder (:func:`decode`, quiet: a failure is reported
+One list of image extensions, one header reader (:func:`read_header`: size, EXIF orientation and
+frames without decoding), one OpenCV decoder (:func:`decode`, quiet: a failure is reported
 by the caller on one line naming the file, never by OpenCV's or libpng's own log), the
 MATLAB-compatible bicubic resizing of SR papers, and :func:`load_image`, which reads an image
 as BasicSR's datasets do and says what is wrong with a broken one.
@@ -8,6 +9,7 @@ as BasicSR's datasets do and says what is wrong with a broken one.
 import contextlib
 import os
 import sys
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -76,6 +78,37 @@ def decode(data, flags=cv2.IMREAD_UNCHANGED):
     except cv2.error:
         return None
     return None if img is None or img.size == 0 else img
+
+
+class Header(NamedTuple):
+    """What an image file's header says, read without decoding the pixels (:func:`read_header`)."""
+    width: int
+    height: int
+    #: EXIF orientation, 1..8 (1: as stored; ``basicsr infer`` turns the pixels upright by it)
+    orientation: int = 1
+    #: frames in the file: more than one for an animation (APNG, animated WebP, GIF)
+    frames: int = 1
+
+
+def read_header(source):
+    """The :class:`Header` of an image file (a path or its bytes), from its header alone; None
+    when Pillow does not know the format or refuses the size it declares (OpenCV may still
+    decode it). This is the one reader of image headers."""
+    import io
+    import warnings
+
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # DecompressionBombWarning: callers set their own limits
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                try:
+                    orientation = im.getexif().get(0x0112, 1)
+                except Exception:  # broken EXIF: the pixels as stored
+                    orientation = 1
+                return Header(im.size[0], im.size[1], orientation, getattr(im, 'n_frames', 1))
+    except Exception:  # not a format Pillow knows, a size it refuses, or an unreadable file
+        return None
 
 
 #: File signatures of image formats, to tell a broken image from a file that is no image.

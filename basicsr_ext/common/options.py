@@ -202,7 +202,7 @@ def _check_resumed(opt, path, net, auto_resume):
 def _check_weights(opt, where, ckpt, param_key, net, strict):
     """A checkpoint that a run loads into ``net``: readable by the safe loader, finite, and (for ASID)
     of its scale, group count and value range; with ``strict``, of its exact keys and shapes."""
-    from asid_arch.checkpoint import ASID, CheckpointError, infer_config, saved_value_range
+    from asid_arch.checkpoint import ASID, CheckpointError, infer_config, key_mismatch, saved_value_range
     try:
         obj = read_checkpoint(os.path.expanduser(str(ckpt)))
         state_dict = params_of(obj, ckpt, param_key)
@@ -220,16 +220,10 @@ def _check_weights(opt, where, ckpt, param_key, net, strict):
         if saved is not None and tuple(saved) != tuple(net.value_range):
             raise OptionError(f'{where}: {ckpt} was trained with value_range {list(saved)}, network_g has '
                               f'{list(net.value_range)}')
-    if strict:
-        expected = net.state_dict()
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
-        wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-        if missing or unexpected or wrong:
-            parts = [f'{label} {len(keys)} (first: {keys[0]})' for label, keys in
-                     (('missing', missing), ('unexpected', unexpected), ('wrong shape', wrong)) if keys]
-            raise OptionError(f'{where}: {ckpt} does not hold the weights of network_g '
-                              f'({opt["network_g"]["type"]}): {"; ".join(parts)}')
+    mismatch = key_mismatch(state_dict, net) if strict else ''
+    if mismatch:
+        raise OptionError(f'{where}: {ckpt} does not hold the weights of network_g ({opt["network_g"]["type"]}): '
+                          f'{mismatch}')
 
 
 def _positive_number(node, key, where, path):

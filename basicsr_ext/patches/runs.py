@@ -13,7 +13,8 @@ calls its helpers through ``basicsr.train``'s module globals, and those are what
 * ``build_model``: the model's ``optimize_parameters`` is followed by :meth:`StopOnSignal.check`.
   That is the one point of the loop where an iteration is complete (learning rate stepped,
   weights updated) and the next has not begun, so a state saved there is exactly the one the
-  loop's own ``save_checkpoint_freq`` would save at that iteration.
+  loop's own ``save_checkpoint_freq`` would save at that iteration. The model is then shown to
+  the watchers of :func:`models_built` (the timing of ``basicsr benchmark --train``).
 * ``create_train_val_dataloader``: its sampler tells the epoch to save with the state.
 * ``train_pipeline``: the lock is released and the signal handlers restored when it ends.
 
@@ -269,6 +270,21 @@ class StopOnSignal:
 
 #: The run in this process: its lock and its signal handling.
 RUN = {'lock': None, 'stop': None}
+#: Callables shown each model that ``train_pipeline`` builds in this process (:func:`models_built`).
+MODEL_WATCHERS = []
+
+
+@contextlib.contextmanager
+def models_built(watch):
+    """Within the block, ``watch(model)`` is called with each model that BasicSR's ``train_pipeline``
+    builds in this process (its stop check attached), before training starts: a measurement
+    (``basicsr benchmark --train``) wraps that instance's methods there, and BasicSR's classes and
+    functions stay as they are. Afterwards ``watch`` is no longer called."""
+    MODEL_WATCHERS.append(watch)
+    try:
+        yield
+    finally:
+        MODEL_WATCHERS.remove(watch)
 
 
 def patch_train_lock_and_signals():
@@ -304,6 +320,8 @@ def patch_train_lock_and_signals():
             stop.check(this(), current_iter)
 
         model.optimize_parameters = optimize_then_check
+        for watch in MODEL_WATCHERS:
+            watch(model)
         stop.install(opt)  # before the loop starts the loader workers: they inherit the blocked signals
         return model
 
