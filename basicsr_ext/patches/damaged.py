@@ -9,9 +9,10 @@ an image in one line, skip it (the loader takes the next index instead) and coun
 :class:`DamagedDataError` naming the last one. A validation set does not skip (its metric
 would silently average other images): its first damaged image stops the run, named.
 
-The count is shared by all loader workers of one process (shared memory made with the data
-set, which DataLoader workers inherit, forked or spawned, one counter each) and kept across
-epochs; under DDP each rank counts its own part of the data. The lines are logged by the
+The count is of distinct images, shared by all loader workers of one process (one flag per image
+in shared memory made with the data set, which DataLoader workers inherit, forked or spawned) and
+kept across epochs: an image met again, in a later epoch or in a batch BasicSR's prefetcher asked
+for twice at the start, is counted and logged once. Under DDP each rank counts its own part. The lines are logged by the
 process that meets the image: BasicSR's logger (console, and the run's log file when the
 workers are forked, BasicSR's default without a launcher; spawned workers, as under DDP, log
 to the console only).
@@ -22,17 +23,6 @@ from basicsr_ext.common.checkpoints import RunError
 
 #: How many damaged training images a run skips before it stops, unless ``max_damaged`` says.
 DEFAULT_MAX_DAMAGED = 10
-
-
-#: Counters of damaged images per data set: one per loader worker (beyond that many workers, two share one).
-COUNT_SLOTS = 256
-
-
-def _slot():
-    """This process's counter: 0 in the main process, 1 + the worker's id in a DataLoader worker."""
-    import torch.utils.data
-    info = torch.utils.data.get_worker_info()
-    return 0 if info is None else (1 + info.id) % COUNT_SLOTS
 
 
 class DamagedDataError(RunError):
@@ -70,9 +60,9 @@ def patch_skip_damaged_images():
 
     def __init__(self, opt):
         upstream_init(self, opt)
-        # one slot per loader worker (each writes only its own: no lock, which could not cross from a
-        # forked to a spawned context); shared memory that workers inherit, forked or spawned
-        self.damaged = multiprocessing.sharedctypes.RawArray('l', COUNT_SLOTS)
+        # one flag per image (setting one needs no lock, which could not cross from a forked to a
+        # spawned context); shared memory that workers inherit, forked or spawned
+        self.damaged = multiprocessing.sharedctypes.RawArray('b', len(self))
 
     def __getitem__(self, index):
         while True:
@@ -87,13 +77,14 @@ def patch_skip_damaged_images():
             if self.opt.get('phase') != 'train':
                 raise DamagedDataError(f'{name}: {path} {why}; validation images are not skipped')
             limit = self.opt.get('max_damaged', DEFAULT_MAX_DAMAGED)
-            self.damaged[_slot()] += 1
+            known, self.damaged[index] = self.damaged[index], 1
             count = sum(self.damaged)
             if count > limit:
                 raise DamagedDataError(f'{name}: {path} {why}: {count} damaged images met, more than max_damaged '
                                        f'{limit}; the run stops (replace them, or raise datasets.train.max_damaged)')
-            get_root_logger().warning(f'{name}: skipped damaged image {path} ({why}); {count} of at most '
-                                      f'{limit} (max_damaged)')
+            if not known:
+                get_root_logger().warning(f'{name}: skipped damaged image {path} ({why}); {count} of at most '
+                                          f'{limit} (max_damaged)')
             index = (index + 1) % len(self)
 
     __getitem__._skips_damaged = True
