@@ -37,9 +37,7 @@ def record_block_inputs(net, x):
     """Run ``net(x)`` once; return ``[(name, kind, module, args)]`` for every profiled block, with
     the positional arguments the block received (the first sharing group stands for all of them)."""
     blocks = [('input', 'input conv', net.input)]
-    for g in range(net.num_groups):
-        if g > 1:
-            continue  # groups 2.. are alike group 1: the same modules on the same shapes
+    for g in range(min(2, net.num_groups)):  # groups 2.. are alike group 1: the same modules on the same shapes
         group = getattr(net, f'block{g}')
         idb = group.residual_layer[0] if g == 0 else group.residual_layer
         kind = 'computing' if g == 0 else 'sharing'
