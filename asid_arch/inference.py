@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import build_asid
+from .graphs import CompiledNetwork
 from .runtime import PRECISIONS, bytes_per_pixel, choose_tile, resolve_device, resolve_precision
 from .tiling import tile_grid, tiled_forward
 
@@ -101,10 +102,10 @@ class ASIDUpsampler:
         channels_last (bool | None): run on channels-last tensors (a copy of the network is
             converted). None (default): for convolutional networks on the CPU, where it was
             measured faster; not on a GPU (not measured there).
-        compile (bool | collection): run the network through ``torch.compile`` (Inductor; on a GPU its
-            kernels replayed as CUDA graphs): the same function (tested against the plain
-            path), faster for many images of one size (video frames), with a compilation
-            for each new size. Default: False (eager). A collection of (height, width) sizes
+        compile (bool | collection): run the network through ``torch.compile`` (Inductor; on a GPU
+            captured as one CUDA graph per input size, :class:`asid_arch.graphs.CompiledNetwork`):
+            the same function (tested against the plain path), faster for many images of one
+            size (video frames), with a compilation for each new size. Default: False (eager). A collection of (height, width) sizes
             compiles for network inputs of those sizes only and runs the others eagerly (a
             folder of video frames with a few odd images compiles once).
 
@@ -158,9 +159,9 @@ class ASIDUpsampler:
         """Run the network through ``torch.compile`` from now on (see ``compile`` above); ``sizes``:
         the network input sizes to compile for, (H, W) for any batch or (N, H, W) for batches of
         N, the others staying eager (None: all)."""
-        # CUDA graphs on a GPU ('reduce-overhead'); one static graph per input size (dynamic=False)
-        mode = 'reduce-overhead' if self.device.type == 'cuda' else None
-        self._network = torch.compile(self.net, mode=mode, dynamic=False)
+        net = self.net
+        # static shapes; on a GPU one CUDA graph per input shape (asid_arch.graphs says why not reduce-overhead)
+        self._network = CompiledNetwork(net)
         self.compiled = True
         #: network input sizes, (H, W) or (N, H, W), that run compiled; None: all
         self.compile_sizes = None if sizes is None else {tuple(size) for size in sizes}
@@ -222,9 +223,9 @@ class ASIDUpsampler:
         with amp:
             network = self._network if compiled else self.net
             out = network(x.to(self.dtype if self.cast else x.dtype, memory_format=self.memory_format))
-        if compiled and self.device.type == 'cuda':
+        if compiled and self.device.type == 'cuda' and out.dtype == torch.float32:
             out = out.clone()  # a CUDA graph's output is overwritten by its next replay
-        out = out.float()  # tiles are accumulated and averaged in fp32
+        out = out.float()  # tiles are accumulated and averaged in fp32 (a copy of 16-bit outputs)
         if self.dtype == torch.float16 and not torch.isfinite(out).all():
             if not self._warned_overflow:
                 warnings.warn('fp16 overflowed (non-finite output): computing in fp32 instead', stacklevel=3)
