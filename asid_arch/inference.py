@@ -50,6 +50,8 @@ from torch import nn
 
 from .checkpoint import build_asid
 from .graphs import CompiledNetwork
+from .kernels import available as fused_kernels_available
+from .kernels import use_fused_kernels
 from .runtime import PRECISIONS, bytes_per_pixel, choose_tile, resolve_device, resolve_precision
 from .tiling import tile_grid, tiled_forward
 
@@ -108,6 +110,9 @@ class ASIDUpsampler:
             size (video frames), with a compilation for each new size. Default: False (eager). A collection of (height, width) sizes
             compiles for network inputs of those sizes only and runs the others eagerly (a
             folder of video frames with a few odd images compiles once).
+        kernels (str | bool): the fused Triton kernels of :mod:`asid_arch.kernels` (the same
+            function): 'auto' (default): in the compiled network on a GPU, in fp16/bf16, where
+            Triton is installed; False: never.
 
     Precision and compilation are chosen here, for every caller (``basicsr infer``, the
     benchmark, Python users); the network itself only defines the function.
@@ -115,7 +120,7 @@ class ASIDUpsampler:
 
     def __init__(self, model, device='auto', precision='auto', tile=None, tile_overlap=24, alpha='asid',
                  scale=None, num_groups=None, value_range=None, max_memory=None, amp=False, channels_last=None,
-                 compile=False):
+                 compile=False, kernels='auto'):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.dtype = PRECISIONS[self.precision]
@@ -127,7 +132,10 @@ class ASIDUpsampler:
             raise ValueError(f'tile_overlap ({tile_overlap}) must be smaller than tile ({tile})')
         if alpha not in ('asid', 'bicubic'):
             raise ValueError(f"alpha must be 'asid' or 'bicubic', got {alpha!r}")
+        if kernels not in ('auto', False):
+            raise ValueError(f"kernels must be 'auto' or False, got {kernels!r}")
         self.tile, self.tile_overlap, self.alpha, self.max_memory = tile, tile_overlap, alpha, max_memory
+        self.kernels = kernels
 
         if isinstance(model, nn.Module):
             if value_range is not None or num_groups is not None:
@@ -149,7 +157,7 @@ class ASIDUpsampler:
             net = copy.deepcopy(net).to(memory_format=self.memory_format)
             net = net.to(self.dtype) if self.cast else net
         self.net = self._network = net
-        self.compiled, self.compile_sizes = False, None
+        self.compiled, self.compile_sizes, self.fused_layers = False, None, 0
         if compile:
             self.compile_network(None if isinstance(compile, bool) else compile)
         self._warned_overflow = False
@@ -160,6 +168,10 @@ class ASIDUpsampler:
         the network input sizes to compile for, (H, W) for any batch or (N, H, W) for batches of
         N, the others staying eager (None: all)."""
         net = self.net
+        if self.kernels == 'auto' and self.dtype != torch.float32 and fused_kernels_available(self.device):
+            net = copy.deepcopy(net)  # self.net stays plain: it serves the sizes that are not compiled
+            #: sharing attention layers that run the fused kernel in the compiled network
+            self.fused_layers = use_fused_kernels(net)
         # static shapes; on a GPU one CUDA graph per input shape (asid_arch.graphs says why not reduce-overhead)
         self._network = CompiledNetwork(net)
         self.compiled = True

@@ -12,7 +12,13 @@ if 'PYTEST_XDIST_WORKER' in os.environ:
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
+
+if not torch.cuda.is_available():
+    # without a GPU the Triton kernels (asid_arch/triton_kernels.py) run through Triton's interpreter
+    # (tests/test_kernels.py); it is chosen when Triton is imported, which nothing has done yet
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The reference files of the tests: the golden output, the released key manifests.

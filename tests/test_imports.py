@@ -87,7 +87,7 @@ def test_the_module_list_is_read():
             'basicsr_ext.patches.hook', 'basicsr_ext.training.models', 'basicsr_ext.common.options'} <= set(MODULES)
     assert imports_of('basicsr_ext.commands.cli', True) >= {'basicsr_ext.commands.prepare',
                                                             'basicsr_ext.common.errors'}
-    assert imports_of('asid_arch.inference', True) == {'asid_arch.checkpoint', 'asid_arch.graphs',
+    assert imports_of('asid_arch.inference', True) == {'asid_arch.checkpoint', 'asid_arch.graphs', 'asid_arch.kernels',
                                                        'asid_arch.runtime', 'asid_arch.tiling'}
     assert all(floor(m) is not None for m in MODULES)
 

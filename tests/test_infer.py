@@ -441,6 +441,11 @@ def upsampler_for(args, images=()):
     return infer.build_upsampler(args, network, device, speed.compile)
 
 
+def test_no_kernels_option_turns_the_fused_kernels_off(ckpt, tmp_path):
+    assert upsampler_for(infer_args(tmp_path, ckpt, '--fast-path', 'compile')).kernels == 'auto'
+    assert upsampler_for(infer_args(tmp_path, ckpt, '--fast-path', 'compile', '--no-kernels')).kernels is False
+
+
 def test_fast_path_option_compiles_in_the_upsampler_and_leaves_the_callers_network_alone(tiny_net, ckpt, tmp_path):
     args = infer_args(tmp_path, ckpt, '--fast-path', 'compile')
     assert upsampler_for(args).compiled

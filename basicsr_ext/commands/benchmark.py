@@ -14,7 +14,8 @@ fp32 output of the same network. Paths: ``plain`` (eager, the definition), and a
 :class:`asid_arch.ASIDUpsampler` runs the network (``basicsr infer``): ``default`` (its
 defaults for one image: fp32 on channels-last tensors on a CPU, fp16 on a GPU), ``compile``
 (``compile=True``), and on a GPU ``fp16`` (network and input cast to half, ``basicsr infer``'s
-default there) and ``compile fp16`` (both).
+default there) and ``compile fp16`` (both; with the fused Triton kernels of
+:mod:`asid_arch.kernels`, ``compile fp16 unfused`` without them).
 
 ``--train`` runs BasicSR's own ``train_pipeline`` (``basicsr train``) on a generated paired
 data set at the recipe's batch 16, LR patch 64 (data loading, prefetching and the optimizer included): ``plain``
@@ -44,9 +45,10 @@ from basicsr_ext.common.files import write_file
 NETWORK_NAMES = ('ASID', 'ASID-D8', 'SwinIR-light')
 
 #: Ways of running measured: inference ('plain'; 'default': what ``basicsr infer`` runs for one image,
-#: fp32 channels-last on a CPU, fp16 on a GPU; 'compile', and on a GPU 'fp16', 'compile fp16')
-#: and training ('plain', 'compile', and on a GPU 'compile bf16').
-PATHS = ('plain', 'default', 'compile', 'fp16', 'compile fp16', 'compile bf16')
+#: fp32 channels-last on a CPU, fp16 on a GPU; 'compile', and on a GPU 'fp16', 'compile fp16' and
+#: 'compile fp16 unfused', without the fused kernels) and training ('plain', 'compile', and on a GPU
+#: 'compile bf16').
+PATHS = ('plain', 'default', 'compile', 'fp16', 'compile fp16', 'compile fp16 unfused', 'compile bf16')
 
 
 def parse_size(text):

@@ -82,11 +82,12 @@ def inference_paths(name, net, device):
     paths = [('plain', net)]
     if name.startswith('ASID'):
         paths.append(('default', ASIDUpsampler(net, device=device, tile=0).run_network))
-        variants = [('compile', 'fp32', True)]
+        variants = [('compile', 'fp32', True, 'auto')]
         if device.type == 'cuda':
-            variants += [('fp16', 'fp16', False), ('compile fp16', 'fp16', True)]
-        for path, precision, compiled in variants:
-            up = ASIDUpsampler(net, device=device, precision=precision, tile=0, compile=compiled)
+            variants += [('fp16', 'fp16', False, 'auto'), ('compile fp16', 'fp16', True, 'auto'),
+                         ('compile fp16 unfused', 'fp16', True, False)]
+        for path, precision, compiled, kernels in variants:
+            up = ASIDUpsampler(net, device=device, precision=precision, tile=0, compile=compiled, kernels=kernels)
             paths.append((path, up.run_network))
     return paths
 

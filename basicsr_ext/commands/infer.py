@@ -205,6 +205,8 @@ def add_parser(commands):
                    help='compile: torch.compile the network (faster for many images of one size, e.g. video '
                    'frames; compiles once per size); none: never; auto (default): compile on a GPU when at least '
                    f'{FRAMES_TO_COMPILE} inputs share one size')
+    p.add_argument('--no-kernels', dest='kernels', action='store_false',
+                   help="compile without ASID's fused Triton kernels (used on a GPU by default; the same function)")
     p.add_argument('--batch', type=int, default=None, metavar='N',
                    help='RGB frames of the most common size per network call (default: '
                    f'{GPU_FRAME_BATCH} on a GPU when the network is compiled, else 1)')
@@ -555,7 +557,8 @@ def build_upsampler(args, network, device, compile):
         with _warnings_printed():
             return ASIDUpsampler(network, device=device, precision=precision, tile=args.tile,
                                  tile_overlap=args.tile_overlap, alpha=args.alpha, scale=args.scale,
-                                 max_memory=_max_memory(args), compile=compile)
+                                 max_memory=_max_memory(args), compile=compile,
+                                 kernels='auto' if args.kernels else False)
     except (ValueError, RuntimeError) as e:
         raise CommandError(str(e)) from None
 

@@ -1,0 +1,111 @@
+"""The fused Triton kernel (:mod:`asid_arch.kernels`) computes what the plain sharing layer computes.
+
+On the CPU the kernel runs through Triton's interpreter (the same kernel source, executed with
+NumPy); on a GPU it is compiled, and also checked eagerly and inside ``torch.compile`` and
+``ASIDUpsampler``. Without Triton (CPU-only torch builds) these tests are skipped and the plain
+path is all there is.
+"""
+import copy
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from asid_arch import ASID, ASIDUpsampler
+from asid_arch import kernels
+from asid_arch.asid_arch import SpatialSelfAttention
+from conftest import compile_with_backend
+
+#: where the kernel runs: compiled on a GPU, else through Triton's interpreter (set by conftest.py)
+DEVICE = 'cpu' if os.environ.get('TRITON_INTERPRET') == '1' else 'cuda'
+pytestmark = pytest.mark.skipif(importlib.util.find_spec('triton') is None or
+                                DEVICE == 'cuda' and not torch.cuda.is_available(),
+                                reason='needs Triton (CUDA builds of torch ship it), and a GPU or its interpreter')
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+
+
+def sharing_layer(dim, grid, device='cpu', dtype=torch.float32, seed=0):
+    """A sharing layer with random (not initial) weights, a channel-slice input as the block hands
+    it over, and an attention map made by a computing layer."""
+    torch.manual_seed(seed)
+    computing = SpatialSelfAttention(dim, 8, grid=grid, share=False).eval()
+    layer = SpatialSelfAttention(dim, 8, grid=grid, share=True).eval()
+    for p in layer.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.randn(2, dim + 4, 16, 24)[:, 4:]
+    with torch.no_grad():
+        _, attn = computing(x)
+    layer = layer.to(device, dtype)
+    return layer, x.to(device, dtype), attn.to(device, dtype)
+
+
+def fused_copy(module):
+    fused = copy.deepcopy(module)
+    assert kernels.use_fused_kernels(fused) > 0
+    return fused
+
+
+@pytest.mark.parametrize('grid', [False, True], ids=['local windows', 'grid windows'])
+@pytest.mark.parametrize('dim', [36, 24, 12])  # the three widths of ASID's distillation stages
+@pytest.mark.parametrize('dtype, tol', [
+    pytest.param(torch.float32, 1e-4, marks=pytest.mark.skipif(DEVICE == 'cuda', reason='on a GPU the kernel serves 16 bits')),
+    (torch.float16, 4e-3),
+    pytest.param(torch.bfloat16, 3e-2, marks=pytest.mark.skipif(DEVICE == 'cpu', reason="the interpreter's bf16 dot is wrong"))])
+def test_the_fused_sharing_layer_computes_the_plain_layer(dim, grid, dtype, tol):
+    layer, x, attn = sharing_layer(dim, grid, DEVICE, dtype)
+    with torch.no_grad():
+        ref, _ = layer(x, attn)
+        out, attn_out = fused_copy(layer)(x, attn)
+    assert attn_out is attn and out.dtype == dtype
+    assert (out.float() - ref.float()).abs().max() <= tol  # 16 bits: within one rounding of values ~5
+
+
+def test_a_fused_network_keeps_its_keys_and_its_function_also_traced_by_dynamo(monkeypatch):
+    torch.manual_seed(0)
+    dtype, tol = (torch.float32, 1e-5) if DEVICE == 'cpu' else (torch.float16, 4e-3)
+    net = ASID(upscale=2, num_groups=2, num_feat=16).eval().to(DEVICE, dtype)
+    fused = fused_copy(net)
+    assert sum(isinstance(m, kernels.FusedSharingLayer) for m in fused.modules()) == 6  # the sharing group's SLA1-3, SGA1-3
+    assert fused.state_dict().keys() == net.state_dict().keys()
+    x = torch.rand(1, 3, 21, 13, device=DEVICE, dtype=dtype)  # padded inside the network
+    with torch.no_grad():
+        ref = net(x)
+        assert (fused(x) - ref).abs().max() <= tol
+        compile_with_backend(monkeypatch, 'aot_eager')  # one graph: the kernel is an opaque custom op
+        try:
+            out = torch.compile(fused, dynamic=False)(x)
+        finally:
+            torch._dynamo.reset()
+    assert (out - ref).abs().max() <= tol
+
+
+def test_with_gradients_the_layer_runs_the_plain_path():
+    layer, x, attn = sharing_layer(24, True, DEVICE)
+    fused = fused_copy(layer).train()
+    out, _ = fused(x.requires_grad_(), attn)
+    out.square().sum().backward()
+    assert x.grad is not None and fused.attn.to_v.weight.grad is not None
+
+
+def test_kernels_are_chosen_on_a_gpu_only_and_can_be_turned_off():
+    net = ASID(upscale=2, num_groups=2, num_feat=16)
+    assert not kernels.available('cpu') and kernels.available('cuda')
+    assert ASIDUpsampler(net, device='cpu').fused_layers == 0
+    with pytest.raises(ValueError, match='kernels'):
+        ASIDUpsampler(net, device='cpu', kernels='yes')
+
+
+@needs_cuda
+def test_on_a_gpu_the_upsampler_with_kernels_computes_what_it_computes_without(golden, tmp_path):
+    torch.manual_seed(0)
+    net = ASID(upscale=4, num_groups=3).cuda().eval()
+    x = torch.rand(2, 3, 48, 40, device='cuda')
+    with torch.no_grad():
+        ref = net(x)
+    fused = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0, compile=True)
+    plain = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0, compile=True, kernels=False)
+    assert fused.fused_layers == 12 and plain.fused_layers == 0
+    a, b = fused.run_network(x), plain.run_network(x)
+    assert (a - b).abs().max() <= 4e-3
+    assert (a - ref).abs().max() <= 4e-3
