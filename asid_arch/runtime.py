@@ -51,21 +51,31 @@ def resolve_precision(precision, device):
     return precision
 
 
-def available_memory(device):
-    """Free memory in bytes on ``device`` (CUDA: free device memory; CPU: MemAvailable)."""
-    if device.type == 'cuda':
-        return torch.cuda.mem_get_info(device)[0]
+def host_available_memory():
+    """The kernel's estimate of the memory available without swapping (``MemAvailable``), in bytes;
+    where there is no /proc/meminfo, the free pages; None when neither is known. The one reader of
+    the host's free memory (the in-memory data set's room check uses it too)."""
     try:
         with open('/proc/meminfo') as f:
             for line in f:
-                if line.startswith('MemAvailable:'):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+                name, _, value = line.partition(':')
+                if name == 'MemAvailable':
+                    return int(value.split()[0]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
         pass
     try:
         return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
     except (ValueError, OSError, AttributeError):
-        return 4 << 30
+        return None
+
+
+def available_memory(device):
+    """Free memory in bytes on ``device`` (CUDA: free device memory; CPU: :func:`host_available_memory`,
+    4 GiB when unknown) for the tile plan."""
+    if device.type == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    available = host_available_memory()
+    return available if available is not None else 4 << 30
 
 
 def bytes_per_pixel(net):

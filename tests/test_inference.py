@@ -247,3 +247,13 @@ def test_module_without_upscale_needs_a_scale():
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         assert ASIDUpsampler(net, device='cpu', scale=2).upscale(np.zeros((3, 3, 3), np.uint8)).shape == (6, 6, 3)
+
+
+def test_the_host_memory_is_read_in_one_place_and_the_tile_plan_assumes_4_gib_when_unknown(monkeypatch):
+    from asid_arch import runtime
+    from basicsr_ext.common import resources
+    monkeypatch.setattr(runtime, 'host_available_memory', lambda: None)
+    assert resources.available_memory() is None  # the data set's room check says it cannot tell
+    assert runtime.available_memory(torch.device('cpu')) == 4 << 30
+    monkeypatch.setattr(runtime, 'host_available_memory', lambda: 123 << 20)
+    assert resources.available_memory() == 123 << 20 == runtime.available_memory(torch.device('cpu'))

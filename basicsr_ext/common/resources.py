@@ -52,21 +52,10 @@ def auto_workers(cores, gpus_on_host, cap=AUTO_WORKER_CAP):
     return max(1, min(cap, share - 1))
 
 
-def _meminfo_bytes(field):
-    try:
-        with open('/proc/meminfo') as f:
-            for line in f:
-                name, _, value = line.partition(':')
-                if name == field:
-                    return int(value.split()[0]) * 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def available_memory():
-    """The kernel's estimate of memory available without swapping (MemAvailable), in bytes, or None."""
-    return _meminfo_bytes('MemAvailable')
+    """Memory available without swapping, in bytes, or None (:func:`asid_arch.runtime.host_available_memory`)."""
+    from asid_arch.runtime import host_available_memory  # here: importing asid_arch imports torch and BasicSR
+    return host_available_memory()
 
 
 def shared_memory_free(path='/dev/shm'):
