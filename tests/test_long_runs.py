@@ -242,6 +242,31 @@ def test_write_file_leaves_the_old_file_or_the_new_one_and_no_temporary(tmp_path
     assert os.listdir(tmp_path) == ['a.bin']
 
 
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # the swallowed one, reported
+def test_a_signal_whose_exception_python_swallowed_still_stops_the_command_before_it_keeps_a_file(tmp_path):
+    # Raised inside a __del__ or a weakref callback (importlib's module locks have one), the
+    # Interrupted of a Ctrl-C is printed as "Exception ignored" and lost; export once wrote its file
+    # and exited 0 after such a Ctrl-C.
+    from basicsr_ext.common.interrupts import Interrupted, raising_on_signals
+
+    class SignalledWhileFinalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # the handler runs here, inside __del__: its exception is swallowed
+
+    path = tmp_path / 'a.bin'
+    with pytest.raises(Interrupted) as stopped, raising_on_signals():
+        SignalledWhileFinalised()  # collected at once
+        files.write_file(str(path), b'new')
+    assert stopped.value.signum == signal.SIGINT
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(Interrupted), raising_on_signals():  # with nothing written, at the end of the block
+        SignalledWhileFinalised()
+    with raising_on_signals():  # and not again in the next block
+        files.write_file(str(path), b'new')
+    assert path.read_bytes() == b'new'
+
+
 def test_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path):
     pid = dead_pid()
     ours_dead = tmp_path / f'.x.png.asid-tmp-{pid}'

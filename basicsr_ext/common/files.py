@@ -15,6 +15,8 @@ import os
 import re
 import shutil
 
+from basicsr_ext.common.interrupts import raise_if_interrupted
+
 #: What marks a temporary of this package: ``.<final name>.asid-tmp-<pid of its writer>``, with
 #: ``.lmdb`` after it for an LMDB folder (BasicSR's LMDB writer insists on the ending).
 TEMPORARY = re.compile(r'\..+\.asid-tmp-(\d+)(\.lmdb)?')
@@ -73,6 +75,7 @@ def write_file(path, data=None, write=None, mode=0o666):
                 write(f)
             f.flush()
             os.fsync(f.fileno())
+        raise_if_interrupted()  # a Ctrl-C whose exception was lost: nothing more is kept
         os.replace(tmp, path)
 
 
@@ -90,6 +93,7 @@ def replace_folder(path, make, suffix=''):
     _remove(tmp)
     with _removed_on_failure(tmp, path):
         make(tmp)
+        raise_if_interrupted()  # a Ctrl-C whose exception was lost: the old folder stays
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -7,9 +7,16 @@ and dies silently on the second. Under :func:`raising_on_signals` both raise
 clean-up the first one started (removing a temporary, writing a summary) is not cut short. A
 command reports it on one line and exits with :attr:`Interrupted.status` (128 + the signal's
 number, what a shell reports for a process the signal killed: 130, 143).
+
+A signal's exception can be lost: raised while Python runs a ``__del__`` or a weakref callback
+(importlib's module locks have one), it is printed as "Exception ignored" and the command goes on.
+Such a signal is remembered (:func:`raise_if_interrupted`): the atomic file writer checks before it
+keeps a file, and the block raises it on the way out, so a lost Ctrl-C still stops the command
+before it commits anything more.
 """
 import contextlib
 import signal
+import sys
 import threading
 
 #: The signals a command stops on.
@@ -34,10 +41,31 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+#: The signal whose Interrupted was swallowed (see the module docstring), or None.
+_lost = None
+
+
 def _raise_once(signum, frame):
     for s in SIGNALS:  # a second signal must not interrupt the clean-up of the first
         signal.signal(s, signal.SIG_IGN)
     raise Interrupted(signum)
+
+
+def _note_lost(hook):
+    def unraisable(info):
+        global _lost
+        if isinstance(info.exc_value, Interrupted):
+            _lost = info.exc_value.signum
+        hook(info)
+    return unraisable
+
+
+def raise_if_interrupted():
+    """Raise :class:`Interrupted` for a signal whose exception was swallowed (once)."""
+    global _lost
+    if _lost is not None:
+        signum, _lost = _lost, None
+        raise Interrupted(signum)
 
 
 @contextlib.contextmanager
@@ -47,10 +75,15 @@ def raising_on_signals():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _lost
+    _lost = None
     previous = {s: signal.signal(s, _raise_once) for s in SIGNALS}
+    hook, sys.unraisablehook = sys.unraisablehook, _note_lost(sys.unraisablehook)
     try:
         yield
+        raise_if_interrupted()
     finally:
+        sys.unraisablehook = hook
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
