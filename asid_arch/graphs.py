@@ -16,33 +16,47 @@ from collections import OrderedDict
 
 import torch
 
-#: Input shapes whose graphs are kept at once; each holds its own memory pool, so a folder of
-#: many sizes replays the latest few and captures the others again when they come back.
+#: Input shapes whose graphs are kept at once; each holds its own memory pool (returned to
+#: torch's caching allocator when the graph is dropped), so a folder of many sizes replays the
+#: latest few and captures the others again when they come back.
 MAX_GRAPHS = 4
 #: Calls of the compiled network before a capture: the first compiles, the others warm
 #: cuBLAS/cuDNN workspaces and Inductor's autotuned kernels outside the graph.
 WARMUP_CALLS = 2
 
 
+def _layout(x):
+    """The memory format an input is captured in: channels-last, or contiguous (a strided view,
+    a tile of a larger image, is copied into a contiguous buffer: one graph serves every such tile)."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class _Graph:
-    """One captured call: its input buffer, the graph and the output it writes."""
+    """One captured call: its input buffer, the graph and the output it writes.
+
+    Everything runs under ``torch.inference_mode()`` (the buffers are inference tensors, so a call
+    inside or outside inference mode may refill them) and with ``x``'s GPU current, on a stream of
+    that GPU (the capture would otherwise record nothing of a network on another GPU)."""
 
     def __init__(self, fn, x):
-        self.input = x.clone()
-        stream = torch.cuda.Stream(x.device)
-        stream.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(stream):  # warm-up on a side stream, as the capture recipe has it
-            for _ in range(WARMUP_CALLS):
-                fn(self.input)
-        torch.cuda.current_stream(x.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: a reader thread of the caller may allocate while this thread captures
-        with torch.cuda.graph(self.graph, capture_error_mode='thread_local'):
-            self.output = fn(self.input)
+        with torch.inference_mode(), torch.cuda.device(x.device):
+            self.input = x.clone(memory_format=_layout(x))
+            stream = torch.cuda.Stream(x.device)
+            stream.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(stream):  # warm-up on a side stream, as the capture recipe has it
+                for _ in range(WARMUP_CALLS):
+                    fn(self.input)
+            torch.cuda.current_stream(x.device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: a reader thread of the caller may allocate while this thread captures
+            with torch.cuda.graph(self.graph, stream=stream, capture_error_mode='thread_local'):
+                self.output = fn(self.input)
 
     def __call__(self, x):
-        self.input.copy_(x)
-        self.graph.replay()
+        with torch.inference_mode(), torch.cuda.device(x.device):
+            self.input.copy_(x)
+            self.graph.replay()
         return self.output
 
 
@@ -51,37 +65,37 @@ class CompiledNetwork:
     captured once into a CUDA graph and replayed after.
 
     The output of a replay is the graph's own buffer, overwritten by the next call of that
-    shape: copy it before calling again (``ASIDUpsampler.run_network`` does). Calls without
-    autograd only (inference): the graph holds no backward.
+    shape: copy it before calling again (``ASIDUpsampler.run_network`` does). For inference only
+    (the graph holds no backward; an input that requires grad runs the compiled network), and
+    from one thread at a time (the buffers are shared: one upsampler per thread).
 
     Args:
         net (nn.Module): the network, already on its device, dtype and memory format.
-        cuda_graphs (bool | None): capture graphs; None (default): on a CUDA input.
     """
 
-    def __init__(self, net, cuda_graphs=None):
+    def __init__(self, net):
         self.fn = torch.compile(net, dynamic=False)
-        self.cuda_graphs = cuda_graphs
-        self.graphs = OrderedDict()  # (shape, dtype, stride, device) -> _Graph, or None where capture failed
+        #: (shape, dtype, device, memory format) -> _Graph, or None where the capture failed
+        self.graphs = OrderedDict()
 
     def __call__(self, x):
-        use_graphs = x.is_cuda if self.cuda_graphs is None else self.cuda_graphs
-        if not use_graphs or torch.is_grad_enabled() and x.requires_grad:
+        if not x.is_cuda or torch.is_grad_enabled() and x.requires_grad:
             return self.fn(x)
-        key = (tuple(x.shape), x.dtype, x.stride(), x.device)
+        key = (tuple(x.shape), x.dtype, x.device, _layout(x))
         if key not in self.graphs:
             self.graphs[key] = self._capture(x)
             while len(self.graphs) > MAX_GRAPHS:
-                self.graphs.popitem(last=False)  # frees that graph's memory pool
+                self.graphs.popitem(last=False)
         self.graphs.move_to_end(key)
         graph = self.graphs[key]
-        with torch.no_grad():
-            return graph(x) if graph is not None else self.fn(x)
+        if graph is None:
+            with torch.no_grad():
+                return self.fn(x)
+        return graph(x)
 
     def _capture(self, x):
         try:
-            with torch.no_grad():
-                return _Graph(self.fn, x)
+            return _Graph(self.fn, x)
         except RuntimeError as err:  # never lose the images to an optimisation
             warnings.warn(f'CUDA graph capture failed for input {tuple(x.shape)} ({str(err).splitlines()[0]}); '
                           'running the compiled network without a graph for it', stacklevel=3)

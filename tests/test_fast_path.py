@@ -112,6 +112,12 @@ def test_on_a_gpu_each_input_size_is_captured_once_and_replays_the_plain_functio
     with torch.no_grad():
         plain = [net(x) for x in inputs]
     outs = [up.run_network(x) for x in inputs]  # the second call of a size replays its graph
+    with torch.inference_mode():  # as upscale_tensor calls it: the same graphs serve both modes
+        outs.append(up.run_network(inputs[0]))
+    plain.append(plain[0])
+    tile = torch.cat([inputs[1], inputs[1]], dim=3)[..., :56]  # a strided view, as a tile of a larger image
+    outs.append(up.run_network(tile))  # is copied into the graph's buffer: no capture of its own
+    plain.append(plain[1])
     graphs = up._network.graphs
     assert len(graphs) == 2 and all(g is not None for g in graphs.values()), graphs
     for out, ref in zip(outs, plain):  # each output is the caller's: later replays did not overwrite it
@@ -127,7 +133,7 @@ def test_on_a_gpu_compiled_fp16_is_as_close_to_fp32_as_eager_fp16(golden, golden
         ref = net(x)
     eager = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0).run_network(x)
     up = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0, compile=True)
-    first, replay = up.run_network(x), up.run_network(x)
+    first, replay = up.run_network(x), up.run_network(x)  # captured and run, then replayed
     assert torch.equal(first, replay)
     assert psnr(first, ref) >= min(50.0, psnr(eager, ref) - 1), (psnr(first, ref), psnr(eager, ref))
     assert (first - ref).abs().max() <= 2e-3
