@@ -51,7 +51,7 @@ from torch import nn
 from .checkpoint import build_asid
 from .graphs import CompiledNetwork
 from .kernels import available as fused_kernels_available
-from .kernels import use_fused_kernels
+from .kernels import fusable, use_fused_kernels
 from .runtime import PRECISIONS, bytes_per_pixel, choose_tile, resolve_device, resolve_precision
 from .tiling import tile_grid, tiled_forward
 
@@ -109,7 +109,8 @@ class ASIDUpsampler:
             the same function (tested against the plain path), faster for many images of one
             size (video frames), with a compilation for each new size. Default: False (eager). A collection of (height, width) sizes
             compiles for network inputs of those sizes only and runs the others eagerly (a
-            folder of video frames with a few odd images compiles once).
+            folder of video frames with a few odd images compiles once). A compiled upsampler
+            serves one thread at a time (its graphs' buffers are shared): one per thread.
         kernels (str | bool): the fused Triton kernels of :mod:`asid_arch.kernels` (the same
             function): 'auto' (default): in the compiled network on a GPU, in fp16/bf16, where
             Triton is installed; False: never.
@@ -168,8 +169,11 @@ class ASIDUpsampler:
         the network input sizes to compile for, (H, W) for any batch or (N, H, W) for batches of
         N, the others staying eager (None: all)."""
         net = self.net
-        if self.kernels == 'auto' and self.dtype != torch.float32 and fused_kernels_available(self.device):
-            net = copy.deepcopy(net)  # self.net stays plain: it serves the sizes that are not compiled
+        if (self.kernels == 'auto' and self.dtype != torch.float32 and fused_kernels_available(self.device, self.dtype)
+                and any(map(fusable, net.modules()))):
+            # a copy: self.net stays plain for the sizes that are not compiled (and weights changed
+            # in self.net later do not reach the compiled sizes)
+            net = copy.deepcopy(net)
             #: sharing attention layers that run the fused kernel in the compiled network
             self.fused_layers = use_fused_kernels(net)
         # static shapes; on a GPU one CUDA graph per input shape (asid_arch.graphs says why not reduce-overhead)

@@ -1,10 +1,12 @@
-"""The Triton source of :mod:`asid_arch.kernels` (imported only when a fused layer first runs).
+"""The Triton source of :mod:`asid_arch.kernels` (imported by ``use_fused_kernels``, not with the package).
 
 ``shared_window_attention`` is a custom op (``torch.ops.asid.shared_window_attention``), opaque
 to ``torch.compile``: the compiled network calls it as one kernel and Dynamo needs only its
 output's shape. On a machine without a GPU the tests run it through Triton's interpreter
 (``TRITON_INTERPRET=1``, set by ``tests/conftest.py`` before Triton is imported).
 """
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -17,7 +19,8 @@ def _shared_window_attention_kernel(x_ptr, out_ptr, attn_ptr, norm_w_ptr, norm_b
                                     WS: tl.constexpr, CP: tl.constexpr, GRID: tl.constexpr,
                                     PRECISION: tl.constexpr):
     T: tl.constexpr = WS * WS
-    n = tl.program_id(0)  # windows are ordered (b, i, j), as window_partition makes them
+    n = tl.program_id(0).to(tl.int64)  # windows are ordered (b, i, j), as window_partition makes them
+    # 64-bit offsets: a batch of large frames passes 2**31 elements (of the map, or of x's channels)
     b = n // (grid_h * grid_w)
     i = (n // grid_w) % grid_h
     j = n % grid_w
@@ -27,7 +30,7 @@ def _shared_window_attention_kernel(x_ptr, out_ptr, attn_ptr, norm_w_ptr, norm_b
         row, col = u * grid_h + i, v * grid_w + j
     else:
         row, col = i * WS + u, j * WS + v
-    ch = tl.arange(0, CP)
+    ch = tl.arange(0, CP).to(tl.int64)
     cmask = ch < C
     mask = cmask[None, :] & (tok[:, None] < T)
     x_offs = b * sxb + ch[None, :] * sxc + row[:, None] * sxh + col[:, None] * sxw
@@ -65,11 +68,17 @@ def shared_window_attention(x: torch.Tensor, attn: torch.Tensor, norm_weight: to
     """See :func:`asid_arch.kernels.shared_window_attention`."""
     b, c, h, w = x.shape
     grid_h, grid_w = h // window_size, w // window_size
+    tokens = window_size * window_size
+    if h % window_size or w % window_size or tuple(attn.shape) != (b * grid_h * grid_w, tokens, tokens):
+        raise ValueError(f'shared_window_attention: input {tuple(x.shape)} is not whole windows of '
+                         f'{window_size} px, or the map {tuple(attn.shape)} is not one per window')
     out = torch.empty_like(x)
-    _shared_window_attention_kernel[(b * grid_h * grid_w, )](
-        x, out, attn, norm_weight, norm_bias, w_v, w_o, c, grid_h, grid_w, eps, *x.stride(), *out.stride(),
-        *attn.stride(), WS=window_size, CP=max(16, triton.next_power_of_2(c)), GRID=grid,
-        PRECISION='ieee' if x.dtype == torch.float32 else 'tf32')  # fp32 exactly, not as TF32
+    # Triton launches on the current GPU (CPU tensors: the tests' interpreter)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _shared_window_attention_kernel[(b * grid_h * grid_w, )](
+            x, out, attn, norm_weight, norm_bias, w_v.contiguous(), w_o.contiguous(), c, grid_h, grid_w, eps,
+            *x.stride(), *out.stride(), *attn.stride(), WS=window_size, CP=max(16, triton.next_power_of_2(c)),
+            GRID=grid, PRECISION='ieee' if x.dtype == torch.float32 else 'tf32')  # fp32: no TF32
     return out
 
 
