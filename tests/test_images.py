@@ -42,3 +42,27 @@ def test_the_header_reader_reads_a_png_header_without_decoding_its_pixels(tmp_pa
     header = images.read_header(path)
     assert (header.width, header.height, header.orientation) == (56, 40, 1)
     assert decoded == []
+
+
+def test_the_header_reader_finds_the_orientation_of_a_png_whose_exif_follows_the_pixels(tmp_path, monkeypatch):
+    # PNG allows the eXIf chunk after the image data; basicsr infer turns such a photo upright too
+    import struct
+    import zlib
+
+    from PIL import Image, ImageFile
+    png = cv2.imencode('.png', make_image(40, 56, 0))[1].tobytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = exif.tobytes()
+    data = data[6:] if data.startswith(b'Exif\x00\x00') else data  # a PNG chunk holds the TIFF bytes alone
+    chunk = struct.pack('>I', len(data)) + b'eXIf' + data + struct.pack('>I', zlib.crc32(b'eXIf' + data))
+    iend = png.rindex(b'IEND') - 4
+    path = tmp_path / 'late_exif.png'
+    path.write_bytes(png[:iend] + chunk + png[iend:])
+    with Image.open(path) as im:
+        assert im.getexif().get(0x0112) == 6  # what Pillow says after decoding the pixels
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, 'load', lambda self, *a, **k: decoded.append(self))
+    assert images.read_header(str(path)).orientation == 6
+    assert images.read_header(path.read_bytes()).orientation == 6
+    assert decoded == []

@@ -8,6 +8,7 @@ as BasicSR's datasets do and says what is wrong with a broken one.
 """
 import contextlib
 import os
+import struct
 import sys
 from typing import NamedTuple
 
@@ -103,15 +104,52 @@ def read_header(source):
             warnings.simplefilter('ignore')  # DecompressionBombWarning: callers set their own limits
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
                 try:
-                    # Pillow finds a PNG's eXIf chunk after the pixels only by decoding them all
-                    # (4 ms for a 480 px DIV2K sub-image): a header reader takes the one before them
-                    header_only = im.format == 'PNG' and 'exif' not in im.info
-                    orientation = 1 if header_only else im.getexif().get(0x0112, 1)
+                    orientation = _orientation(im, source)
                 except Exception:  # broken EXIF: the pixels as stored
                     orientation = 1
                 return Header(im.size[0], im.size[1], orientation, getattr(im, 'n_frames', 1))
     except Exception:  # not a format Pillow knows, a size it refuses, or an unreadable file
         return None
+
+
+def _orientation(im, source):
+    """EXIF orientation of an opened image, without decoding its pixels."""
+    from PIL import Image
+    if im.format != 'PNG' or 'exif' in im.info or 'Raw profile type exif' in im.info:
+        # Image.getexif: PngImageFile's own decodes every pixel first, to look for EXIF after them
+        return Image.Image.getexif(im).get(0x0112, 1)
+    exif = _png_exif_chunk(source)  # an eXIf chunk after the pixels: found by its header
+    if exif is None:
+        return 1
+    found = Image.Exif()
+    found.load(exif)
+    return found.get(0x0112, 1)
+
+
+def _png_exif_chunk(source):
+    """The data of a PNG's eXIf chunk, or None, walking the chunk headers (8 bytes each, read with
+    one pread a chunk: 0.06 ms for a 480 px DIV2K sub-image of 64 chunks)."""
+    if isinstance(source, bytes):
+        return _walk_png(lambda offset, size: source[offset:offset + size])
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        return _walk_png(lambda offset, size: os.pread(fd, size, offset))
+    finally:
+        os.close(fd)
+
+
+def _walk_png(read_at):
+    offset = 8  # after the signature
+    while True:
+        head = read_at(offset, 8)
+        if len(head) < 8:
+            return None
+        length, kind = struct.unpack('>I4s', head)
+        if kind == b'eXIf':
+            return read_at(offset + 8, length)
+        if kind == b'IEND':
+            return None
+        offset += 12 + length  # length, type, data, CRC
 
 
 #: File signatures of image formats, to tell a broken image from a file that is no image.
