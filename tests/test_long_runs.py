@@ -265,6 +265,17 @@ def test_a_signal_whose_exception_python_swallowed_still_stops_the_command_befor
     with raising_on_signals():  # and not again in the next block
         files.write_file(str(path), b'new')
     assert path.read_bytes() == b'new'
+    with pytest.raises(Interrupted) as stopped, raising_on_signals():
+        SignalledWhileFinalised()
+        os.kill(os.getpid(), signal.SIGTERM)  # after a lost one, the next signal stops at once
+        sum(range(1000))
+        pytest.fail('the second signal did not stop the block')
+    assert stopped.value.signum == signal.SIGTERM
+    with pytest.raises(ValueError), raising_on_signals():  # a block left by another error
+        SignalledWhileFinalised()
+        raise ValueError
+    files.write_file(str(path), b'after')  # leaves no lost signal behind for the code after it
+    assert path.read_bytes() == b'after'
 
 
 def test_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path):

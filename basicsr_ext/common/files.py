@@ -65,6 +65,7 @@ def write_file(path, data=None, write=None, mode=0o666):
     """
     if (data is None) == (write is None):
         raise TypeError('write_file takes data or write, not both or neither')
+    raise_if_interrupted()  # a Ctrl-C whose exception was lost: nothing more is written
     tmp = temporary_path(path)
     with _removed_on_failure(tmp, path):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

@@ -43,6 +43,8 @@ class Interrupted(KeyboardInterrupt):
 
 #: The signal whose Interrupted was swallowed (see the module docstring), or None.
 _lost = None
+#: How many :func:`raising_on_signals` blocks are open (``benchmark --train`` runs ``train`` inside one).
+_depth = 0
 
 
 def _raise_once(signum, frame):
@@ -54,8 +56,11 @@ def _raise_once(signum, frame):
 def _note_lost(hook):
     def unraisable(info):
         global _lost
-        if isinstance(info.exc_value, Interrupted):
+        if isinstance(info.exc_value, Interrupted) and _lost is None:
             _lost = info.exc_value.signum
+            if threading.current_thread() is threading.main_thread():
+                for s in SIGNALS:  # no clean-up of it is under way: a next signal stops at once
+                    signal.signal(s, _raise_once)
         hook(info)
     return unraisable
 
@@ -72,17 +77,20 @@ def raise_if_interrupted():
 def raising_on_signals():
     """SIGINT and SIGTERM raise :class:`Interrupted` (once) inside the block; the handlers before
     are restored after it. Does nothing outside the main thread (Python handles signals there only)."""
+    global _depth, _lost
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    global _lost
-    _lost = None
     previous = {s: signal.signal(s, _raise_once) for s in SIGNALS}
     hook, sys.unraisablehook = sys.unraisablehook, _note_lost(sys.unraisablehook)
+    _depth += 1
     try:
         yield
         raise_if_interrupted()
     finally:
+        _depth -= 1
+        if _depth == 0:
+            _lost = None  # a lost signal belongs to its block: none is left for code after it
         sys.unraisablehook = hook
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
