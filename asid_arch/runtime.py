@@ -34,7 +34,10 @@ def resolve_device(device='auto'):
     """``'auto'`` -> CUDA when available, else CPU; anything else is checked and returned."""
     if device is None or device == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:  # torch's message lists its twenty device types
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'device {device} requested, but CUDA is not available (torch {torch.__version__})')
     return device

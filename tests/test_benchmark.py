@@ -2,6 +2,7 @@
 import json
 import re
 
+import pytest
 import torch
 
 from asid_arch import ASID
@@ -157,3 +158,13 @@ def test_profile_times_every_block_of_asid_alone_and_counts_the_sharing_groups_o
 def test_profile_refuses_a_network_it_cannot_split_into_blocks(capsys):
     assert main(['benchmark', '--device', 'cpu', '--profile', '--networks', 'SwinIR-light']) == 2
     assert capsys.readouterr().err.strip().endswith('--profile measures ASID and ASID-D8: name one with --networks')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_a_device_it_cannot_use_and_gpu_only_paths_on_the_cpu_are_one_line(capfd):
+    for argv, line in [(['--device', 'cuda'], '--device cuda: device cuda requested, but CUDA is not available'),
+                       (['--device', 'gpu'], "--device gpu: device must be auto, cpu, cuda or cuda:N; got 'gpu'"),
+                       (['--device', 'cpu', '--paths', 'fp16'], '--paths fp16: paths of a GPU only')]:
+        assert main(['benchmark', '--networks', 'ASID', '--size', '16x16', '--repeat', '1', *argv]) == 2
+        err = capfd.readouterr().err
+        assert err.startswith(f'basicsr benchmark: error: {line}') and len(err.splitlines()) == 1, err

@@ -49,6 +49,8 @@ NETWORK_NAMES = ('ASID', 'ASID-D8', 'SwinIR-light')
 #: 'compile fp16 unfused', without the fused kernels) and training ('plain', 'compile', and on a GPU
 #: 'compile bf16').
 PATHS = ('plain', 'default', 'compile', 'fp16', 'compile fp16', 'compile fp16 unfused', 'compile bf16')
+#: Paths measured on a GPU only (fp16 kernels, and the fused Triton kernel, need one).
+GPU_PATHS = ('fp16', 'compile fp16', 'compile fp16 unfused', 'compile bf16')
 
 
 def parse_size(text):
@@ -176,9 +178,15 @@ def run(args):
 
     from basicsr_ext.commands.benchmark_runs import (bench_inference, bench_large, bench_stop_check, bench_training,
                                                      check_training_args)
+    from asid_arch.runtime import resolve_device
     check_training_args(args)
-    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
-                          'cpu' if args.device == 'auto' else args.device)
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as e:  # 'cuda' without a GPU, a misspelt device
+        raise CommandError(f'--device {args.device}: {str(e).splitlines()[0]}') from None
+    gpu_only = [path for path in args.paths if path in GPU_PATHS]
+    if device.type == 'cpu' and gpu_only and set(gpu_only) == set(args.paths) and not (args.train or args.profile):
+        raise CommandError(f'--paths {" ".join(gpu_only)}: paths of a GPU only; on the CPU: plain, default, compile')
     args.size = args.size or ((320, 180) if device.type == 'cuda' else (128, 128))
     args.repeat = args.repeat or (50 if device.type == 'cuda' else 9)
 
