@@ -194,3 +194,11 @@ def test_infer_onnx_refuses_options_that_do_not_apply_and_bad_files(small_onnx, 
     assert 'not a usable ONNX model' in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --onnx and --model-path are exclusive
         main([*base, '--onnx', str(small_onnx), '--model-path', 'x.pth'])
+
+
+def test_an_onnx_file_given_as_a_checkpoint_points_to_the_onnx_option(small_onnx, tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / 'a.png'), np.zeros((8, 8, 3), np.uint8))
+    assert main(['infer', '-i', str(tmp_path / 'a.png'), '-o', str(tmp_path / 'out'), '--model-path',
+                 str(small_onnx)]) == 2
+    assert capsys.readouterr().err == (f'basicsr infer: error: --model-path {small_onnx}: an ONNX model; run it with '
+                                       f'--onnx {small_onnx}\n')

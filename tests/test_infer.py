@@ -404,10 +404,13 @@ def test_progress_bars_over_images_and_tiles_on_a_terminal(tmp_path, capsys, ckp
 def test_quiet_prints_only_problems_and_the_summary(tmp_path, capsys, ckpt):
     cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
     (tmp_path / 'b.png').write_bytes(b'junk')
+    (tmp_path / 'notes.txt').write_text('not an image')
     code, out, err = run(capsys, tmp_path, tmp_path / 'out', ckpt, '--quiet')
-    assert code == 1 and summary(out) == (1, 0, 1)
+    assert code == 1 and summary(out) == (1, 1, 1)
     assert err.strip().splitlines() == [f'FAILED {tmp_path / "b.png"}: not a readable image (truncated, corrupt, '
                                         'or not an image file)']
+    code, out, err = run(capsys, tmp_path, tmp_path / 'out', ckpt, '--quiet')  # again: a.png's output exists
+    assert summary(out) == (0, 3, 1) and len(err.strip().splitlines()) == 1  # and the out/ folder
 
 
 def test_out_of_memory_on_one_image_fails_that_image_only(tmp_path, capsys, ckpt, monkeypatch):
@@ -770,6 +773,6 @@ def test_compare_writes_input_bicubic_output_side_by_side_per_image_and_never_ta
     assert not np.array_equal(sheet[:bar, :60], np.zeros((bar, 60, 3), np.uint8))  # a label is written there
     assert read(folder / 'g_ASID_x2_compare.png').shape == (bar + 32, 3 * 24 + 2 * gap, 3)
     # a second run over the same folder: neither outputs nor comparison images are inputs
-    code, out, err = run(capsys, folder, folder, ckpt, '--compare', '-q')
+    code, out, err = run(capsys, folder, folder, ckpt, '--compare')
     assert summary(out) == (0, 2 + 4, 0)  # two inputs with outputs, four earlier outputs
     assert f'skipped {folder}/a_ASID_x2_compare.png: an output of basicsr infer' in err

@@ -216,8 +216,10 @@ def add_parser(commands):
                    help=f'fail images whose output would have more pixels (default {DEFAULT_MAX_PIXELS})')
     p.add_argument('--compare', action='store_true',
                    help='also write OUTPUT/{stem}{suffix}_compare.png per image: input (nearest neighbour), bicubic '
-                   'and the output side by side, labelled')
-    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars or per-image lines')
+                   'and the output side by side, labelled (for the images it upscales: with --overwrite for those '
+                   'done before)')
+    p.add_argument('-q', '--quiet', action='store_true',
+                   help='no progress bars or per-image lines (skipped ones included): FAILED lines and the summary')
     p.set_defaults(func=cmd_infer)
     return p
 
@@ -296,8 +298,8 @@ class _Run:
             tqdm.write(msg, file=sys.stderr)
 
     def note_skipped(self, msg):
-        self.skipped += 1
-        tqdm.write(msg, file=sys.stderr)
+        self.skipped += 1  # counted in the summary; the line itself is a per-image line (-q: none)
+        self.say(msg)
 
     def fail(self, path, reason):
         self.failed += 1
@@ -523,6 +525,8 @@ def load_network(args):
             return OnnxNetwork(args.onnx), resolve_device('cpu')
         except OnnxError as e:
             raise CommandError(str(e)) from None
+    if str(args.model_path).lower().endswith('.onnx'):
+        raise CommandError(f'--model-path {args.model_path}: an ONNX model; run it with --onnx {args.model_path}')
     try:
         device = resolve_device(args.device)
         with _warnings_printed():
