@@ -488,3 +488,17 @@ def test_milestones_beyond_total_iter_train_with_a_one_line_warning(tiny_data, t
     warnings = [line for line in capsys.readouterr().err.splitlines() if 'warning' in line]
     assert warnings == [f'basicsr train: warning: {opt_file}: train.scheduler.milestones: 3, 40 beyond total_iter 2: '
                         f'the learning rate is never lowered there']
+
+
+def test_a_missing_data_folder_of_the_shipped_layouts_names_the_command_that_writes_it(tmp_path, monkeypatch):
+    import basicsr_ext.training.data  # noqa: F401  (registers the types the files name, as basicsr train does)
+    import basicsr_ext.training.models  # noqa: F401
+    from basicsr_ext.common.options import OptionError, load_and_check
+    monkeypatch.chdir(tmp_path)  # relative paths are the current folder's: nothing prepared here
+    for name, command in [('train_ASID_x4_demo.yml', 'basicsr prepare demo'),
+                          ('train_ASID_x4.yml', 'basicsr prepare div2k --input ...'),
+                          ('train_ASID_x4_BSDS200.yml', 'basicsr prepare benchmark --input ...'),
+                          ('train_ASID_x4_realesrnet.yml', 'basicsr prepare realesrgan --input ...')]:
+        with pytest.raises(OptionError, match=re.escape(f'does not exist ({command} writes it, under the current '
+                                                        'folder)')):
+            load_and_check(os.path.join(REPO, 'options', name))

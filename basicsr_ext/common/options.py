@@ -69,7 +69,26 @@ def _check_dataset(name, dataset, path):
             exists = os.path.isdir(value)
         if not exists:
             kind = 'LMDB' if backend == 'lmdb' and not key.startswith('meta_info') else 'path'
-            raise OptionError(f'{path}: datasets.{name}.{key}: {kind} {value} does not exist')
+            raise OptionError(f'{path}: datasets.{name}.{key}: {kind} {value} does not exist{_prepare_hint(value)}')
+
+
+#: What writes the data layouts the shipped option files read (their first folder under datasets/).
+PREPARE_COMMANDS = {'demo': 'basicsr prepare demo', 'DIV2K': 'basicsr prepare div2k --input ...',
+                    'RealESRGAN': 'basicsr prepare realesrgan --input ...'}
+
+
+def _prepare_hint(value):
+    """' (what makes it)' for a missing data folder of the shipped layouts; relative paths are the
+    current folder's."""
+    parts = os.path.normpath(value).split(os.sep)
+    if len(parts) < 2 or parts[0] != 'datasets':
+        return ''
+    command = PREPARE_COMMANDS.get(parts[1])
+    if command is None and any(part.startswith(('GTmod', 'LRbicx')) for part in parts):
+        command = 'basicsr prepare benchmark --input ...'  # Set5, BSDS200 ...
+    if command is None:
+        return ''
+    return f' ({command} writes it, under the current folder)'
 
 
 #: Dataset types whose options and files are those of BasicSR's PairedImageDataset.
