@@ -112,6 +112,23 @@ def test_alpha_png_gets_an_upscaled_alpha_reattached(tmp_path, capsys, ckpt, tin
         assert result[..., 3].min() < 60 and result[..., 3].max() > 180  # the ramp survives
 
 
+def test_grey_with_alpha_stays_grey_and_keeps_its_alpha(tmp_path, capsys, ckpt, tiny_net):
+    # a grey + alpha PNG (OpenCV reads it as four channels) is upscaled as grey + alpha and written
+    # as RGBA with equal colours (OpenCV writes no two-channel PNG); its --compare panels work too
+    from PIL import Image
+    grey = img8(12, 10, 1)
+    ramp = np.broadcast_to((np.arange(10) * 25).astype(np.uint8)[None, :], grey.shape)
+    Image.fromarray(np.stack([grey, ramp], -1), 'LA').save(tmp_path / 'la.png')
+    code, out, err = run(capsys, tmp_path / 'la.png', tmp_path / 'out', ckpt, '--compare')
+    assert code == 0, err
+    result = read(tmp_path / 'out' / 'la_ASID_x2.png')
+    assert result.shape == (24, 20, 4)
+    assert (result[..., 0] == result[..., 1]).all() and (result[..., 1] == result[..., 2]).all()
+    expected = ASIDUpsampler(tiny_net, device='cpu').upscale(np.stack([grey, ramp], -1))
+    np.testing.assert_array_equal(result[..., [0, 3]], expected)
+    assert (tmp_path / 'out' / 'la_ASID_x2_compare.png').exists()
+
+
 def test_alpha_into_a_format_without_alpha_is_written_as_png(tmp_path, capsys, ckpt):
     cv2.imwrite(str(tmp_path / 'icon.png'), img8(8, 8, 4))
     code, out, err = run(capsys, tmp_path / 'icon.png', tmp_path / 'out', ckpt, '--ext', 'jpg')

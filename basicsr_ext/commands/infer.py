@@ -138,6 +138,8 @@ def decode(data):
         if order is None:
             raise ImageError(f'unsupported number of channels: {img.shape[2]}')
         img = img[..., order]
+    if img.ndim == 3 and img.shape[2] == 4 and (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all():
+        img = img[..., [0, 3]]  # grey with alpha (OpenCV reads a PNG's grey + alpha as four channels): kept grey
     return img
 
 
@@ -147,6 +149,8 @@ def decode(data):
 def encode(img, ext):
     """RGB(A)/grey array -> file bytes in format ``ext``; returns (bytes, notes)."""
     notes = []
+    if img.ndim == 3 and img.shape[2] == 2:  # grey with alpha: OpenCV writes no two-channel image
+        img = img[..., [0, 0, 0, 1]]
     if img.ndim == 3 and img.shape[2] == 4 and ext not in ALPHA_EXTENSIONS:
         raise AssertionError('alpha into a format without alpha')  # callers switch to PNG first
     if img.dtype == np.float32 and ext not in FLOAT_EXTENSIONS:
@@ -339,7 +343,7 @@ class _Run:
         self.check_size(width, height)
 
         notes = []
-        if img.ndim == 3 and img.shape[2] == 4 and ext not in ALPHA_EXTENSIONS:
+        if img.ndim == 3 and img.shape[2] in (2, 4) and ext not in ALPHA_EXTENSIONS:
             notes.append(f'{ext} has no alpha: written as .png')
             ext = '.png'
             out = self.claim(self.output_path(path, ext))

@@ -133,12 +133,14 @@ class ComparisonSheet:
 
 
 def as_8bit_colour(img):
-    """An image as ``basicsr infer`` reads it (8/16-bit or float; grey, 3 or 4 channels) as uint8 with 3
+    """An image as ``basicsr infer`` reads it (8/16-bit or float; grey, grey + alpha, 3 or 4 channels) as uint8 with 3
     channels, in the order it has (the panels never reorder channels)."""
     if img.dtype == np.uint16:
         img = (img // 257).astype(np.uint8)
     elif img.dtype != np.uint8:
         img = np.clip(np.round(img * 255.), 0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 2:  # grey with alpha
+        img = img[..., 0]
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     return img[..., :3]
