@@ -22,6 +22,7 @@ from basicsr_ext.commands.cli import main
 from basicsr_ext.common.optionfile import read_options
 from basicsr_ext.common.options import OptionError, check_options
 from basicsr_ext.training import models  # noqa: F401  (registers ASIDModel, as basicsr train does)
+from asid_arch import ASID
 from asid_arch.tiling import tiled_forward
 from basicsr.utils import img2tensor, tensor2img  # noqa: E402  (after basicsr_ext)
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
@@ -384,6 +385,18 @@ def test_demo_file_trains_on_what_prepare_demo_writes(tmp_path, monkeypatch, dem
     log = open(glob.glob(str(tmp_path / 'experiments/train_ASID_x4_demo/train_*.log'))[0]).read()
     assert 'Number of train images: 291\n\tDataset enlarge ratio: 10' in log
     assert 'demo_val' in metrics_in(log)
+
+
+def test_demo_test_file_tests_the_demo_model_on_the_demo_photographs(tmp_path, monkeypatch, demo_datasets):
+    """`basicsr test -opt options/test_ASID_x4_demo.yml` after the demo: its table, beside bicubic."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(demo_datasets[0] / 'datasets', tmp_path / 'datasets')
+    models = tmp_path / 'experiments/train_ASID_x4_demo/models'
+    models.mkdir(parents=True)
+    torch.save({'params': ASID(upscale=4, value_range=(-1, 1)).state_dict()}, models / 'net_g_latest.pth')
+    assert main(['test', '-opt', os.path.join(OPTIONS, 'test_ASID_x4_demo.yml'), '--force_yml', 'num_gpu=0']) == 0
+    table = (tmp_path / 'results/test_ASID_x4_demo/results.md').read_text()
+    assert re.search(r'\| demo_val \| 3 \| [\d.]+ \| 29\.53 \|', table), table
 
 
 def test_bsds200_gpu_file_trains_one_iteration_on_a_cpu_with_its_gpu_switches_overridden(stub, monkeypatch):
