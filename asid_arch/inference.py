@@ -107,9 +107,10 @@ class ASIDUpsampler:
         compile (bool | collection): run the network through ``torch.compile`` (Inductor; on a GPU
             captured as one CUDA graph per input size, :class:`asid_arch.graphs.CompiledNetwork`):
             the same function (tested against the plain path), faster for many images of one
-            size (video frames), with a compilation for each new size. Default: False (eager). A collection of (height, width) sizes
-            compiles for network inputs of those sizes only and runs the others eagerly (a
-            folder of video frames with a few odd images compiles once). A compiled upsampler
+            size (video frames), with a compilation for each new size. Default: False (eager). A
+            collection of (height, width) sizes compiles for network inputs of those sizes only
+            and runs the others eagerly (a folder of video frames with a few odd images compiles
+            once). A compiled upsampler
             serves one thread at a time (its graphs' buffers are shared): one per thread.
         kernels (str | bool): the fused Triton kernels of :mod:`asid_arch.kernels` (the same
             function): 'auto' (default): in the compiled network on a GPU, in fp16/bf16, where

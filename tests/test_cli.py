@@ -66,6 +66,7 @@ def _broken_options(tmp_path, tiny_data):
     (tmp_path / 'malformed.yml').write_text('name: [unclosed\nmodel_type: SRModel\n')
     return {
         'missing file': (str(tmp_path / 'absent.yml'), ['absent.yml', 'not found']),
+        'a folder': (str(tmp_path), [str(tmp_path), 'a folder, not an option file']),
         'malformed YAML': (str(tmp_path / 'malformed.yml'), ['malformed.yml', 'YAML', 'line']),
         'unknown network': (write_options(tmp_path / 'net.yml', unknown_net), ['net.yml', 'network_g.type',
                                                                               'NoSuchNet']),
@@ -74,7 +75,8 @@ def _broken_options(tmp_path, tiny_data):
     }
 
 
-@pytest.mark.parametrize('case', ['missing file', 'malformed YAML', 'unknown network', 'missing dataset folder'])
+@pytest.mark.parametrize('case', ['missing file', 'a folder', 'malformed YAML', 'unknown network',
+                                  'missing dataset folder'])
 def test_bad_option_file_gives_one_line_naming_file_and_key(case, tmp_path, tiny_data, capsys):
     opt_file, words = _broken_options(tmp_path, tiny_data)[case]
     assert main(['train', '-opt', opt_file]) == 2
@@ -235,8 +237,9 @@ def test_force_yml_manual_seed_seeds_the_run_two_seeds_train_differently_one_see
     assert losses[0] == losses[2] != losses[1], losses
 
 
-@pytest.mark.parametrize('argv', [['--help'], ['train', '--help'], ['test', '--help'], ['prepare', '--help'],
-                                  ['infer', '--help'], ['export', '--help'], ['benchmark', '--help'],
+@pytest.mark.parametrize('argv', [['--help'], ['--version'], ['train', '--help'], ['test', '--help'],
+                                  ['prepare', '--help'], ['infer', '--help'], ['export', '--help'],
+                                  ['benchmark', '--help'],
                                   ['train', '-opt', 'missing.yml'], ['train', '-opt', 'broken.yml']],
                          ids=lambda argv: ' '.join(argv))
 def test_help_and_option_file_errors_answer_without_importing_torch(argv, tmp_path):
@@ -246,9 +249,12 @@ def test_help_and_option_file_errors_answer_without_importing_torch(argv, tmp_pa
               'print("torch imported:", "torch" in sys.modules, "exit:", code)')
     result = subprocess.run([sys.executable, '-c', script, *argv], cwd=tmp_path, capture_output=True, text=True,
                             timeout=120)
-    assert result.stdout.splitlines()[-1] == f'torch imported: False exit: {0 if "--help" in argv else 2}', \
+    answers = '--help' in argv or argv == ['--version']
+    assert result.stdout.splitlines()[-1] == f'torch imported: False exit: {0 if answers else 2}', \
         result.stdout + result.stderr
-    if '--help' not in argv:
+    if argv == ['--version']:
+        assert result.stdout.startswith('basicsr (asid-basicsr '), result.stdout
+    if not answers:
         assert result.stderr.count('\n') == 1 and argv[-1] in result.stderr, result.stderr
 
 

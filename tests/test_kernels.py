@@ -47,12 +47,15 @@ def fused_copy(module):
     return fused
 
 
+ON_A_GPU_16_BITS = pytest.mark.skipif(DEVICE == 'cuda', reason='on a GPU the kernel serves 16 bits')
+NO_BF16_DOT = pytest.mark.skipif(DEVICE == 'cpu', reason="the interpreter's bf16 dot is wrong")
+
+
 @pytest.mark.parametrize('grid', [False, True], ids=['local windows', 'grid windows'])
 @pytest.mark.parametrize('dim', [36, 24, 12])  # the three widths of ASID's distillation stages
-@pytest.mark.parametrize('dtype, tol', [
-    pytest.param(torch.float32, 1e-4, marks=pytest.mark.skipif(DEVICE == 'cuda', reason='on a GPU the kernel serves 16 bits')),
-    (torch.float16, 4e-3),
-    pytest.param(torch.bfloat16, 3e-2, marks=pytest.mark.skipif(DEVICE == 'cpu', reason="the interpreter's bf16 dot is wrong"))])
+@pytest.mark.parametrize('dtype, tol', [pytest.param(torch.float32, 1e-4, marks=ON_A_GPU_16_BITS),
+                                        (torch.float16, 4e-3),
+                                        pytest.param(torch.bfloat16, 3e-2, marks=NO_BF16_DOT)])
 def test_the_fused_sharing_layer_computes_the_plain_layer(dim, grid, dtype, tol):
     layer, x, attn = sharing_layer(dim, grid, DEVICE, dtype)
     with torch.no_grad():
@@ -67,7 +70,8 @@ def test_a_fused_network_keeps_its_keys_and_its_function_also_traced_by_dynamo(m
     dtype, tol = (torch.float32, 1e-5) if DEVICE == 'cpu' else (torch.float16, 4e-3)
     net = ASID(upscale=2, num_groups=2, num_feat=16).eval().to(DEVICE, dtype)
     fused = fused_copy(net)
-    assert sum(isinstance(m, kernels.FusedSharingLayer) for m in fused.modules()) == 6  # the sharing group's SLA1-3, SGA1-3
+    # the sharing group's SLA1-3 and SGA1-3
+    assert sum(isinstance(m, kernels.FusedSharingLayer) for m in fused.modules()) == 6
     assert fused.state_dict().keys() == net.state_dict().keys()
     x = torch.rand(1, 3, 21, 13, device=DEVICE, dtype=dtype)  # padded inside the network
     with torch.no_grad():

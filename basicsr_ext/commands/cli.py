@@ -19,16 +19,21 @@ from basicsr_ext.common.interrupts import Interrupted, raising_on_signals
 from basicsr_ext.common.optionfile import OptionError, read_with_overrides
 
 
-def _add_pipeline_arguments(parser):
-    # The arguments of BasicSR's own basicsr/train.py and basicsr/test.py (basicsr.utils.options.parse_options)
+def _add_pipeline_arguments(parser, train=True):
+    # The arguments of BasicSR's own basicsr/train.py and basicsr/test.py (basicsr.utils.options.parse_options;
+    # BasicSR's test takes --auto_resume and --debug too, unused: accepted, not shown)
     parser.add_argument('-opt', required=True, metavar='FILE', help='path to the option YAML file')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
-    parser.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
-    parser.add_argument('--debug', action='store_true', help='debug mode: frequent logs, validation, checkpoints')
+    parser.add_argument('--auto_resume', action='store_true',
+                        help='resume from the latest training state' if train else argparse.SUPPRESS)
+    parser.add_argument('--debug', action='store_true',
+                        help='debug mode: frequent logs, validation, checkpoints' if train else argparse.SUPPRESS)
     # BasicSR's own scripts take --local_rank (torch.distributed.launch's spelling before torch 2.0)
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+    example = ('train:total_iter=1000 datasets:train:batch_size_per_gpu=8' if train else
+               'path:pretrain_network_g=net_g.pth val:tile=64')
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
-                        help='override options, e.g. train:total_iter=1000 datasets:train:batch_size_per_gpu=8')
+                        help=f'override options, e.g. {example}')
 
 
 def _rank(launcher):
@@ -131,11 +136,20 @@ def cmd_test(args):
     return _run_pipeline(args, is_train=False)
 
 
+def _version():
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version('asid-basicsr')
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return 'not installed'
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='basicsr', description='BasicSR with ASID registered: train, test and use super-resolution networks.')
     # torch.distributed.launch puts --local-rank=N before the command (python -m basicsr_ext --local-rank=0 train ...)
     parser.add_argument('--local_rank', '--local-rank', dest='launch_local_rank', type=int, help=argparse.SUPPRESS)
+    parser.add_argument('--version', action='version', version=f'%(prog)s (asid-basicsr {_version()})')
     commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
     train = commands.add_parser('train', help='train with an option file (BasicSR train_pipeline)')
@@ -143,7 +157,7 @@ def build_parser():
     train.set_defaults(func=cmd_train)
 
     test = commands.add_parser('test', help='test with an option file (BasicSR test_pipeline)')
-    _add_pipeline_arguments(test)
+    _add_pipeline_arguments(test, train=False)
     test.set_defaults(func=cmd_test)
 
     prepare.add_parser(commands)

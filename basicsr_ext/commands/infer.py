@@ -138,7 +138,8 @@ def decode(data):
         if order is None:
             raise ImageError(f'unsupported number of channels: {img.shape[2]}')
         img = img[..., order]
-    if img.ndim == 3 and img.shape[2] == 4 and (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all():
+    if img.ndim == 3 and img.shape[2] == 4 and (img[..., 0] == img[..., 1]).all() and (
+            img[..., 1] == img[..., 2]).all():
         img = img[..., [0, 3]]  # grey with alpha (OpenCV reads a PNG's grey + alpha as four channels): kept grey
     return img
 
@@ -207,8 +208,8 @@ def add_parser(commands):
                    help='default auto: fp32 on the CPU, the measured best on a GPU')
     p.add_argument('--fast-path', choices=['auto', 'none', 'compile'], default='auto',
                    help='compile: torch.compile the network (faster for many images of one size, e.g. video '
-                   'frames; compiles once per size); none: never; auto (default): compile on a GPU when at least '
-                   f'{FRAMES_TO_COMPILE} inputs share one size')
+                   'frames; compiles once per size, a minute or more on a CPU); none: never; auto (default): '
+                   f'compile on a GPU when at least {FRAMES_TO_COMPILE} inputs share one size')
     p.add_argument('--no-kernels', dest='kernels', action='store_false',
                    help="compile without ASID's fused Triton kernels (used on a GPU by default; the same function)")
     p.add_argument('--batch', type=int, default=None, metavar='N',

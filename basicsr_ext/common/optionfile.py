@@ -24,6 +24,8 @@ _Loader = getattr(yaml, 'CSafeLoader', yaml.SafeLoader)
 
 def read_options(path):
     """Read an option file into a dict (in file order), or raise OptionError saying why it cannot be read."""
+    if os.path.isdir(path):
+        raise OptionError(f'{path}: a folder, not an option file')
     if not os.path.isfile(path):
         raise OptionError(f'{path}: option file not found')
     try:
