@@ -48,6 +48,11 @@ def read_file(path, map_location='cpu'):
         raise CheckpointError(f'{name}: checkpoint file not found')
     if not os.path.isfile(name):
         raise CheckpointError(f'{name}: expected a checkpoint file, found a directory or special file')
+    with open(name, 'rb') as f:
+        head = f.read(4)
+    if head and not (head.startswith(b'PK') or head.startswith(b'\x80')):  # torch.save: a zip, or a pickle (legacy)
+        raise CheckpointError(f'{name}: cannot read checkpoint: not a torch.save file (neither a zip archive nor a '
+                              f'pickle)')
     try:
         return torch.load(name, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

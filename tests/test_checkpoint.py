@@ -186,3 +186,10 @@ def test_basicsr_checkpoint_takes_value_range_from_the_option_file_basicsr_copie
                                  '  value_range: [-1, 1]\n')
     assert build_asid(str(path)).value_range == (-1, 1)
     assert build_asid(str(path), value_range=(0, 1)).value_range == (0, 1)  # an explicit choice wins
+
+
+def test_a_file_that_is_no_torch_save_file_says_so(tmp_path):
+    path = tmp_path / 'notes.txt'
+    path.write_text('not a checkpoint')
+    assert error_of(load_state_dict, path) == (f'{path}: cannot read checkpoint: not a torch.save file (neither a zip '
+                                               'archive nor a pickle)')
