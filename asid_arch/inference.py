@@ -110,8 +110,8 @@ class ASIDUpsampler:
             size (video frames), with a compilation for each new size. Default: False (eager). A
             collection of (height, width) sizes compiles for network inputs of those sizes only
             and runs the others eagerly (a folder of video frames with a few odd images compiles
-            once). A compiled upsampler
-            serves one thread at a time (its graphs' buffers are shared): one per thread.
+            once). A compiled upsampler serves one thread at a time (its graphs' buffers are
+            shared): one per thread.
         kernels (str | bool): the fused Triton kernels of :mod:`asid_arch.kernels` (the same
             function): 'auto' (default): in the compiled network on a GPU, in fp16/bf16, where
             Triton is installed; False: never.

@@ -176,9 +176,9 @@ def run(args):
         return run_data(args)
     import torch
 
+    from asid_arch.runtime import resolve_device
     from basicsr_ext.commands.benchmark_runs import (bench_inference, bench_large, bench_stop_check, bench_training,
                                                      check_training_args)
-    from asid_arch.runtime import resolve_device
     check_training_args(args)
     try:
         device = resolve_device(args.device)
