@@ -65,4 +65,5 @@ def test_the_header_reader_finds_the_orientation_of_a_png_whose_exif_follows_the
     monkeypatch.setattr(ImageFile.ImageFile, 'load', lambda self, *a, **k: decoded.append(self))
     assert images.read_header(str(path)).orientation == 6
     assert images.read_header(path.read_bytes()).orientation == 6
+    assert images.read_header(str(path), orientation=False).orientation == 1  # the size alone: not looked for
     assert decoded == []

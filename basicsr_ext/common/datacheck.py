@@ -64,7 +64,7 @@ def image_size(path):
         raise DataError(f'{path}: empty file, not an image')
     if truncated:
         raise DataError(f'{path}: truncated PNG (the file ends before its IEND chunk)')
-    header = read_header(path)
+    header = read_header(path, orientation=False)  # the stored size, as BasicSR's loader decodes it
     if header is not None:
         return header.width, header.height
     try:  # not a format Pillow reads: OpenCV's full decoder

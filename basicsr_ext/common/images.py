@@ -91,10 +91,12 @@ class Header(NamedTuple):
     frames: int = 1
 
 
-def read_header(source):
+def read_header(source, orientation=True):
     """The :class:`Header` of an image file (a path or its bytes), from its header alone; None
     when Pillow does not know the format or refuses the size it declares (OpenCV may still
-    decode it). This is the one reader of image headers."""
+    decode it). This is the one reader of image headers. ``orientation=False``: orientation 1
+    without looking for it (for callers that need the stored size only: a PNG's EXIF may follow
+    its pixels, and finding it means walking every chunk header)."""
     import io
     import warnings
 
@@ -104,10 +106,10 @@ def read_header(source):
             warnings.simplefilter('ignore')  # DecompressionBombWarning: callers set their own limits
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
                 try:
-                    orientation = _orientation(im, source)
+                    turned = _orientation(im, source) if orientation else 1
                 except Exception:  # broken EXIF: the pixels as stored
-                    orientation = 1
-                return Header(im.size[0], im.size[1], orientation, getattr(im, 'n_frames', 1))
+                    turned = 1
+                return Header(im.size[0], im.size[1], turned, getattr(im, 'n_frames', 1))
     except Exception:  # not a format Pillow knows, a size it refuses, or an unreadable file
         return None
 
