@@ -12,10 +12,10 @@ would silently average other images): its first damaged image stops the run, nam
 The count is of distinct images, shared by all loader workers of one process (one flag per image
 in shared memory made with the data set, which DataLoader workers inherit, forked or spawned) and
 kept across epochs: an image met again, in a later epoch or in a batch BasicSR's prefetcher asked
-for twice at the start, is counted and logged once. Under DDP each rank counts its own part. The lines are logged by the
-process that meets the image: BasicSR's logger (console, and the run's log file when the
-workers are forked, BasicSR's default without a launcher; spawned workers, as under DDP, log
-to the console only).
+for twice at the start, is counted and logged once. Under DDP each rank counts its own part. The
+lines are logged by the process that meets the image: BasicSR's logger (console, and the run's
+log file when the workers are forked, BasicSR's default without a launcher; spawned workers, as
+under DDP, log to the console only).
 """
 import multiprocessing.sharedctypes
 
