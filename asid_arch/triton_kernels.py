@@ -88,108 +88,101 @@ def _(x, attn, norm_weight, norm_bias, w_v, w_o, eps, window_size, grid):
 
 
 @triton.jit
-def _gated_feed_forward_kernel(x_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, w_in_ptr, w_dw_ptr, w_out_ptr,
-                               C, H, W, tiles_h, tiles_w, num_tiles, eps,
-                               sxb, sxc, sxh, sxw, sob, soc, soh, sow,
-                               TILE: tl.constexpr, HALO: tl.constexpr, CP: tl.constexpr, PRECISION: tl.constexpr):
-    SIDE: tl.constexpr = TILE + 2  # the output tile and the depthwise convolution's 1-px border
+def _norm_project_in_kernel(x_ptr, hidden_ptr, norm_w_ptr, norm_b_ptr, w_in_ptr, C, H, W, eps,
+                            sxb, sxc, sxh, sxw, BLOCK: tl.constexpr, CP: tl.constexpr, PRECISION: tl.constexpr):
+    """hidden = project_in(cnorm(x)) for BLOCK pixels of one image; hidden is (B, 2C, H, W) contiguous."""
+    b = tl.program_id(1).to(tl.int64)
+    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    row, col = pix // W, pix % W
     ch = tl.arange(0, CP)
     cmask = ch < C
     ch64 = ch.to(tl.int64)
-    k = tl.arange(0, HALO)  # the (TILE+2)^2 pixels of the tile with its border, row-major (HALO: a power of 2 above)
-    p = tl.arange(0, TILE * TILE)  # the tile's pixels, row-major
-    pr, pc = p // TILE, p % TILE
-    # weights, read once: 1x1 convolutions (out, in, 1, 1) read transposed; project_in's first C
-    # outputs are the GELU half (a), the next C the gate (b); depthwise (2C, 1, 3, 3)
-    w_offs = ch64[None, :] * C + ch64[:, None]
-    w_mask = cmask[None, :] & cmask[:, None]
+    mask = (pix < H * W)[:, None] & cmask[None, :]
+    x = tl.load(x_ptr + b * sxb + ch64[None, :] * sxc + row[:, None] * sxh + col[:, None] * sxw, mask=mask, other=0.0)
+    dtype = x.dtype
+    xf = x.to(tl.float32)
+    mean = tl.sum(xf, axis=1) / C
+    diff = tl.where(mask, xf - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
     gamma = tl.load(norm_w_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
     beta = tl.load(norm_b_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
-    # this program's scratch: the tile's hidden map (2, HALO, CP), read back shifted by the 3x3 taps
-    scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * (2 * HALO * CP)
-    s_offs = k[:, None] * CP + ch[None, :]
-    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):  # persistent: scratch per program
-        n = tl.cast(tile, tl.int64)
-        b = n // (tiles_h * tiles_w)
-        row0 = (n // tiles_w) % tiles_h * TILE
-        col0 = n % tiles_w * TILE
-        x_base = x_ptr + b * sxb
-
-        # channel LayerNorm (statistics in fp32) and project_in over the tile with its border
-        hr, hc = row0 - 1 + k // SIDE, col0 - 1 + k % SIDE
-        inside = (k < SIDE * SIDE) & (hr >= 0) & (hr < H) & (hc >= 0) & (hc < W)
-        mask = inside[:, None] & cmask[None, :]
-        x = tl.load(x_base + ch64[None, :] * sxc + hr[:, None] * sxh + hc[:, None] * sxw, mask=mask, other=0.0)
-        dtype = x.dtype
-        xf = x.to(tl.float32)
-        mean = tl.sum(xf, axis=1) / C
-        diff = tl.where(mask, xf - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
-        t = (diff * rstd[:, None] * gamma[None, :] + beta[None, :]).to(dtype)
-        w_a = tl.load(w_in_ptr + w_offs, mask=w_mask, other=0.0).to(dtype)
-        w_b = tl.load(w_in_ptr + C * C + w_offs, mask=w_mask, other=0.0).to(dtype)
-        # the depthwise convolution pads the hidden map with zeros outside the image
-        h_a = tl.where(inside[:, None], tl.dot(t, w_a, input_precision=PRECISION), 0.0).to(dtype)
-        h_b = tl.where(inside[:, None], tl.dot(t, w_b, input_precision=PRECISION), 0.0).to(dtype)
-        tl.debug_barrier()  # the previous tile's reads of the scratch are done
-        tl.store(scratch + s_offs, h_a)
-        tl.store(scratch + HALO * CP + s_offs, h_b)
-        tl.debug_barrier()  # the whole hidden tile is written
-
-        # depthwise 3x3 (fp32 sums of 16-bit products, rounded once), then gelu(a) * b
-        acc_a = tl.zeros((TILE * TILE, CP), dtype=tl.float32)
-        acc_b = tl.zeros((TILE * TILE, CP), dtype=tl.float32)
-        for dy in tl.static_range(3):
-            for dx in tl.static_range(3):
-                taps = ((pr + dy) * SIDE + pc + dx)[:, None] * CP + ch[None, :]
-                k_a = tl.load(w_dw_ptr + ch64 * 9 + dy * 3 + dx, mask=cmask, other=0.0).to(dtype)
-                k_b = tl.load(w_dw_ptr + (ch64 + C) * 9 + dy * 3 + dx, mask=cmask, other=0.0).to(dtype)
-                acc_a += tl.load(scratch + taps).to(tl.float32) * k_a.to(tl.float32)[None, :]
-                acc_b += tl.load(scratch + HALO * CP + taps).to(tl.float32) * k_b.to(tl.float32)[None, :]
-        a = acc_a.to(dtype).to(tl.float32)
-        gate = (0.5 * a * (1.0 + tl.erf(a * 0.7071067811865476)) * acc_b.to(dtype).to(tl.float32)).to(dtype)
-
-        # project_out and the residual
-        w_o = tl.load(w_out_ptr + w_offs, mask=w_mask, other=0.0).to(dtype)
-        y = tl.dot(gate, w_o, input_precision=PRECISION).to(dtype)
-        orow, ocol = row0 + pr, col0 + pc
-        omask = ((orow < H) & (ocol < W))[:, None] & cmask[None, :]
-        xo = tl.load(x_base + ch64[None, :] * sxc + orow[:, None] * sxh + ocol[:, None] * sxw, mask=omask, other=0.0)
-        out = (xo.to(tl.float32) + y.to(tl.float32)).to(dtype)
-        tl.store(out_ptr + b * sob + ch64[None, :] * soc + orow[:, None] * soh + ocol[:, None] * sow, out, mask=omask)
+    t = (diff * rstd[:, None] * gamma[None, :] + beta[None, :]).to(dtype)
+    # project_in (2C, C, 1, 1), read transposed: the first C outputs are the GELU half, the next C the gate
+    w_offs = ch64[None, :] * C + ch64[:, None]
+    w_mask = cmask[None, :] & cmask[:, None]
+    h_offs = b * 2 * C * H * W + ch64[None, :] * H * W + pix[:, None]
+    for half in tl.static_range(2):
+        w = tl.load(w_in_ptr + half * C * C + w_offs, mask=w_mask, other=0.0).to(dtype)
+        h = tl.dot(t, w, input_precision=PRECISION).to(dtype)
+        tl.store(hidden_ptr + half * C * H * W + h_offs, h, mask=mask)
 
 
-#: Output tile side of ``gated_feed_forward``: 8x8 pixels, computed from a 10x10 neighbourhood
-FEED_FORWARD_TILE = 8
-#: Programs of ``gated_feed_forward`` per streaming multiprocessor (each loops over tiles, reusing its scratch)
-PROGRAMS_PER_SM = 4
+@triton.jit
+def _gate_project_out_kernel(x_ptr, hidden_ptr, out_ptr, w_dw_ptr, w_out_ptr, C, H, W,
+                             sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+                             ROWS: tl.constexpr, COLS: tl.constexpr, CP: tl.constexpr, PRECISION: tl.constexpr):
+    """out = x + project_out(gelu(a) * b), (a, b) = dwconv(hidden), for a ROWS x COLS tile of one image."""
+    b = tl.program_id(2).to(tl.int64)
+    p = tl.arange(0, ROWS * COLS)
+    row = tl.program_id(1) * ROWS + p // COLS
+    col = tl.program_id(0) * COLS + p % COLS
+    ch = tl.arange(0, CP)
+    cmask = ch < C
+    ch64 = ch.to(tl.int64)
+    h_base = hidden_ptr + b * 2 * C * H * W
+    acc_a = tl.zeros((ROWS * COLS, CP), dtype=tl.float32)
+    acc_b = tl.zeros((ROWS * COLS, CP), dtype=tl.float32)
+    for dy in tl.static_range(3):
+        for dx in tl.static_range(3):
+            r, c = row + dy - 1, col + dx - 1  # zeros outside the image, as the convolution pads
+            m = ((r >= 0) & (r < H) & (c >= 0) & (c < W))[:, None] & cmask[None, :]
+            offs = ch64[None, :] * H * W + (r * W + c)[:, None]
+            k_a = tl.load(w_dw_ptr + ch64 * 9 + dy * 3 + dx, mask=cmask, other=0.0).to(tl.float32)
+            k_b = tl.load(w_dw_ptr + (ch64 + C) * 9 + dy * 3 + dx, mask=cmask, other=0.0).to(tl.float32)
+            acc_a += tl.load(h_base + offs, mask=m, other=0.0).to(tl.float32) * k_a[None, :]
+            acc_b += tl.load(h_base + C * H * W + offs, mask=m, other=0.0).to(tl.float32) * k_b[None, :]
+    dtype = x_ptr.dtype.element_ty
+    a = acc_a.to(dtype).to(tl.float32)  # the depthwise convolution's output, rounded as the plain path's
+    gate = (0.5 * a * (1.0 + tl.erf(a * 0.7071067811865476)) * acc_b.to(dtype).to(tl.float32)).to(dtype)
+    w_o = tl.load(w_out_ptr + ch64[None, :] * C + ch64[:, None], mask=cmask[None, :] & cmask[:, None], other=0.0)
+    y = tl.dot(gate, w_o.to(dtype), input_precision=PRECISION).to(dtype)
+    mask = ((row < H) & (col < W))[:, None] & cmask[None, :]
+    x = tl.load(x_ptr + b * sxb + ch64[None, :] * sxc + row[:, None] * sxh + col[:, None] * sxw, mask=mask, other=0.0)
+    out = (x.to(tl.float32) + y.to(tl.float32)).to(dtype)
+    tl.store(out_ptr + b * sob + ch64[None, :] * soc + row[:, None] * soh + col[:, None] * sow, out, mask=mask)
+
+
+#: Launch shapes of ``gated_feed_forward``: pixels a program of the first kernel normalises and
+#: projects, and the output tile (rows, cols) of the second
+FEED_FORWARD_CONFIG = dict(block=128, rows=2, cols=32, warps_in=4, warps_out=4)
+
+
+def launch_gated_feed_forward(x, norm_weight, norm_bias, w_in, w_dw, w_out, eps, block, rows, cols, warps_in, warps_out):
+    """The two kernels of ``gated_feed_forward`` with the given launch shapes (the op uses
+    :data:`FEED_FORWARD_CONFIG`; other shapes for measuring them)."""
+    b, c, h, w = x.shape
+    if tuple(w_in.shape) != (2 * c, c, 1, 1) or tuple(w_dw.shape) != (2 * c, 1, 3, 3) or tuple(w_out.shape) != (c, c, 1, 1):
+        raise ValueError(f'gated_feed_forward: weights {tuple(w_in.shape)}, {tuple(w_dw.shape)}, {tuple(w_out.shape)} '
+                         f'are not a gated feed-forward of {c} channels')
+    cp = max(16, triton.next_power_of_2(c))
+    precision = 'ieee' if x.dtype == torch.float32 else 'tf32'
+    hidden = torch.empty(b, 2 * c, h, w, device=x.device, dtype=x.dtype)
+    out = torch.empty_like(x)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _norm_project_in_kernel[(triton.cdiv(h * w, block), b)](
+            x, hidden, norm_weight, norm_bias, w_in.contiguous(), c, h, w, eps, *x.stride(),
+            BLOCK=block, CP=cp, PRECISION=precision, num_warps=warps_in)
+        _gate_project_out_kernel[(triton.cdiv(w, cols), triton.cdiv(h, rows), b)](
+            x, hidden, out, w_dw.contiguous(), w_out.contiguous(), c, h, w, *x.stride(), *out.stride(),
+            ROWS=rows, COLS=cols, CP=cp, PRECISION=precision, num_warps=warps_out)
+    return out
 
 
 @torch.library.custom_op('asid::gated_feed_forward', mutates_args=())
 def gated_feed_forward(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor, w_in: torch.Tensor,
                        w_dw: torch.Tensor, w_out: torch.Tensor, eps: float) -> torch.Tensor:
     """See :func:`asid_arch.kernels.gated_feed_forward`."""
-    b, c, h, w = x.shape
-    if tuple(w_in.shape) != (2 * c, c, 1, 1) or tuple(w_dw.shape) != (2 * c, 1, 3, 3) or tuple(w_out.shape) != (c, c, 1, 1):
-        raise ValueError(f'gated_feed_forward: weights {tuple(w_in.shape)}, {tuple(w_dw.shape)}, {tuple(w_out.shape)} '
-                         f'are not a gated feed-forward of {c} channels')
-    tile = FEED_FORWARD_TILE
-    tiles_h, tiles_w = -(-h // tile), -(-w // tile)
-    num_tiles = b * tiles_h * tiles_w
-    cp = max(16, triton.next_power_of_2(c))
-    halo = triton.next_power_of_2((tile + 2)**2)
-    if x.is_cuda:
-        programs = min(num_tiles, torch.cuda.get_device_properties(x.device).multi_processor_count * PROGRAMS_PER_SM)
-    else:  # the interpreter runs programs one after another
-        programs = min(num_tiles, 8)
-    out = torch.empty_like(x)
-    scratch = torch.empty(programs, 2, halo, cp, device=x.device, dtype=x.dtype)
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _gated_feed_forward_kernel[(programs, )](
-            x, out, scratch, norm_weight, norm_bias, w_in.contiguous(), w_dw.contiguous(), w_out.contiguous(),
-            c, h, w, tiles_h, tiles_w, num_tiles, eps, *x.stride(), *out.stride(),
-            TILE=tile, HALO=halo, CP=cp, PRECISION='ieee' if x.dtype == torch.float32 else 'tf32')
-    return out
+    return launch_gated_feed_forward(x, norm_weight, norm_bias, w_in, w_dw, w_out, eps, **FEED_FORWARD_CONFIG)
 
 
 @gated_feed_forward.register_fake

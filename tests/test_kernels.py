@@ -54,15 +54,15 @@ NO_BF16_DOT = pytest.mark.skipif(DEVICE == 'cpu', reason="the interpreter's bf16
 @pytest.mark.parametrize('grid', [False, True], ids=['local windows', 'grid windows'])
 @pytest.mark.parametrize('dim', [36, 24, 12])  # the three widths of ASID's distillation stages
 @pytest.mark.parametrize('dtype, tol', [pytest.param(torch.float32, 1e-4, marks=ON_A_GPU_16_BITS),
-                                        (torch.float16, 4e-3),
-                                        pytest.param(torch.bfloat16, 3e-2, marks=NO_BF16_DOT)])
+                                        (torch.float16, 8e-3),
+                                        pytest.param(torch.bfloat16, 6.3e-2, marks=NO_BF16_DOT)])
 def test_the_fused_sharing_layer_computes_the_plain_layer(dim, grid, dtype, tol):
     layer, x, attn = sharing_layer(dim, grid, DEVICE, dtype)
     with torch.no_grad():
         ref, _ = layer(x, attn)
         out, attn_out = fused_copy(layer)(x, attn)
     assert attn_out is attn and out.dtype == dtype
-    assert (out.float() - ref.float()).abs().max() <= tol  # 16 bits: within one rounding of values ~5
+    assert (out.float() - ref.float()).abs().max() <= tol  # 16 bits: within two roundings of values ~5
 
 
 def feed_forward(dim, device='cpu', dtype=torch.float32, seed=0):
