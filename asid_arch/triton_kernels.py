@@ -87,6 +87,8 @@ def _(x, attn, norm_weight, norm_bias, w_v, w_o, eps, window_size, grid):
     return torch.empty_like(x)
 
 
+# The feed-forward's tiles are channels x pixels, pixels along a row of the NCHW map the contiguous
+# axis (coalesced loads and stores); 1x1 convolutions are then weight (out, in) @ tile.
 @triton.jit
 def _norm_project_in_kernel(x_ptr, hidden_ptr, norm_w_ptr, norm_b_ptr, w_in_ptr, C, H, W, eps,
                             sxb, sxc, sxh, sxw, BLOCK: tl.constexpr, CP: tl.constexpr, PRECISION: tl.constexpr):
@@ -97,23 +99,23 @@ def _norm_project_in_kernel(x_ptr, hidden_ptr, norm_w_ptr, norm_b_ptr, w_in_ptr,
     ch = tl.arange(0, CP)
     cmask = ch < C
     ch64 = ch.to(tl.int64)
-    mask = (pix < H * W)[:, None] & cmask[None, :]
-    x = tl.load(x_ptr + b * sxb + ch64[None, :] * sxc + row[:, None] * sxh + col[:, None] * sxw, mask=mask, other=0.0)
+    mask = cmask[:, None] & (pix < H * W)[None, :]
+    x = tl.load(x_ptr + b * sxb + ch64[:, None] * sxc + row[None, :] * sxh + col[None, :] * sxw, mask=mask, other=0.0)
     dtype = x.dtype
     xf = x.to(tl.float32)
-    mean = tl.sum(xf, axis=1) / C
-    diff = tl.where(mask, xf - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
+    mean = tl.sum(xf, axis=0) / C
+    diff = tl.where(mask, xf - mean[None, :], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=0) / C + eps)
     gamma = tl.load(norm_w_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
     beta = tl.load(norm_b_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
-    t = (diff * rstd[:, None] * gamma[None, :] + beta[None, :]).to(dtype)
-    # project_in (2C, C, 1, 1), read transposed: the first C outputs are the GELU half, the next C the gate
-    w_offs = ch64[None, :] * C + ch64[:, None]
-    w_mask = cmask[None, :] & cmask[:, None]
-    h_offs = b * 2 * C * H * W + ch64[None, :] * H * W + pix[:, None]
+    t = (diff * rstd[None, :] * gamma[:, None] + beta[:, None]).to(dtype)
+    # project_in (2C, C, 1, 1): the first C outputs are the GELU half, the next C the gate
+    w_offs = ch64[:, None] * C + ch64[None, :]
+    w_mask = cmask[:, None] & cmask[None, :]
+    h_offs = b * 2 * C * H * W + ch64[:, None] * H * W + pix[None, :]
     for half in tl.static_range(2):
         w = tl.load(w_in_ptr + half * C * C + w_offs, mask=w_mask, other=0.0).to(dtype)
-        h = tl.dot(t, w, input_precision=PRECISION).to(dtype)
+        h = tl.dot(w, t, input_precision=PRECISION).to(dtype)
         tl.store(hidden_ptr + half * C * H * W + h_offs, h, mask=mask)
 
 
@@ -130,31 +132,31 @@ def _gate_project_out_kernel(x_ptr, hidden_ptr, out_ptr, w_dw_ptr, w_out_ptr, C,
     cmask = ch < C
     ch64 = ch.to(tl.int64)
     h_base = hidden_ptr + b * 2 * C * H * W
-    acc_a = tl.zeros((ROWS * COLS, CP), dtype=tl.float32)
-    acc_b = tl.zeros((ROWS * COLS, CP), dtype=tl.float32)
+    acc_a = tl.zeros((CP, ROWS * COLS), dtype=tl.float32)
+    acc_b = tl.zeros((CP, ROWS * COLS), dtype=tl.float32)
     for dy in tl.static_range(3):
         for dx in tl.static_range(3):
             r, c = row + dy - 1, col + dx - 1  # zeros outside the image, as the convolution pads
-            m = ((r >= 0) & (r < H) & (c >= 0) & (c < W))[:, None] & cmask[None, :]
-            offs = ch64[None, :] * H * W + (r * W + c)[:, None]
+            m = cmask[:, None] & ((r >= 0) & (r < H) & (c >= 0) & (c < W))[None, :]
+            offs = ch64[:, None] * H * W + (r * W + c)[None, :]
             k_a = tl.load(w_dw_ptr + ch64 * 9 + dy * 3 + dx, mask=cmask, other=0.0).to(tl.float32)
             k_b = tl.load(w_dw_ptr + (ch64 + C) * 9 + dy * 3 + dx, mask=cmask, other=0.0).to(tl.float32)
-            acc_a += tl.load(h_base + offs, mask=m, other=0.0).to(tl.float32) * k_a[None, :]
-            acc_b += tl.load(h_base + C * H * W + offs, mask=m, other=0.0).to(tl.float32) * k_b[None, :]
+            acc_a += tl.load(h_base + offs, mask=m, other=0.0).to(tl.float32) * k_a[:, None]
+            acc_b += tl.load(h_base + C * H * W + offs, mask=m, other=0.0).to(tl.float32) * k_b[:, None]
     dtype = x_ptr.dtype.element_ty
     a = acc_a.to(dtype).to(tl.float32)  # the depthwise convolution's output, rounded as the plain path's
     gate = (0.5 * a * (1.0 + tl.erf(a * 0.7071067811865476)) * acc_b.to(dtype).to(tl.float32)).to(dtype)
-    w_o = tl.load(w_out_ptr + ch64[None, :] * C + ch64[:, None], mask=cmask[None, :] & cmask[:, None], other=0.0)
-    y = tl.dot(gate, w_o.to(dtype), input_precision=PRECISION).to(dtype)
-    mask = ((row < H) & (col < W))[:, None] & cmask[None, :]
-    x = tl.load(x_ptr + b * sxb + ch64[None, :] * sxc + row[:, None] * sxh + col[:, None] * sxw, mask=mask, other=0.0)
+    w_o = tl.load(w_out_ptr + ch64[:, None] * C + ch64[None, :], mask=cmask[:, None] & cmask[None, :], other=0.0)
+    y = tl.dot(w_o.to(dtype), gate, input_precision=PRECISION).to(dtype)
+    mask = cmask[:, None] & ((row < H) & (col < W))[None, :]
+    x = tl.load(x_ptr + b * sxb + ch64[:, None] * sxc + row[None, :] * sxh + col[None, :] * sxw, mask=mask, other=0.0)
     out = (x.to(tl.float32) + y.to(tl.float32)).to(dtype)
-    tl.store(out_ptr + b * sob + ch64[None, :] * soc + row[:, None] * soh + col[:, None] * sow, out, mask=mask)
+    tl.store(out_ptr + b * sob + ch64[:, None] * soc + row[None, :] * soh + col[None, :] * sow, out, mask=mask)
 
 
 #: Launch shapes of ``gated_feed_forward``: pixels a program of the first kernel normalises and
 #: projects, and the output tile (rows, cols) of the second
-FEED_FORWARD_CONFIG = dict(block=128, rows=2, cols=32, warps_in=4, warps_out=4)
+FEED_FORWARD_CONFIG = dict(block=128, rows=1, cols=64, warps_in=4, warps_out=4)
 
 
 def launch_gated_feed_forward(x, norm_weight, norm_bias, w_in, w_dw, w_out, eps, block, rows, cols, warps_in, warps_out):
