@@ -319,17 +319,13 @@ class SpatialSelfAttention(nn.Module):
         Returns:
             tuple[Tensor, Tensor]: (B, C, H, W) features and the attention map used.
         """
-        x, attn = self.attend(x, attn)
-        return self.gfn(self.cnorm(x)) + x, attn
-
-    def attend(self, x, attn=None):
-        """The attention half, ``x`` plus the window attention of ``norm(x)``; returns it and the map."""
         t = window_partition(x, self.window_size, self.grid)
         if self.share:
             y, attn = self.attn(self.norm(t), attn)
         else:
             y, attn = self.attn(self.norm(t))
-        return add_windows(x, y, self.window_size, self.grid), attn
+        x = add_windows(x, y, self.window_size, self.grid)
+        return self.gfn(self.cnorm(x)) + x, attn
 
 
 # ----------------------------------------------------------------------------------------

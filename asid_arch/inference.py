@@ -175,7 +175,7 @@ class ASIDUpsampler:
             # a copy: self.net stays plain for the sizes that are not compiled (and weights changed
             # in self.net later do not reach the compiled sizes)
             net = copy.deepcopy(net)
-            #: SLA/SGA layers and BlockC blocks that run the fused kernels in the compiled network
+            #: sharing attention layers that run the fused kernel in the compiled network
             self.fused_layers = use_fused_kernels(net)
         # static shapes; on a GPU one CUDA graph per input shape (asid_arch.graphs says why not reduce-overhead)
         self._network = CompiledNetwork(net)
