@@ -610,6 +610,18 @@ def test_on_a_gpu_frames_are_compiled_for_batches_of_four_when_they_fit(tmp_path
         assert speed.batch == 1 and speed.compile == [(12, 16)]
 
 
+def test_frames_stored_turned_are_planned_by_their_upright_size(tmp_path, ckpt):
+    src = tmp_path / 'frames'
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 16 wide and 12 high, shown (and upscaled) 12 wide and 16 high
+    for i in range(infer.FRAMES_TO_COMPILE):
+        Image.fromarray(img8(12, 16, seed=i)).save(src / f'f{i:02d}.jpg', exif=exif)
+    speed = infer.plan_speed(infer_args(src, ckpt), torch.device('cuda'), sorted(str(p) for p in src.iterdir()),
+                             fits=lambda height, width, batch: True)
+    assert speed.frame_size == (16, 12) and speed.compile == [(infer.GPU_FRAME_BATCH, 16, 12)]
+
+
 def test_batch_must_be_positive(tmp_path, ckpt, capsys):
     assert main(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'o'), '--model-path', ckpt, '--batch', '0']) == 2
     assert '--batch must be positive, got 0' in capsys.readouterr().err

@@ -431,11 +431,14 @@ class _Run:
 
 
 def most_common_size(images):
-    """``((width, height), count)`` of the most common size among the readable ``images`` (their
-    headers, :func:`basicsr_ext.common.images.read_header`); ``(None, 0)`` when none is readable
-    (the unreadable ones get their FAILED lines when they are processed)."""
-    headers = (read_header(path, orientation=False) for path in images)
-    sizes = collections.Counter((h.width, h.height) for h in headers if h is not None)
+    """``((width, height), count)`` of the most common size among the readable ``images``, upright
+    as they are upscaled (their headers with EXIF orientation,
+    :func:`basicsr_ext.common.images.read_header`; portrait photos stored landscape count as
+    portrait); ``(None, 0)`` when none is readable (the unreadable ones get their FAILED lines when
+    they are processed)."""
+    headers = (read_header(path) for path in images)
+    sizes = collections.Counter((h.height, h.width) if h.orientation >= 5 else (h.width, h.height)  # 5-8: turned
+                                for h in headers if h is not None)
     return sizes.most_common(1)[0] if sizes else (None, 0)
 
 

@@ -48,7 +48,8 @@ def _truncated_png(path, head):
 
 
 def image_size(path):
-    """(width, height) of an image from its header; raises DataError if it is not a readable image.
+    """(width, height) of an image from its header, as stored (BasicSR's loader turns an
+    EXIF-rotated image upright: the same area); raises DataError if it is not a readable image.
 
     Only the header and the last bytes are read, so a file that is not an image, an empty one,
     and a PNG cut short are found; pixel data damaged in the middle of a complete file is not
@@ -64,7 +65,7 @@ def image_size(path):
         raise DataError(f'{path}: empty file, not an image')
     if truncated:
         raise DataError(f'{path}: truncated PNG (the file ends before its IEND chunk)')
-    header = read_header(path, orientation=False)  # the stored size, as BasicSR's loader decodes it
+    header = read_header(path, orientation=False)
     if header is not None:
         return header.width, header.height
     try:  # not a format Pillow reads: OpenCV's full decoder
