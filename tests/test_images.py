@@ -1,4 +1,6 @@
 """basicsr_ext.common.images: the one image reader of prepare, infer and the data checks."""
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -67,3 +69,57 @@ def test_the_header_reader_finds_the_orientation_of_a_png_whose_exif_follows_the
     assert images.read_header(path.read_bytes()).orientation == 6
     assert images.read_header(str(path), orientation=False).orientation == 1  # the size alone: not looked for
     assert decoded == []
+
+
+def _with_orientation(img, fmt, orientation):
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, fmt, exif=exif)
+    return buf.getvalue()
+
+
+def test_a_tiff_is_read_upright_by_opencv_and_pillow_so_its_orientation_is_not_applied_again():
+    for orientation in (3, 6):
+        data = _with_orientation(make_image(48, 80, 0), 'TIFF', orientation)
+        header = images.read_header(data)
+        assert header.orientation == 1  # OpenCV turned the pixels already
+        assert (header.width, header.height) == (images.decode(data).shape[1], images.decode(data).shape[0])
+
+
+def test_an_orientation_tag_that_is_not_a_number_from_1_to_8_means_as_stored():
+    import struct
+
+    from PIL import Image
+    for kind, value in ((2, b'6\x00\x00\x00'), (3, struct.pack('<HH', 9, 0))):  # ASCII '6'; SHORT 9
+        ifd = b'II*\x00' + struct.pack('<IH', 8, 1) + struct.pack('<HHI', 0x0112, kind, 2 if kind == 2 else 1) \
+            + value + struct.pack('<I', 0)
+        buf = io.BytesIO()
+        Image.fromarray(make_image(12, 16, 0)).save(buf, 'JPEG', exif=b'Exif\x00\x00' + ifd)
+        with Image.open(buf) as im:
+            assert im.getexif().get(0x0112) in ('6', 9)
+        assert images.read_header(buf.getvalue()).orientation == 1, value
+
+
+def test_the_header_reader_tells_the_size_of_an_image_past_pillows_decompression_bomb_guard():
+    import struct
+    import zlib
+
+    from PIL import Image
+    ihdr = struct.pack('>IIBBBBB', 40000, 20000, 8, 2, 0, 0, 0)  # 800 Mpx declared, no pixels stored
+    png = b'\x89PNG\r\n\x1a\n' + b''.join(struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))
+                                          for t, d in ((b'IHDR', ihdr), (b'IEND', b'')))
+    header = images.read_header(png)
+    assert (header.width, header.height) == (40000, 20000)
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # the guard is back for everyone else
+
+
+def test_an_image_cut_short_that_opencv_still_decodes_is_refused(monkeypatch):
+    # OpenCV 4.x returns a truncated JPEG as an image, grey where the data ends
+    jpg = cv2.imencode('.jpg', make_image(64, 64, 0))[1].tobytes()
+    cut = jpg[:len(jpg) * 3 // 4]
+    monkeypatch.setattr(images, 'decode', lambda data, flags=None: np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(images.UnreadableImage, match='corrupt or truncated JPEG image'):
+        images.decode_verified(cut)
+    assert images.decode_verified(jpg).shape == (64, 64, 3)

@@ -10,6 +10,7 @@ import contextlib
 import os
 import struct
 import sys
+import threading
 from typing import NamedTuple
 
 import cv2
@@ -93,25 +94,49 @@ class Header(NamedTuple):
 
 def read_header(source, orientation=True):
     """The :class:`Header` of an image file (a path or its bytes), from its header alone; None
-    when Pillow does not know the format or refuses the size it declares (OpenCV may still
-    decode it). This is the one reader of image headers. ``orientation=False``: orientation 1
-    without looking for it (for callers that need the stored size only: a PNG's EXIF may follow
-    its pixels, and finding it means walking every chunk header)."""
+    when Pillow does not know the format (OpenCV may still decode it). This is the one reader of
+    image headers; it reads the size of images of any size (callers set their own limits).
+    ``orientation=False``: orientation 1 without looking for it (for callers that need the size
+    only: a PNG's EXIF may follow its pixels, and finding it means walking every chunk header)."""
+    try:
+        with _open_any_size(source) as im:
+            try:
+                turned = _orientation(im, source) if orientation and im.format != 'TIFF' else 1
+            except Exception:  # broken EXIF: the pixels as stored
+                turned = 1
+            # TIFF: Pillow's size and OpenCV's pixels are upright already; a tag that is not 1-8: as stored
+            turned = turned if isinstance(turned, int) and 1 <= turned <= 8 else 1
+            return Header(im.size[0], im.size[1], turned, getattr(im, 'n_frames', 1))
+    except Exception:  # not a format Pillow knows, or an unreadable file
+        return None
+
+
+_PIL_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _open_any_size(source):
+    """Pillow's ``Image.open`` of ``source`` without its decompression-bomb guard, which refuses
+    even to tell the size of an image past 179 Mpx (the guard is process-wide: lifted for the
+    reopen alone, under a lock)."""
     import io
     import warnings
 
     from PIL import Image
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # DecompressionBombWarning: callers set their own limits
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+    fp = (lambda: io.BytesIO(source)) if isinstance(source, bytes) else (lambda: source)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        try:
+            im = Image.open(fp())
+        except Image.DecompressionBombError:
+            with _PIL_GUARD:
+                limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
                 try:
-                    turned = _orientation(im, source) if orientation else 1
-                except Exception:  # broken EXIF: the pixels as stored
-                    turned = 1
-                return Header(im.size[0], im.size[1], turned, getattr(im, 'n_frames', 1))
-    except Exception:  # not a format Pillow knows, a size it refuses, or an unreadable file
-        return None
+                    im = Image.open(fp())
+                finally:
+                    Image.MAX_IMAGE_PIXELS = limit
+    with im:
+        yield im
 
 
 def _orientation(im, source):
@@ -209,21 +234,16 @@ def _diagnose(data):
     return None, True
 
 
-def load_image(path):
-    """Read an image as 3-channel 8-bit BGR, as BasicSR's datasets read it (OpenCV).
+def decode_verified(data, flags=cv2.IMREAD_COLOR):
+    """``data`` (bytes) decoded by OpenCV with ``flags`` (:func:`decode`), or UnreadableImage saying
+    what is wrong.
 
-    The file is read and decoded once, by OpenCV. OpenCV returns a truncated JPEG as an image,
-    grey where the data ends, and prints its complaints about broken files to stderr; so an
-    image whose end is not where its format says (:func:`looks_complete`), or that OpenCV
-    cannot decode, is judged by Pillow, which refuses truncated and corrupt files quietly and
-    says why. Raises UnreadableImage saying what is wrong.
+    OpenCV returns a truncated JPEG as an image (4.x: grey where the data ends) and prints its
+    complaints about broken files to stderr; so an image whose end is not where its format says
+    (:func:`looks_complete`), or that OpenCV cannot decode, is judged by Pillow, which refuses
+    truncated and corrupt files quietly and says why.
     """
-    try:
-        with open(path, 'rb') as f:
-            data = f.read()
-    except (PermissionError, FileNotFoundError, IsADirectoryError) as e:
-        raise UnreadableImage(f'cannot read the file ({e.strerror})') from None
-    img = decode(data, cv2.IMREAD_COLOR)
+    img = decode(data, flags)
     if img is not None and looks_complete(data):
         return img
     kind = image_kind(data[:16])
@@ -239,9 +259,17 @@ def load_image(path):
     raise UnreadableImage('not an image (no decoder recognises it)')
 
 
-# ----------------------------------------------------------------------------------------
-# MATLAB-compatible bicubic resizing (the LR images and the 'bicubic' rows of SR papers)
-# ----------------------------------------------------------------------------------------
+def load_image(path):
+    """Read an image as 3-channel 8-bit BGR, as BasicSR's datasets read it (OpenCV), read and
+    decoded once; raises UnreadableImage saying what is wrong (:func:`decode_verified`)."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as e:
+        raise UnreadableImage(f'cannot read the file ({e.strerror})') from None
+    return decode_verified(data, cv2.IMREAD_COLOR)
+
+
 def modcrop(img, modulus):
     """Crop the bottom and right of ``img`` so that its height and width are multiples of ``modulus``."""
     h, w = img.shape[:2]
