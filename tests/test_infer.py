@@ -137,6 +137,41 @@ def test_alpha_into_a_format_without_alpha_is_written_as_png(tmp_path, capsys, c
     assert '.jpg has no alpha: written as .png' in err
 
 
+def test_colour_into_pgm_is_written_as_png_and_grey_into_ppm_as_three_equal_channels(tmp_path, capsys, ckpt):
+    cv2.imwrite(str(tmp_path / 'colour.png'), img8(8, 8))
+    cv2.imwrite(str(tmp_path / 'grey.png'), img8(8, 8, 1))
+    code, out, err = run(capsys, tmp_path / 'colour.png', tmp_path / 'out', ckpt, '--ext', 'pgm')
+    assert code == 0, err
+    assert os.listdir(tmp_path / 'out') == ['colour_ASID_x2.png'] and '.pgm holds grey images only' in err
+    code, out, err = run(capsys, tmp_path / 'grey.png', tmp_path / 'out', ckpt, '--ext', 'ppm')
+    assert code == 0, err
+    ppm = read(tmp_path / 'out' / 'grey_ASID_x2.ppm')
+    assert ppm.shape == (16, 16, 3) and (ppm[..., 0] == ppm[..., 2]).all()
+
+
+def test_a_tiff_with_an_exif_orientation_is_turned_upright_once(tmp_path, capsys, ckpt):
+    from PIL import Image
+    upright = img8(12, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(tmp_path / 'photo.tif', exif=exif)
+    code, out, err = run(capsys, tmp_path / 'photo.tif', tmp_path / 'out', ckpt)
+    assert code == 0, err
+    assert read(tmp_path / 'out' / 'photo_ASID_x2.tif').shape == (24, 40, 3)  # upright, x2
+
+
+def test_an_image_larger_than_pillows_guard_is_refused_by_its_declared_size_before_decoding(tmp_path, capsys, ckpt):
+    import struct
+    import zlib
+    ihdr = struct.pack('>IIBBBBB', 20000, 10000, 8, 2, 0, 0, 0)  # 200 Mpx declared, its pixels never stored
+    (tmp_path / 'pano.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b''.join(
+        struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d)) for t, d in ((b'IHDR', ihdr),
+                                                                                             (b'IEND', b''))))
+    code, out, err = run(capsys, tmp_path / 'pano.png', tmp_path / 'out', ckpt)
+    assert code == 1
+    assert 'pano.png: output would be 40000x20000 = 800000000 pixels, more than --max-pixels' in err, err
+
+
 def test_greyscale_is_processed_as_rgb_and_written_back_as_greyscale(tmp_path, capsys, ckpt, api):
     grey = img8(11, 13, 1)
     for ext in ('png', 'jpg'):
@@ -366,8 +401,9 @@ def test_bad_files_are_reported_by_name_and_the_others_still_processed(tmp_path,
     code, out, err = run(capsys, folder, tmp_path / 'out', ckpt, '--max-pixels', str(50 * 50))
     assert code == 1
     assert summary(out) == (1, 0, 5)
-    for name in ('cut.png', 'cut.jpg', 'fake.png', 'empty.jpg'):
-        assert re.search(rf'^FAILED .*{re.escape(name)}: not a readable image', err, re.M), err
+    for name, why in (('cut.png', 'corrupt or truncated PNG image'), ('cut.jpg', 'corrupt or truncated JPEG image'),
+                      ('fake.png', 'not an image'), ('empty.jpg', 'empty file')):
+        assert re.search(rf'^FAILED .*{re.escape(name)}: {why}', err, re.M), err
     assert re.search(r'^FAILED .*huge\.png: output would be 60x80 = 4800 pixels, more than --max-pixels 2500$',
                      err, re.M), err
     assert os.listdir(tmp_path / 'out') == ['good_ASID_x2.png']
@@ -424,8 +460,7 @@ def test_quiet_prints_only_problems_and_the_summary(tmp_path, capsys, ckpt):
     (tmp_path / 'notes.txt').write_text('not an image')
     code, out, err = run(capsys, tmp_path, tmp_path / 'out', ckpt, '--quiet')
     assert code == 1 and summary(out) == (1, 1, 1)
-    assert err.strip().splitlines() == [f'FAILED {tmp_path / "b.png"}: not a readable image (truncated, corrupt, '
-                                        'or not an image file)']
+    assert err.strip().splitlines() == [f'FAILED {tmp_path / "b.png"}: not an image (no decoder recognises it)']
     code, out, err = run(capsys, tmp_path, tmp_path / 'out', ckpt, '--quiet')  # again: a.png's output exists
     assert summary(out) == (0, 3, 1) and len(err.strip().splitlines()) == 1  # and the out/ folder
 

@@ -56,8 +56,7 @@ from basicsr_ext.commands.checkpoint_args import add_weight_overrides, value_ran
 from basicsr_ext.common.compare import input_bicubic_output
 from basicsr_ext.common.errors import CommandError
 from basicsr_ext.common.files import remove_temporaries, write_file
-from basicsr_ext.common.images import decode as decode_image
-from basicsr_ext.common.images import is_image_name, opencv_log_level, read_header
+from basicsr_ext.common.images import UnreadableImage, decode_verified, is_image_name, opencv_log_level, read_header
 from basicsr_ext.common.interrupts import Interrupted
 
 #: Output formats for ``--ext``.
@@ -124,11 +123,10 @@ def apply_orientation(img, orientation):
 
 def decode(data):
     """Decode bytes with OpenCV (all depths, alpha kept) into RGB(A) / grey, EXIF-upright."""
-    if not data:
-        raise ImageError('not a readable image (empty file)')
-    img = decode_image(data)  # quiet: a failure is reported on one line naming the file, not by OpenCV's log
-    if img is None:
-        raise ImageError('not a readable image (truncated, corrupt, or not an image file)')
+    try:  # quiet: a failure is reported on one line naming the file, not by OpenCV's log
+        img = decode_verified(data, cv2.IMREAD_UNCHANGED)
+    except UnreadableImage as e:
+        raise ImageError(str(e)) from None  # e.g. 'corrupt or truncated JPEG image (...)'
     if img.dtype not in (np.uint8, np.uint16, np.float32):
         raise ImageError(f'unsupported sample type {img.dtype}')
     if img.ndim == 3 and img.shape[2] == 1:
@@ -159,6 +157,8 @@ def encode(img, ext):
     if img.dtype == np.uint16 and ext not in DEEP_EXTENSIONS:
         img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
         notes.append(f'{ext} holds 8 bits per sample: written with 8')
+    if img.ndim == 2 and ext == '.ppm':  # a colour format: grey in three equal channels
+        img = np.repeat(img[..., None], 3, axis=2)
     if img.ndim == 3:
         img = img[..., [2, 1, 0, 3][:img.shape[2]]]
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext in ('.jpg', '.jpeg') else []
@@ -346,6 +346,10 @@ class _Run:
         notes = []
         if img.ndim == 3 and img.shape[2] in (2, 4) and ext not in ALPHA_EXTENSIONS:
             notes.append(f'{ext} has no alpha: written as .png')
+            ext = '.png'
+            out = self.claim(self.output_path(path, ext))
+        elif img.ndim == 3 and ext == '.pgm':
+            notes.append('.pgm holds grey images only: written as .png')
             ext = '.png'
             out = self.claim(self.output_path(path, ext))
         self.taken[out] = path
