@@ -423,3 +423,15 @@ def test_a_damaged_validation_image_stops_with_one_line_naming_it(data):
         dataset[1]
     assert str(err.value) == f'tiny_val: {path} cannot be decoded; validation images are not skipped'
     assert sum(dataset.damaged) == 0
+
+
+def test_the_decode_cache_takes_a_data_folder_whose_name_is_not_utf8(tmp_path, monkeypatch):
+    from basicsr_ext.common import datacheck
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    folder = os.path.join(str(tmp_path), os.fsdecode(b'hr\xe9'))  # a Latin-1 name, as BasicSR reads it
+    os.mkdir(folder)
+    path = os.path.join(folder, 'a.png')
+    with open(path, 'wb') as f:
+        f.write(cv2.imencode('.png', make_image(8, 12, 0))[1].tobytes())
+    assert datacheck.decode_all([path], 'x') == {path: (12, 8)}
+    assert os.listdir(datacheck.cache_dir())  # and remembered for the next start

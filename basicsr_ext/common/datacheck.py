@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from basicsr.utils import scandir
 
-from basicsr_ext.common.images import decode, read_header
+from basicsr_ext.common.images import UnreadableImage, decode, decode_verified, read_header
 
 
 class DataError(ValueError):
@@ -92,7 +92,7 @@ def cache_dir():
 
 
 def _cache_file(folder):
-    return os.path.join(cache_dir(), hashlib.sha1(os.path.realpath(folder).encode()).hexdigest()[:20] + '.pt')
+    return os.path.join(cache_dir(), hashlib.sha1(os.fsencode(os.path.realpath(folder))).hexdigest()[:20] + '.pt')
 
 
 def _read_cache(folder):
@@ -123,14 +123,14 @@ def _write_cache(folder, images):
 
 
 def _decoded_size(path):
-    """(width, height) of the image at ``path`` decoded as BasicSR's ``imfrombytes`` does, or None."""
+    """(width, height) of the image at ``path`` decoded as BasicSR's ``imfrombytes`` does, or None
+    (also for an image cut short that OpenCV 4.x would decode, grey where the data ends)."""
     try:
         with open(path, 'rb') as f:
-            data = f.read()
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    except (OSError, cv2.error):
+            img = decode_verified(f.read(), cv2.IMREAD_COLOR)
+    except (OSError, UnreadableImage):
         return None
-    return None if img is None or img.size == 0 else (img.shape[1], img.shape[0])
+    return img.shape[1], img.shape[0]
 
 
 def _why_undecodable(path):
@@ -171,11 +171,11 @@ def decode_all(paths, where):
             sizes[path] = tuple(entry[2:])
         else:
             todo.append(path)
-    if todo:
-        sizes.update(_decode_in_threads(todo, where))
+    decoded = _decode_in_threads(todo, where) if todo else {}
+    sizes.update(decoded)
     bad = [path for path in paths if sizes.get(path) is None]
     for folder, members in folders.items():
-        if any(path in todo and sizes[path] is not None for path in members):
+        if any(path in decoded and sizes[path] is not None for path in members):
             images = {os.path.basename(p): (*stats[p], *sizes[p]) for p in members if sizes[p] is not None}
             _write_cache(folder, {**known[folder], **images})
     if bad:
