@@ -482,6 +482,60 @@ def test_training_value_basicsr_trips_over_later_is_one_line_before_the_experime
     assert not (tmp_path / 'experiments').exists()
 
 
+def _renamed(options, section, old, new):
+    node = options[section] if section else options
+    node[new] = node.pop(old)
+    return options
+
+
+MISTAKES = {  # a mistake in an option file: the one line that names it
+    'a misspelt key (the run would train from scratch)':
+        (lambda o: _renamed(o, 'path', 'pretrain_network_g', 'pretrain_netwrok_g'),
+         'path.pretrain_netwrok_g: not an option BasicSR reads; did you mean pretrain_network_g?'),
+    'a misspelt section (the run would never validate)':
+        (lambda o: _renamed(o, '', 'val', 'vall'), 'vall: not an option BasicSR reads; did you mean val?'),
+    'a misspelt loss option': (lambda o: _renamed(o['train'], 'pixel_opt', 'loss_weight', 'loss_wieght'),
+                               'train.pixel_opt.loss_wieght: not an option BasicSR reads; did you mean loss_weight?'),
+    'a loss BasicSR does not have': (lambda o: o['train']['pixel_opt'].update(type='L1Los'),
+                                     "train.pixel_opt.type: 'L1Los' is not a registered loss (known: "),
+    'a metric BasicSR does not have (found at the first validation)':
+        (lambda o: o['val']['metrics']['psnr'].update(type='calculate_psnrr'),
+         "val.metrics.psnr.type: 'calculate_psnrr' is not a registered metric (known: "),
+    'a scheduler BasicSR does not build': (lambda o: o['train']['scheduler'].update(type='MultiStepLRR'),
+                                           "train.scheduler.type: 'MultiStepLRR' is not a scheduler BasicSR builds"),
+    'no logger section': (lambda o: o.pop('logger'), 'missing option logger'),
+    'no save_img': (lambda o: o['val'].pop('save_img'), 'missing option val.save_img'),
+    'no flips named': (lambda o: o['datasets']['train'].pop('use_hflip'), 'missing option datasets.train.use_hflip'),
+    'a batch size of 8.0': (lambda o: o['datasets']['train'].update(batch_size_per_gpu=8.0),
+                            'datasets.train.batch_size_per_gpu: must be a positive integer, got 8.0'),
+    'a scale of 4.0': (lambda o: o.update(scale=4.0), 'scale: must be a positive integer, got 4.0'),
+}
+
+
+@pytest.mark.parametrize('mistake', MISTAKES)
+def test_a_mistake_basicsr_would_trip_over_later_or_never_is_one_line_before_the_run(
+        mistake, tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    change, message = MISTAKES[mistake]
+    options = tiny_options(tiny_data, name='m')
+    change(options)
+    opt_file = write_options(tmp_path / 'm.yml', options)
+    assert main(['train', '-opt', opt_file]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f'basicsr train: error: {opt_file}: {message}') and '\n' not in err, err
+    assert not (tmp_path / 'experiments').exists()
+
+
+def test_two_test_sets_of_one_name_are_one_line(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    options = tiny_options(tiny_data, name='m')
+    options['datasets']['val_2'] = dict(options['datasets']['val'])
+    opt_file = write_options(tmp_path / 'm.yml', options)
+    assert main(['train', '-opt', opt_file]) == 2
+    assert ("datasets.val_2.name: 'tiny_val' is also the name of datasets.val (results are kept by name)"
+            in capsys.readouterr().err)
+
+
 def test_more_gpus_than_the_machine_has_is_one_line_from_the_real_command(tiny_data, tmp_path):
     have = torch.cuda.device_count()
     opt_file = write_options(tmp_path / 'g.yml', {**tiny_options(tiny_data, name='g'), 'num_gpu': have + 1})

@@ -11,8 +11,13 @@ damaged value is named, with what is wrong, before training starts.
 For BasicSR's Real-ESRGAN pipeline (RealESRGANDataset, RealESRNetModel, RealESRGANModel) the
 degradation and kernel settings, ``gt_size``, ``queue_size`` and every image of the ``meta_info``
 list are checked, and a perceptual loss's VGG weights must be on disk (where, named in the error).
+An option name one or two letters from one BasicSR reads (``pretrain_netwrok_g``, ``vall``,
+``loss_wieght``: :data:`KNOWN_KEYS`) is named with the option meant; loss, metric and scheduler
+types must be ones BasicSR has; the keys BasicSR reads without a default (``logger``,
+``val.save_img``, a training set's ``gt_size`` and flips) must be there; two test sets may not
+share a name (their results are kept by name).
 ``network_g`` is built once (unknown keys, ``upscale`` against ``scale``, values the network
-refuses, ``ASID_D8`` with another group count), ``total_iter`` and the batch size must be
+refuses, ``ASID_D8`` with another group count), ``scale``, ``total_iter`` and the batch size must be
 positive integers, ``gt_size`` a multiple of ``scale``, the logging, checkpoint and validation
 frequencies positive, each optimizer of a known type with a positive ``lr``, the scheduler's
 milestones increasing whole numbers, ``num_gpu`` no more than the machine has; ``--force_yml``
@@ -147,9 +152,11 @@ def _check_prefetch(opt, path):
         raise OptionError(f"{path}: datasets.train.pin_memory: prefetch_mode 'cuda' needs pin_memory: true")
 
 
-def _positive_int(node, key, where, path):
+def _positive_int(node, key, where, path, whole_floats=False):
+    """``node[key]`` a positive integer; ``whole_floats``: 8.0 too (where BasicSR calls ``int()`` on
+    it or takes it modulo; a batch size or a patch size of 8.0 fails in a DataLoader or a slice)."""
     value = node.get(key)
-    integral = isinstance(value, int) or isinstance(value, float) and value.is_integer()
+    integral = isinstance(value, int) or whole_floats and isinstance(value, float) and value.is_integer()
     if isinstance(value, bool) or not integral or value < 1:
         raise OptionError(f'{path}: {where}{key}: must be a positive integer, got {value!r}')
 
@@ -270,7 +277,7 @@ def _check_frequencies(opt, path):
         node = opt.get(section)
         for key in keys:
             if isinstance(node, dict) and node.get(key) is not None:
-                _positive_int(node, key, f'{section}.', path)
+                _positive_int(node, key, f'{section}.', path, whole_floats=True)
 
 
 def _check_optimizers(opt, path):
@@ -508,6 +515,93 @@ def _check_model_options(opt, path, is_train, launcher):
             raise OptionError(f'{path}: {e}') from None
 
 
+#: Option keys BasicSR (and ASIDModel, and BasicSR's Real-ESRGAN models) read, by section: a key
+#: not among them but one letter or two from one that is missing is a typo (a custom model may
+#: read other keys: those are left alone).
+KNOWN_KEYS = {
+    '': ('name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'network_g', 'network_d', 'path',
+         'train', 'val', 'logger', 'dist_params', 'max_damaged', 'find_unused_parameters', 'queue_size',
+         'high_order_degradation') + DEGRADATION_KEYS + tuple(k for keys in USM_KEYS.values() for k in keys),
+    'path.': ('pretrain_network_g', 'pretrain_network_d', 'strict_load_g', 'strict_load_d', 'param_key_g',
+              'param_key_d', 'resume_state', 'experiments_root', 'models', 'training_states', 'log',
+              'visualization', 'results_root', 'root'),
+    'train.': ('ema_decay', 'optim_g', 'optim_d', 'scheduler', 'total_iter', 'warmup_iter', 'pixel_opt',
+               'perceptual_opt', 'gan_opt', 'ldl_opt', 'net_d_iters', 'net_d_init_iters', 'compile', 'precision'),
+    'val.': ('val_freq', 'save_img', 'suffix', 'metrics', 'pbar', 'tile', 'tile_overlap'),
+    'logger.': ('print_freq', 'save_checkpoint_freq', 'use_tb_logger', 'wandb'),
+    'loss': ('type', 'loss_weight', 'reduction', 'criterion', 'gan_type', 'real_label_val', 'fake_label_val',
+             'layer_weights', 'vgg_type', 'use_input_norm', 'range_norm', 'perceptual_weight', 'style_weight'),
+    'dataset': ('name', 'type', 'dataroot_gt', 'dataroot_lq', 'meta_info_file', 'meta_info', 'filename_tmpl',
+                'io_backend', 'gt_size', 'use_hflip', 'use_rot', 'use_shuffle', 'num_worker_per_gpu',
+                'batch_size_per_gpu', 'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory', 'persistent_workers',
+                'phase', 'scale', 'color', 'mean', 'std') + REALESRGAN_DATASET_KEYS,
+}
+#: The schedulers BasicSR's SRModel builds
+SCHEDULERS = ('MultiStepLR', 'CosineAnnealingRestartLR')
+
+
+def _check_typos(node, section, where, path):
+    """A key of ``node`` that is no option of ``section`` but close to one that is missing: one line."""
+    import difflib
+    if not isinstance(node, dict):
+        return
+    known = KNOWN_KEYS[section]
+    for key in node:
+        if isinstance(key, str) and key not in known:
+            close = difflib.get_close_matches(key, [k for k in known if k not in node], n=1, cutoff=0.8)
+            if close:
+                raise OptionError(f'{path}: {where}{key}: not an option BasicSR reads; did you mean {close[0]}?')
+
+
+def _check_keys(opt, path, is_train):
+    """Typos in option names (:data:`KNOWN_KEYS`), loss, metric and scheduler types their registries
+    do not know, the sections and dataset keys BasicSR reads without a default, and two test sets of
+    one name (their results are kept by name)."""
+    from basicsr.losses import LOSS_REGISTRY
+    from basicsr.metrics import METRIC_REGISTRY
+    _check_typos(opt, '', '', path)
+    for section in ('path.', 'train.', 'val.', 'logger.'):
+        _check_typos(opt.get(section[:-1]), section, section, path)
+    for name, dataset in (opt.get('datasets') or {}).items():
+        _check_typos(dataset, 'dataset', f'datasets.{name}.', path)
+    train, val = opt.get('train') or {}, opt.get('val')
+    for key, loss in train.items():
+        if key.endswith('_opt') and isinstance(loss, dict):
+            _check_typos(loss, 'loss', f'train.{key}.', path)
+            _check_registered(_require(loss, 'type', path, f'train.{key}.'), LOSS_REGISTRY, 'loss',
+                              f'train.{key}.type', path)
+    scheduler = train.get('scheduler')
+    if isinstance(scheduler, dict) and scheduler.get('type') not in SCHEDULERS:
+        raise OptionError(f'{path}: train.scheduler.type: {scheduler.get("type")!r} is not a scheduler BasicSR '
+                          f'builds (known: {", ".join(SCHEDULERS)})')
+    if isinstance(val, dict):
+        for name, metric in (val.get('metrics') or {}).items():
+            _check_registered(_require(metric, 'type', path, f'val.metrics.{name}.'), METRIC_REGISTRY, 'metric',
+                              f'val.metrics.{name}.type', path)
+    if is_train:
+        _require(opt, 'logger', path)
+        for key in ('print_freq', 'save_checkpoint_freq'):
+            _require(opt['logger'], key, path, 'logger.')
+        if isinstance(val, dict):
+            for key in ('val_freq', 'save_img'):
+                _require(val, key, path, 'val.')
+        dataset = (opt.get('datasets') or {}).get('train') or {}
+        if dataset.get('type') in PAIRED_TYPES:
+            for key in ('gt_size', 'use_hflip', 'use_rot'):
+                _require(dataset, key, path, 'datasets.train.')
+    elif isinstance(val, dict):
+        _require(val, 'save_img', path, 'val.')
+    if opt.get('scale') is not None:
+        _positive_int(opt, 'scale', '', path)
+    names = {}
+    for key, dataset in (opt.get('datasets') or {}).items():
+        if key != 'train' and isinstance(dataset, dict) and dataset.get('name') is not None:
+            if dataset['name'] in names:
+                raise OptionError(f'{path}: datasets.{key}.name: {dataset["name"]!r} is also the name of '
+                                  f'datasets.{names[dataset["name"]]} (results are kept by name)')
+            names[dataset['name']] = key
+
+
 def check_options(opt, path, is_train=True, check_data=True, launcher='none', auto_resume=False):
     """Raise OptionError for the first problem BasicSR would otherwise hit later.
 
@@ -515,6 +609,7 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none', au
     only rank 0 does it).
     """
     _require(opt, 'name', path)
+    _check_keys(opt, path, is_train)
     _check_speed_switches(opt, path, is_train, launcher)
     _check_registered(_require(opt, 'model_type', path), MODEL_REGISTRY, 'model', 'model_type', path)
     _check_model_options(opt, path, is_train, launcher)
@@ -535,7 +630,7 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none', au
             if not os.path.isfile(os.path.expanduser(str(value))):
                 raise OptionError(f'{path}: path.{key}: file {value} does not exist')
     if is_train:
-        _positive_int(opt['train'], 'total_iter', 'train.', path)
+        _positive_int(opt['train'], 'total_iter', 'train.', path, whole_floats=True)
         _positive_int(datasets['train'], 'batch_size_per_gpu', 'datasets.train.', path)
         _check_workers(datasets['train'], 'datasets.train.', path)
         _check_prefetch(opt, path)
