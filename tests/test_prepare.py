@@ -301,6 +301,27 @@ def test_corrupt_images_are_named_one_line_each_the_others_prepared_and_exit_sta
         assert len(os.listdir(f'datasets/DIV2K/DIV2K_train_LR_bicubic/X{scale}_sub')) == 3
 
 
+def test_the_folder_prepare_writes_sub_images_to_is_refused_as_its_input(tmp_path, monkeypatch, capsys):
+    # BasicSR's own extract_subimages.py names that folder DIV2K_train_HR_sub too
+    monkeypatch.chdir(tmp_path)
+    write_hr_images('datasets/DIV2K/DIV2K_train_HR_sub', [(48, 48)])
+    assert div2k(input_dir='datasets/DIV2K/DIV2K_train_HR_sub') == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith('is where this preparation writes its sub-images: give the folder of the whole HR images '
+                        '(or another --output)') and '\n' not in err, err
+    assert os.listdir('datasets/DIV2K/DIV2K_train_HR_sub') == ['0000.png']  # nothing written into it
+
+
+def test_a_benchmark_image_too_small_for_an_lr_is_named_and_the_others_prepared(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_hr_images('hr', [(48, 48)])
+    cv2.imwrite('hr/tiny.png', make_image(7, 10, 0))  # 8x4 after the x4 crop: a 1-px LR side
+    assert main(['prepare', 'benchmark', '--input', 'hr', '--name', 'Tiny', '--scales', '4', '--workers', '1']) == 1
+    err = capsys.readouterr().err
+    assert 'hr/tiny.png: image is 10x7: a side under twice the scale 4 leaves no LR image' in err, err
+    assert sorted(os.listdir('datasets/Tiny/LRbicx4')) == ['0000.png']
+
+
 def test_missing_input_folder_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert div2k(input_dir='nowhere') == 2

@@ -372,6 +372,16 @@ def div2k_layout(output, name, scales):
     }
 
 
+def _refuse_own_output(inputs, outputs):
+    """PrepareError if an input folder is one the preparation writes into: each run would take the
+    last run's sub-images as new HR images (``0001_s001_s001.png``, ...)."""
+    inputs = {os.path.realpath(inputs)} if isinstance(inputs, str) else {os.path.realpath(i) for i in inputs}
+    for folder in outputs:
+        if os.path.realpath(folder) in inputs:
+            raise PrepareError(f'--input {folder} is where this preparation writes its sub-images: give the folder '
+                               f'of the whole HR images (or another --output)')
+
+
 def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), crop_size=480, step=240,
                       thresh_size=0, lmdb=False, workers=None, log=print):
     """Sub-images, LR, meta info and (optionally) LMDB for a folder of HR images.
@@ -394,6 +404,7 @@ def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), c
         raise PrepareError(f'{os.path.join(input_dir, dotted[0])}: BasicSR\'s LMDB datasets cut names at the first '
                            f'".", so this name cannot be an LMDB key; rename the {len(dotted)} such file(s)')
     layout = div2k_layout(output, name, scales)
+    _refuse_own_output(input_dir, [layout['hr'], *layout['lr'].values()])
     for folder in [layout['hr'], *layout['lr'].values()]:
         os.makedirs(folder, exist_ok=True)
     ledger = Ledger(output, name)
@@ -476,8 +487,9 @@ def _pair_unit(job):
     outputs = {}
     for scale, hr_path, lr_path in targets:
         hr = modcrop(img, scale)
-        if hr.shape[0] == 0 or hr.shape[1] == 0:
-            return {'src': src, 'error': f'image is smaller than the scale {scale}'}
+        if min(hr.shape[:2]) < 2 * scale:  # MATLAB's bicubic kernel fails on a 1-px LR side
+            return {'src': src, 'error': f'image is {img.shape[1]}x{img.shape[0]}: a side under twice the scale {scale} '
+                                         f'leaves no LR image'}
         write_image(hr_path, hr)
         write_image(lr_path, bicubic_downscale(hr, scale))
         outputs[scale] = [hr_path, lr_path]
@@ -731,6 +743,7 @@ def prepare_realesrgan(sources, output=REALESRGAN_OUTPUT, crop_size=REALESRGAN_C
     if crop_size < 1 or step < 1 or min_size < 1:
         raise PrepareError('--crop-size, --step and --min-size must be positive')
     layout = realesrgan_layout(output)
+    _refuse_own_output({os.path.dirname(src) for src in sources.values()}, [layout['subimages']])
     os.makedirs(layout['subimages'], exist_ok=True)
     ledger = Ledger(output, 'realesrgan')
     params = {'factors': [round(f, 6) for f in REALESRGAN_FACTORS], 'short_side': REALESRGAN_SHORT_SIDE,
