@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import asid_arch  # noqa: F401  (registers ASID, as the basicsr command does: load_and_check is called directly below)
 from basicsr_ext.commands.cli import main
 from basicsr_ext.commands.prepare import prepare_realesrgan
 from basicsr_ext.common.options import VGG19_FILE, OptionError, load_and_check
