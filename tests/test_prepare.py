@@ -322,6 +322,15 @@ def test_a_benchmark_image_too_small_for_an_lr_is_named_and_the_others_prepared(
     assert sorted(os.listdir('datasets/Tiny/LRbicx4')) == ['0000.png']
 
 
+def test_an_image_whose_name_has_a_space_is_named_and_left_out_of_the_meta_info(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_hr_images('hr', [(48, 48)])
+    cv2.imwrite('hr/my photo.png', make_image(48, 48, 1))
+    assert div2k() == 1
+    assert "hr/my photo.png: its name has a space, where BasicSR's meta info files end a name" in capsys.readouterr().err
+    assert open('datasets/DIV2K/meta_info_DIV2K_train_HR_sub.txt').read() == '0000_s001.png (48,48,3)\n'
+
+
 def test_missing_input_folder_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert div2k(input_dir='nowhere') == 2

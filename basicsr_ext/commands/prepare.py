@@ -291,9 +291,20 @@ def _default_workers():
 # ----------------------------------------------------------------------------------------
 # DIV2K (and any folder of HR images): sub-images, LR, meta info, LMDB
 # ----------------------------------------------------------------------------------------
+#: Why an image whose name has a space is not cut into sub-images: BasicSR's meta info readers
+#: (paired_paths_from_meta_info_file, RealESRGANDataset) take a line's name up to its first space
+SPACED_NAME = "its name has a space, where BasicSR's meta info files end a name: rename it"
+
+
+def _spaced(stem):
+    return any(c.isspace() for c in stem)
+
+
 def _div2k_unit(job):
     """Cut one HR image into sub-images and write its LR sub-images at each scale."""
     src, stem, out_hr, out_lr, scales, modulus, crop, step, thresh = job
+    if _spaced(stem):
+        return {'src': src, 'error': SPACED_NAME}
     try:
         img = load_image(src)
     except (UnreadableImage, OSError) as e:
@@ -711,6 +722,8 @@ def multiscale_copies(img, min_size):
 def _realesrgan_unit(job):
     """The multi-scale sub-images of one HR image."""
     src, stem, out_dir, crop, step, thresh, min_size = job
+    if _spaced(stem):
+        return {'src': src, 'error': SPACED_NAME}
     try:
         img = load_image(src)
     except (UnreadableImage, OSError) as e:
