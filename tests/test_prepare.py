@@ -331,6 +331,22 @@ def test_an_image_whose_name_has_a_space_is_named_and_left_out_of_the_meta_info(
     assert open('datasets/DIV2K/meta_info_DIV2K_train_HR_sub.txt').read() == '0000_s001.png (48,48,3)\n'
 
 
+def test_a_benchmark_image_that_changed_and_no_longer_reads_leaves_no_pair_behind(tmp_path, monkeypatch, capsys):
+    # a benchmark set is read as a folder: a pair left from the image before would still be tested
+    monkeypatch.chdir(tmp_path)
+    write_hr_images('hr', [(48, 48), (48, 48)])
+    command = ['prepare', 'benchmark', '--input', 'hr', '--name', 'Tiny', '--scales', '4', '--workers', '1']
+    assert main(command) == 0
+    with open('hr/0001.png', 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + b'garbage' * 20)
+    assert main(command) == 1
+    assert os.listdir('datasets/Tiny/GTmod4') == ['0000.png'] and os.listdir('datasets/Tiny/LRbicx4') == ['0000.png']
+    os.remove('hr/0000.png')
+    capsys.readouterr()
+    assert main(command) == 1
+    assert 'bicubic x4 PSNR (Y channel, crop border 4): no pairs' in capsys.readouterr().out
+
+
 def test_missing_input_folder_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert div2k(input_dir='nowhere') == 2

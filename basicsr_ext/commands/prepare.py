@@ -174,6 +174,14 @@ class Ledger:
         self._file.write(json.dumps(record, sort_keys=True) + '\n')
         self._file.flush()
 
+    def forget(self, unit):
+        """Delete ``unit``'s outputs and its record (an out-of-date unit about to be redone: if it
+        fails now, nothing of its earlier version is left to be taken for it)."""
+        for path in self.outputs(unit):
+            if os.path.isfile(path):
+                os.remove(path)
+        self.records.pop(unit, None)
+
     def prune(self, wanted, signature_now=lambda unit: None):
         """Delete the outputs of the recorded units that are outdated; returns those units.
 
@@ -522,6 +530,7 @@ def prepare_pairs(input_dir, names, folders, ledger_name, ledger_root, workers=1
             unit = f'{stem}|X{scale}'
             units.add(unit)
             if not ledger.up_to_date(unit, source_signature(src, {'scale': scale})):
+                ledger.forget(unit)  # a benchmark set is read as a folder: an outdated pair would be tested
                 targets.append((scale, os.path.join(hr_dir, f'{stem}.png'), os.path.join(lr_dir, f'{stem}.png')))
         if targets:
             jobs.append((src, stem, targets))
@@ -554,7 +563,7 @@ def prepare_benchmark(input_dir, name=None, scales=(2, 3, 4), output='datasets',
     for s in scales:
         psnr = result['bicubic_psnr'][s] = bicubic_psnr(*folders[s], s)
         log(f'{name} x{s}: HR in {folders[s][0]}, LR in {folders[s][1]}; bicubic x{s} PSNR (Y channel, '
-            f'crop border {s}): {psnr:.2f} dB')
+            f'crop border {s}): ' + ('no pairs' if psnr is None else f'{psnr:.2f} dB'))
     return result
 
 
@@ -601,7 +610,8 @@ def demo_layout(output):
 
 
 def bicubic_psnr(hr_dir, lr_dir, scale):
-    """Mean Y-channel PSNR of MATLAB-bicubic upscaled LR against HR (crop border = scale), as BasicSR measures."""
+    """Mean Y-channel PSNR of MATLAB-bicubic upscaled LR against HR (crop border = scale), as BasicSR
+    measures; None when there is no pair."""
     from basicsr.metrics import calculate_psnr
     values = []
     for name in sorted(os.listdir(hr_dir)):
@@ -611,7 +621,7 @@ def bicubic_psnr(hr_dir, lr_dir, scale):
         lr = cv2.imread(os.path.join(lr_dir, name), cv2.IMREAD_COLOR)
         sr = bicubic_upscale(lr, scale)
         values.append(calculate_psnr(sr, hr, crop_border=scale, test_y_channel=True))
-    return float(np.mean(values))
+    return float(np.mean(values)) if values else None
 
 
 def _demo_unit(job):
@@ -680,7 +690,7 @@ def prepare_demo(output=os.path.join('datasets', 'demo'), train=DEMO_TRAIN, val=
     log(f'demo: {count} training pairs (HR {DEMO_CROP}x{DEMO_CROP}) in {os.path.dirname(layout["train"][0])}, '
         f'{len(val)} validation pairs in {os.path.dirname(layout["val"][0])}')
     log(f'demo: bicubic x{DEMO_SCALE} PSNR on the validation set (Y channel, crop border {DEMO_SCALE}): '
-        f'{psnr:.2f} dB; compare with the PSNR the demo training logs')
+        + ('no pairs' if psnr is None else f'{psnr:.2f} dB; compare with the PSNR the demo training logs'))
     return {'done': len(jobs) - len(errors), 'skipped': skipped, 'errors': errors, 'bicubic_psnr': psnr}
 
 
