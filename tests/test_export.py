@@ -157,6 +157,10 @@ def test_export_refuses_an_existing_output_and_an_unusable_checkpoint(small_onnx
     assert 'exists (use --overwrite' in capsys.readouterr().err
     assert main(['export', '--model-path', str(tmp_path / 'missing.pth'), '-o', str(tmp_path / 'x.onnx')]) == 2
     assert 'checkpoint file not found' in capsys.readouterr().err
+    for folder in (str(tmp_path), str(tmp_path / 'new') + os.sep):  # an existing folder, or one meant as a folder
+        for extra in ([], ['--overwrite']):
+            assert main(['export', '--model-path', str(tmp_path / 'missing.pth'), '-o', folder, *extra]) == 2
+            assert 'is a folder: name the .onnx file to write' in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------

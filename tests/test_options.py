@@ -526,6 +526,13 @@ def test_a_mistake_basicsr_would_trip_over_later_or_never_is_one_line_before_the
     assert not (tmp_path / 'experiments').exists()
 
 
+def test_a_folder_as_the_pretrained_checkpoint_is_named_as_a_folder(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    opt_file = write_options(tmp_path / 'm.yml', tiny_options(tiny_data, name='m'))
+    assert main(['train', '-opt', opt_file, '--force_yml', f'path:pretrain_network_g={tmp_path}']) == 2
+    assert f'path.pretrain_network_g: {tmp_path} is a folder, not a checkpoint file' in capsys.readouterr().err
+
+
 def test_two_test_sets_of_one_name_are_one_line(tiny_data, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     options = tiny_options(tiny_data, name='m')

@@ -72,10 +72,10 @@ def cmd_export(args):
     except ImportError as e:
         raise CommandError(f"{e.name} is not installed: pip install 'asid-basicsr[export]' (or -e '.[export]')") \
             from None
+    if os.path.isdir(args.output) or args.output.endswith((os.sep, '/')):
+        raise CommandError(f'{args.output} is a folder: name the .onnx file to write')
     if os.path.exists(args.output) and not args.overwrite:
         raise CommandError(f'{args.output} exists (use --overwrite to replace it)')
-    if os.path.isdir(args.output):
-        raise CommandError(f'{args.output} is a folder')
     value_range = value_range_of(args)
     try:
         net = build_asid(args.model_path, upscale=args.scale, num_groups=args.num_groups, value_range=value_range)

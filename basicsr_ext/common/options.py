@@ -627,6 +627,8 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none', au
             _check_realesrgan_dataset(name, dataset, path)
     for key, value in (opt.get('path') or {}).items():
         if value and (key.startswith('pretrain_network') or key == 'resume_state'):
+            if os.path.isdir(os.path.expanduser(str(value))):
+                raise OptionError(f'{path}: path.{key}: {value} is a folder, not a checkpoint file')
             if not os.path.isfile(os.path.expanduser(str(value))):
                 raise OptionError(f'{path}: path.{key}: file {value} does not exist')
     if is_train:
