@@ -176,6 +176,52 @@ def test_signal_to_one_ddp_rank_stops_every_rank_after_the_same_iteration_with_o
 # ----------------------------------------------------------------------------------------
 # 2: one live run per experiment name
 # ----------------------------------------------------------------------------------------
+LOADER_WITH_A_BAD_IMAGE = """
+import signal, sys
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class OneBadImage(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == 3:
+            raise ValueError('a damaged image')
+        return torch.zeros(1)
+
+
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # as StopOnSignal.install does
+it = iter(DataLoader(OneBadImage(), batch_size=1, num_workers=2))
+it.cycle = it  # alive past the exit handler, as a traceback's reference cycle kept BasicSR's prefetcher
+try:
+    for _ in it:
+        pass
+except ValueError:
+    print('error met', flush=True)
+if sys.argv[1:] == ['shut-down']:  # what basicsr train does when its pipeline ends
+    from basicsr_ext.patches.runs import shut_down_loader_workers
+    shut_down_loader_workers()
+"""
+
+
+@pytest.mark.parametrize('shut_down', [True, False], ids=['as basicsr train ends', 'without (hangs)'])
+def test_loader_workers_that_block_signals_are_shut_down_when_a_run_ends_with_an_error(tmp_path, shut_down):
+    # the workers inherit the run's blocked SIGTERM: the exit handler's terminate() could not end them
+    script = tmp_path / 'loader.py'
+    script.write_text(LOADER_WITH_A_BAD_IMAGE)
+    command = [sys.executable, str(script)] + (['shut-down'] if shut_down else [])
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30 if shut_down else 8)
+    except subprocess.TimeoutExpired as e:  # killed with SIGKILL, its workers reaped with it
+        assert not shut_down, 'the run hung after its error'
+        assert 'error met' in (e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or '')
+        return
+    assert shut_down, 'without the shut-down the run no longer hangs: is the test still showing the fault?'
+    assert result.returncode == 0 and 'error met' in result.stdout, result.stderr
+
+
 def test_second_run_of_a_live_experiment_refuses_in_one_line_and_leaves_its_folder_alone(tmp_path, tiny_data):
     opt_file = write_options(tmp_path / 'own.yml', signal_options(tiny_data, 'own', workers=0))
     first = Running(basicsr('train', '-opt', opt_file), cwd=tmp_path)

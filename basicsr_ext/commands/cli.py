@@ -68,7 +68,7 @@ def _run_pipeline(args, is_train):
     from basicsr_ext.common.checkpoints import RunError
     from basicsr_ext.common.datacheck import DataError
     from basicsr_ext.common.resources import NoRoomError
-    from basicsr_ext.patches.runs import TrainingStopped
+    from basicsr_ext.patches.runs import TrainingStopped, shut_down_loader_workers
     from basicsr_ext.training import data, models  # noqa: F401  (register InMemoryPairedImageDataset, ASIDModel)
     try:
         # Every rank checks the options; only rank 0 reads the data sets' files (the launcher
@@ -100,6 +100,8 @@ def _run_pipeline(args, is_train):
             print(f'basicsr train: {e.name}: stopped after iteration {e.iteration}, saved {_shown(e.state_path)}; '
                   f'to continue: {resume_command(args)}', file=sys.stderr, flush=True)
         return e.code
+    finally:
+        shut_down_loader_workers()  # also while an error propagates: the workers must not outlive the run
     return 0
 
 

@@ -266,6 +266,11 @@ def _run_units(function, jobs, workers, desc):
             for result in pool.imap_unordered(function, jobs):
                 yield result
                 pbar.update(1)
+            # all done: let the workers leave on their own. The with-block's terminate() alone could wait
+            # for ever on a worker blocked on the pool's queue lock, whose SIGTERM handler (ignore_in_worker)
+            # Python runs only between bytecodes (a cold `prepare demo` hung so, about one run in seven)
+            pool.close()
+            pool.join()
 
 
 def _run_recorded(function, jobs, workers, desc, ledger, record, plan, log):

@@ -268,6 +268,22 @@ class StopOnSignal:
         raise TrainingStopped(signum, current_iter, state)
 
 
+def shut_down_loader_workers():
+    """Stop the DataLoader workers still running when a pipeline has ended.
+
+    The workers start while :class:`StopOnSignal` blocks SIGINT and SIGTERM and inherit the block
+    (so that a signal to the whole process group, as a cluster sends, leaves them working until the
+    save). After an error raised in a worker, a reference cycle through its traceback kept BasicSR's
+    prefetcher, and so the loader's iterator, alive past the interpreter's exit handler, whose
+    SIGTERM to the workers they did not take: the run hung after printing its error. The
+    iterator's own shutdown (its done event, then a join) needs no signal."""
+    import gc
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+    for obj in gc.get_objects():
+        if type(obj) is _MultiProcessingDataLoaderIter:  # (isinstance would touch deprecated torch objects)
+            obj._shutdown_workers()
+
+
 #: The run in this process: its lock and its signal handling.
 RUN = {'lock': None, 'stop': None}
 #: Callables shown each model that ``train_pipeline`` builds in this process (:func:`models_built`).
