@@ -125,7 +125,7 @@ def _open_any_size(source):
     from PIL import Image
     fp = (lambda: io.BytesIO(source)) if isinstance(source, bytes) else (lambda: source)
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        warnings.simplefilter('ignore')  # DecompressionBombWarning, broken EXIF: callers say what matters
         try:
             im = Image.open(fp())
         except Image.DecompressionBombError:
@@ -270,6 +270,9 @@ def load_image(path):
     return decode_verified(data, cv2.IMREAD_COLOR)
 
 
+# ----------------------------------------------------------------------------------------
+# MATLAB-compatible bicubic resizing (the LR images and the 'bicubic' rows of SR papers)
+# ----------------------------------------------------------------------------------------
 def modcrop(img, modulus):
     """Crop the bottom and right of ``img`` so that its height and width are multiples of ``modulus``."""
     h, w = img.shape[:2]
