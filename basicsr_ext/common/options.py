@@ -316,8 +316,11 @@ def _milestones_error(milestones):
 
 
 def _check_scheduler(opt, path):
-    """``train.scheduler.milestones``: whole numbers, increasing."""
+    """``train.scheduler``: a type BasicSR builds; its ``milestones`` whole numbers, increasing."""
     scheduler = (opt.get('train') or {}).get('scheduler') or {}
+    if scheduler and scheduler.get('type') not in SCHEDULERS:
+        raise OptionError(f'{path}: train.scheduler.type: {scheduler.get("type")!r} is not a scheduler BasicSR '
+                          f'builds (known: {", ".join(SCHEDULERS)})')
     if 'milestones' in scheduler:
         error = _milestones_error(scheduler['milestones'])
         if error:
@@ -554,9 +557,9 @@ def _check_typos(node, section, where, path):
 
 
 def _check_keys(opt, path, is_train):
-    """Typos in option names (:data:`KNOWN_KEYS`), loss, metric and scheduler types their registries
-    do not know, the sections and dataset keys BasicSR reads without a default, and two test sets of
-    one name (their results are kept by name)."""
+    """Typos in option names (:data:`KNOWN_KEYS`), loss and metric types their registries do not
+    know, the sections and dataset keys BasicSR reads without a default, and two test sets of one
+    name (their results are kept by name)."""
     from basicsr.losses import LOSS_REGISTRY
     from basicsr.metrics import METRIC_REGISTRY
     _check_typos(opt, '', '', path)
@@ -570,10 +573,6 @@ def _check_keys(opt, path, is_train):
             _check_typos(loss, 'loss', f'train.{key}.', path)
             _check_registered(_require(loss, 'type', path, f'train.{key}.'), LOSS_REGISTRY, 'loss',
                               f'train.{key}.type', path)
-    scheduler = train.get('scheduler')
-    if isinstance(scheduler, dict) and scheduler.get('type') not in SCHEDULERS:
-        raise OptionError(f'{path}: train.scheduler.type: {scheduler.get("type")!r} is not a scheduler BasicSR '
-                          f'builds (known: {", ".join(SCHEDULERS)})')
     if isinstance(val, dict):
         for name, metric in (val.get('metrics') or {}).items():
             _check_registered(_require(metric, 'type', path, f'val.metrics.{name}.'), METRIC_REGISTRY, 'metric',
