@@ -399,7 +399,7 @@ def div2k_layout(output, name, scales):
 def _refuse_own_output(inputs, outputs):
     """PrepareError if an input folder is one the preparation writes into: each run would take the
     last run's sub-images as new HR images (``0001_s001_s001.png``, ...)."""
-    inputs = {os.path.realpath(inputs)} if isinstance(inputs, str) else {os.path.realpath(i) for i in inputs}
+    inputs = {os.path.realpath(folder) for folder in inputs}
     for folder in outputs:
         if os.path.realpath(folder) in inputs:
             raise PrepareError(f'--input {folder} is where this preparation writes its sub-images: give the folder '
@@ -428,7 +428,7 @@ def prepare_subimages(input_dir, output, name='DIV2K_train', scales=(2, 3, 4), c
         raise PrepareError(f'{os.path.join(input_dir, dotted[0])}: BasicSR\'s LMDB datasets cut names at the first '
                            f'".", so this name cannot be an LMDB key; rename the {len(dotted)} such file(s)')
     layout = div2k_layout(output, name, scales)
-    _refuse_own_output(input_dir, [layout['hr'], *layout['lr'].values()])
+    _refuse_own_output([input_dir], [layout['hr'], *layout['lr'].values()])
     for folder in [layout['hr'], *layout['lr'].values()]:
         os.makedirs(folder, exist_ok=True)
     ledger = Ledger(output, name)
