@@ -344,12 +344,10 @@ class _Run:
         self.check_size(width, height)
 
         notes = []
-        if img.ndim == 3 and img.shape[2] in (2, 4) and ext not in ALPHA_EXTENSIONS:
-            notes.append(f'{ext} has no alpha: written as .png')
-            ext = '.png'
-            out = self.claim(self.output_path(path, ext))
-        elif img.ndim == 3 and ext == '.pgm':
-            notes.append('.pgm holds grey images only: written as .png')
+        unfit = (f'{ext} has no alpha' if img.ndim == 3 and img.shape[2] in (2, 4) and ext not in ALPHA_EXTENSIONS
+                 else '.pgm holds grey images only' if img.ndim == 3 and ext == '.pgm' else None)
+        if unfit:
+            notes.append(f'{unfit}: written as .png')
             ext = '.png'
             out = self.claim(self.output_path(path, ext))
         self.taken[out] = path
