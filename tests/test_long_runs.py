@@ -27,9 +27,9 @@ def basicsr(*args):
 class Running:
     """A ``basicsr`` command started in the background; its stderr read line by line."""
 
-    def __init__(self, command, cwd, env=None, timeout=240):
-        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        text=True, start_new_session=True)
+    def __init__(self, command, cwd, env=None, timeout=240, stdin=None):
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.lines = []
         self.watchdog = threading.Timer(timeout, self.kill)  # a hung run fails the test instead of hanging it
         self.watchdog.start()
@@ -245,6 +245,57 @@ def test_second_run_of_a_live_experiment_refuses_in_one_line_and_leaves_its_fold
                            capture_output=True, text=True, timeout=120)
     assert third.returncode == 0, third.stderr[-3000:]  # the lock of the killed run is taken over
     assert not (tmp_path / 'experiments/.own.lock').exists()  # and released at the end
+
+
+#: ``basicsr test ARGS`` that stops, once its results folder is made, until its stdin has a line (or ends).
+PAUSED_TEST = """
+import sys
+import basicsr.test
+from basicsr_ext.commands.cli import main
+
+build_model = basicsr.test.build_model
+
+
+def paused(opt):
+    print('paused', file=sys.stderr, flush=True)
+    sys.stdin.readline()
+    return build_model(opt)
+
+
+basicsr.test.build_model = paused
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_second_test_run_of_one_name_refuses_in_one_line_and_leaves_the_live_results_folder_alone(
+        tmp_path, tiny_data, monkeypatch, capsys):
+    # BasicSR's test_pipeline moved the live run's results/<name> aside and both wrote results
+    from basicsr_ext.commands.cli import main
+    opt = tiny_options(tiny_data, name='tested')
+    del opt['datasets']['train'], opt['train']
+    opt_file = write_options(tmp_path / 'test.yml', opt)
+    script = tmp_path / 'paused_test.py'
+    script.write_text(PAUSED_TEST)
+    results = tmp_path / 'results'
+    first = Running([sys.executable, str(script), 'test', '-opt', opt_file], cwd=tmp_path, stdin=subprocess.PIPE)
+    try:
+        assert first.wait_for('^paused$'), first.stderr[-3000:]
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, 'argv', sys.argv[:])
+        second = main(['test', '-opt', opt_file])
+        during = sorted(os.listdir(results))
+    finally:
+        first.process.stdin.close()  # the first run goes on
+        first_status = first.finish()
+    err = capsys.readouterr().err
+    assert second == 2, err
+    assert err.startswith(f'basicsr test: error: results folder results/tested is in use by pid {first.process.pid} '
+                          f'on {socket.gethostname()} since '), err
+    assert len(err.splitlines()) == 1
+    assert during == ['.tested.lock', 'tested']  # no tested_archived_*
+    assert first_status == 0, first.stderr[-3000:]
+    assert os.listdir(results) == ['tested']  # the lock released at the end
+    assert len(glob.glob(str(results / 'tested' / 'test_tested_*.log'))) == 1  # the first run's alone
 
 
 def test_lock_is_exclusive_until_released_and_names_its_holder(tmp_path):

@@ -22,6 +22,12 @@ from basicsr_ext.common.interrupts import raise_if_interrupted
 TEMPORARY = re.compile(r'\..+\.asid-tmp-(\d+)(\.lmdb)?')
 
 
+def shown(path):
+    """``path`` relative to the current directory when it is below it (as users typed it)."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith('..') else rel
+
+
 def temporary_path(path):
     """The name :func:`write_file` writes ``path``'s content under before renaming it."""
     folder, name = os.path.split(path)

@@ -18,6 +18,10 @@ calls its helpers through ``basicsr.train``'s module globals, and those are what
 * ``create_train_val_dataloader``: its sampler tells the epoch to save with the state.
 * ``train_pipeline``: the lock is released and the signal handlers restored when it ends.
 
+``test_pipeline`` (:func:`patch_test_lock`) takes the same kind of lock on its results folder,
+``results/.<name>.lock``, before ``make_exp_dirs`` could move a live test's folder aside, and
+releases it when it ends.
+
 A signal sets a flag (:class:`StopOnSignal`); the iteration under way finishes; the networks and
 the training state are saved under its number (atomically, as every save); the run exits with
 128 + the signal's number (:class:`TrainingStopped`). Further signals are ignored, so nothing cuts
@@ -48,12 +52,12 @@ import threading
 import weakref
 
 from basicsr_ext.common.errors import CommandError
-from basicsr_ext.common.files import pid_alive, remove_temporaries
+from basicsr_ext.common.files import pid_alive, remove_temporaries, shown
 from basicsr_ext.common.interrupts import SIGNALS
 
 
 class ExperimentInUse(CommandError):
-    """Another live process trains an experiment of the same name (exit status 2)."""
+    """Another live process trains an experiment, or tests, under the same name (exit status 2)."""
 
 
 class TrainingStopped(SystemExit):
@@ -76,8 +80,9 @@ class TrainingStopped(SystemExit):
 # the lock
 # ----------------------------------------------------------------------------------------
 def lock_path(opt):
-    """``experiments/.<name>.lock``: beside the experiment folder, which BasicSR may move aside."""
-    root = opt['path']['experiments_root']
+    """``experiments/.<name>.lock`` (a test: ``results/.<name>.lock``): beside the run's folder, which
+    BasicSR may move aside."""
+    root = opt['path']['experiments_root' if opt['is_train'] else 'results_root']
     return os.path.join(os.path.dirname(root), f'.{os.path.basename(root)}.lock')
 
 
@@ -91,11 +96,12 @@ class ExperimentLock:
     whose process is gone is taken over.
     """
 
-    def __init__(self, path, name):
+    def __init__(self, path, name, what=None):
         self.path, self.name, self.fd = path, name, None
+        self.what = what or f'experiment {name!r}'  # as the refusal names it
 
     def _refuse(self, holder):
-        raise ExperimentInUse(f'experiment {self.name!r} is in use by {holder or "another process"} '
+        raise ExperimentInUse(f'{self.what} is in use by {holder or "another process"} '
                               f'({self.path}); wait for that run to end or choose another name')
 
     def acquire(self):
@@ -284,8 +290,8 @@ def shut_down_loader_workers():
             obj._shutdown_workers()
 
 
-#: The run in this process: its lock and its signal handling.
-RUN = {'lock': None, 'stop': None}
+#: The run in this process: its lock, its signal handling (training), whether it is a test.
+RUN = {'lock': None, 'stop': None, 'testing': False}
 #: Callables shown each model that ``train_pipeline`` builds in this process (:func:`models_built`).
 MODEL_WATCHERS = []
 
@@ -350,13 +356,47 @@ def patch_train_lock_and_signals():
             RUN['stop'].restore()
             RUN['stop'].sampler = None  # it holds the data set (and its open LMDBs): not beyond the run
             RUN['stop'] = None
-            if RUN['lock'] is not None:
-                RUN['lock'].release()
-                RUN['lock'] = None
+            _release_lock()
 
     train_pipeline._stops_on_signals = True
     train.load_resume_state = load_resume_state
     train.create_train_val_dataloader = create_train_val_dataloader
     train.build_model = build_model
     train.train_pipeline = train_pipeline
+    return True
+
+
+def _release_lock():
+    if RUN['lock'] is not None:
+        RUN['lock'].release()
+        RUN['lock'] = None
+
+
+def patch_test_lock():
+    """BasicSR's ``test_pipeline``, started with the name of a live test, moves that test's results
+    folder aside: the live test's later files land in the new run's folder, mixed with its own."""
+    import basicsr.test as test
+    if getattr(test.test_pipeline, '_locks_results', False):
+        return False
+    upstream = {name: getattr(test, name) for name in ('make_exp_dirs', 'test_pipeline')}
+
+    @functools.wraps(upstream['make_exp_dirs'])
+    def make_exp_dirs(opt):  # the first thing after the options are parsed
+        if RUN['testing'] and opt['rank'] == 0:
+            what = f'results folder {shown(opt["path"]["results_root"])}'
+            RUN['lock'] = ExperimentLock(lock_path(opt), opt['name'], what).acquire()
+        return upstream['make_exp_dirs'](opt)
+
+    @functools.wraps(upstream['test_pipeline'])
+    def test_pipeline(root_path):
+        RUN['testing'] = True
+        try:
+            return upstream['test_pipeline'](root_path)
+        finally:
+            RUN['testing'] = False
+            _release_lock()
+
+    test_pipeline._locks_results = True
+    test.make_exp_dirs = make_exp_dirs
+    test.test_pipeline = test_pipeline
     return True
