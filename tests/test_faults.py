@@ -1,5 +1,7 @@
 """Faults and bad input in ``basicsr train`` / ``test``: full disks, broken or hostile files,
 bad option values. Each is one line and a non-zero exit; nothing half-written is left."""
+import builtins
+import errno
 import glob
 import os
 import resource
@@ -79,6 +81,104 @@ def test_full_disk_stops_the_run_with_one_line_leaves_no_partial_file_and_warns_
     monkeypatch.chdir(tmp_path)
     assert main(['train', '-opt', opt_file, '--auto_resume']) == 0  # room again: nothing to resume, starts afresh
     assert (run / 'models' / 'net_g_latest.pth').is_file()
+
+
+# ----------------------------------------------------------------------------------------
+# starting: an experiments or results folder that cannot be written
+# ----------------------------------------------------------------------------------------
+#: Flags of ``os.open`` that write.
+WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+#: How a folder is made unwritable (:func:`unwritable`).
+UNWRITABLE = ['chmod 555', 'EROFS', 'ENOSPC']
+
+
+@pytest.fixture
+def unwritable(request, monkeypatch):
+    """``unwritable(folder, how)``: nothing under ``folder`` can be written from now on; returns the OS
+    error expected. 'chmod 555' for real (skipped as root, whom it does not stop); 'EROFS' and
+    'ENOSPC' as a read-only or full file system gives them, by the os functions that BasicSR and the
+    lock write with failing under ``folder`` (os.open, os.mkdir, os.rename, os.remove, open)."""
+    def make(folder, how):
+        folder = os.path.abspath(folder)
+        if how == 'chmod 555':
+            os.chmod(folder, 0o555)
+            request.addfinalizer(lambda: os.chmod(folder, 0o755))
+            try:
+                open(os.path.join(folder, 'probe'), 'w').close()
+            except PermissionError:
+                return f'[Errno {errno.EACCES}] {os.strerror(errno.EACCES)}'
+            pytest.skip('chmod does not stop this user (root) from writing')
+        code = getattr(errno, how)
+
+        def refuse(*paths):
+            for path in map(os.path.abspath, map(os.fsdecode, paths)):
+                if path == folder or path.startswith(folder + os.sep):
+                    raise OSError(code, os.strerror(code), path)
+
+        def wrap(module, name, writes=lambda *args, **kwargs: True):
+            real = getattr(module, name)
+
+            def refusing(*args, **kwargs):
+                if writes(*args, **kwargs):
+                    refuse(*args[:2] if name == 'rename' else args[:1])
+                return real(*args, **kwargs)
+
+            monkeypatch.setattr(module, name, refusing)
+
+        wrap(os, 'open', lambda path, flags, *args, **kwargs: flags & WRITING)
+        wrap(builtins, 'open', lambda file, mode='r', *args, **kwargs: not isinstance(file, int)
+             and any(c in mode for c in 'wax+'))
+        for name in ('mkdir', 'rename', 'remove'):
+            wrap(os, name)
+        return f'[Errno {code}] {os.strerror(code)}'
+
+    return make
+
+
+@pytest.mark.parametrize('how', UNWRITABLE)
+@pytest.mark.parametrize('command', ['train', 'test'])
+def test_unwritable_experiments_or_results_folder_is_one_line_naming_the_run_folder_and_the_os_error(
+        command, how, unwritable, tmp_path, tiny_data, monkeypatch, capsys):
+    # a traceback from the lock (os.open), as from BasicSR's make_exp_dirs before there was a lock
+    opt = tiny_options(tiny_data, name='run')
+    if command == 'test':
+        del opt['datasets']['train'], opt['train']
+    opt_file = write_options(tmp_path / 'run.yml', opt)
+    folder = tmp_path / ('experiments' if command == 'train' else 'results')
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    error = unwritable(folder, how)
+    assert main([command, '-opt', opt_file]) == 2
+    line = f'basicsr {command}: error: cannot write {folder.name}/run: {error}'
+    assert capsys.readouterr().err.splitlines() == [line]
+    assert os.listdir(folder) == []
+
+
+@pytest.mark.parametrize('how', UNWRITABLE)
+def test_resuming_into_an_unwritable_experiment_folder_is_one_line_naming_it_and_the_os_error(how, trained,
+                                                                                              unwritable, capsys):
+    # a traceback from BasicSR's copy_opt_file, or (chmod: it overwrites the file) from the log file
+    opt_file, run = trained
+    for log in run.glob('train_run_*.log'):  # one named for the same second would be reopened, not created
+        log.unlink()
+    error = unwritable(run, how)
+    capsys.readouterr()
+    assert main(['train', '-opt', opt_file, '--auto_resume']) == 2
+    assert capsys.readouterr().err.splitlines() == [f'basicsr train: error: cannot write experiments/run: {error}']
+    assert not (run.parent / '.run.lock').exists()  # released
+
+
+def test_full_disk_once_the_lock_is_taken_is_one_line_naming_the_experiment_folder(unwritable, tmp_path, tiny_data,
+                                                                                   monkeypatch, capsys):
+    # a killed run's lock file is rewritten in place; the experiment's new folder finds no room:
+    # a traceback from BasicSR's make_exp_dirs
+    opt_file = train_file(tmp_path, tiny_data)
+    (tmp_path / 'experiments').mkdir()
+    (tmp_path / 'experiments' / '.run.lock').touch()
+    monkeypatch.chdir(tmp_path)
+    error = unwritable(tmp_path / 'experiments' / 'run', 'ENOSPC')
+    assert main(['train', '-opt', opt_file]) == 2
+    assert capsys.readouterr().err.splitlines() == [f'basicsr train: error: cannot write experiments/run: {error}']
 
 
 # ----------------------------------------------------------------------------------------

@@ -16,11 +16,14 @@ calls its helpers through ``basicsr.train``'s module globals, and those are what
   loop's own ``save_checkpoint_freq`` would save at that iteration. The model is then shown to
   the watchers of :func:`models_built` (the timing of ``basicsr benchmark --train``).
 * ``create_train_val_dataloader``: its sampler tells the epoch to save with the state.
+* ``make_exp_dirs``, ``copy_opt_file``, ``get_root_logger`` (the log file): with the lock, what
+  first writes into the experiment's folder: an OSError there (a read-only or full file system, no
+  permission) is one line naming the folder (:func:`writing`), not a traceback.
 * ``train_pipeline``: the lock is released and the signal handlers restored when it ends.
 
 ``test_pipeline`` (:func:`patch_test_lock`) takes the same kind of lock on its results folder,
 ``results/.<name>.lock``, before ``make_exp_dirs`` could move a live test's folder aside, and
-releases it when it ends.
+releases it when it ends; an OSError there or in the log file is one line, as for training.
 
 A signal sets a flag (:class:`StopOnSignal`); the iteration under way finishes; the networks and
 the training state are saved under its number (atomically, as every save); the run exits with
@@ -133,8 +136,12 @@ class ExperimentLock:
                 break
             os.close(fd)
         started = datetime.datetime.now().isoformat(timespec='seconds')
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()} since {started}\n'.encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()} since {started}\n'.encode(), 0)
+        except OSError:  # a full disk: not held, then
+            os.close(fd)
+            raise
         self.fd = fd
         return self
 
@@ -158,6 +165,29 @@ class ExperimentLock:
             pass
         os.close(self.fd)
         self.fd = None
+
+
+@contextlib.contextmanager
+def writing(folder):
+    """The block makes or claims the run's ``folder``: an OSError there (a read-only or full file
+    system, no permission) is a CommandError naming the folder, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise CommandError(f'cannot write {shown(folder)}: [Errno {e.errno}] {e.strerror}') from None
+
+
+def _writes_into(folder_of, function):
+    """``function`` within :func:`writing` the folder ``folder_of`` finds in its arguments."""
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        with writing(folder_of(*args, **kwargs)):
+            return function(*args, **kwargs)
+    return wrapped
+
+
+def _log_folder(logger_name='basicsr', log_level=None, log_file=None):  # get_root_logger's arguments
+    return os.path.dirname(log_file) if log_file else '.'
 
 
 #: Names of training states and checkpoints as safety.save_atomically wrote their temporaries
@@ -320,8 +350,10 @@ def patch_train_lock_and_signals():
     @functools.wraps(upstream['load_resume_state'])
     def load_resume_state(opt):
         if RUN['stop'] is not None and opt['rank'] == 0:  # in a train_pipeline
-            RUN['lock'] = ExperimentLock(lock_path(opt), opt['name']).acquire()
-            for path in remove_killed_saves(opt['path']['experiments_root']):
+            with writing(opt['path']['experiments_root']):
+                RUN['lock'] = ExperimentLock(lock_path(opt), opt['name']).acquire()
+                removed = remove_killed_saves(opt['path']['experiments_root'])
+            for path in removed:
                 print(f'basicsr train: removed {path}, left by a save that was killed', file=sys.stderr)
         return upstream['load_resume_state'](opt)
 
@@ -360,6 +392,9 @@ def patch_train_lock_and_signals():
 
     train_pipeline._stops_on_signals = True
     train.load_resume_state = load_resume_state
+    train.make_exp_dirs = _writes_into(lambda opt: opt['path']['experiments_root'], train.make_exp_dirs)
+    train.copy_opt_file = _writes_into(lambda opt_file, root: root, train.copy_opt_file)
+    train.get_root_logger = _writes_into(_log_folder, train.get_root_logger)
     train.create_train_val_dataloader = create_train_val_dataloader
     train.build_model = build_model
     train.train_pipeline = train_pipeline
@@ -382,10 +417,11 @@ def patch_test_lock():
 
     @functools.wraps(upstream['make_exp_dirs'])
     def make_exp_dirs(opt):  # the first thing after the options are parsed
-        if RUN['testing'] and opt['rank'] == 0:
-            what = f'results folder {shown(opt["path"]["results_root"])}'
-            RUN['lock'] = ExperimentLock(lock_path(opt), opt['name'], what).acquire()
-        return upstream['make_exp_dirs'](opt)
+        root = opt['path']['results_root']
+        with writing(root):
+            if RUN['testing'] and opt['rank'] == 0:
+                RUN['lock'] = ExperimentLock(lock_path(opt), opt['name'], f'results folder {shown(root)}').acquire()
+            return upstream['make_exp_dirs'](opt)
 
     @functools.wraps(upstream['test_pipeline'])
     def test_pipeline(root_path):
@@ -398,5 +434,6 @@ def patch_test_lock():
 
     test_pipeline._locks_results = True
     test.make_exp_dirs = make_exp_dirs
+    test.get_root_logger = _writes_into(_log_folder, test.get_root_logger)
     test.test_pipeline = test_pipeline
     return True
