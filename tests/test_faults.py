@@ -4,6 +4,7 @@ import builtins
 import errno
 import glob
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -224,6 +225,42 @@ def test_auto_resume_refuses_in_one_line_when_no_state_loads(trained, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3, lines  # the two skipped, then the refusal
     assert lines[-1].startswith('basicsr train: error: --auto_resume: none of the 2 training states')
+
+
+def test_resume_with_an_edited_schedule_or_lr_warns_once_per_setting_and_keeps_the_states(trained, capsys):
+    # BasicSR's resume_training loads the saved schedulers and optimizers over the option file's: silently
+    opt_file, run = trained  # milestones [2], gamma 0.5, lr 1e-3: 5e-4 from iteration 2 on
+    capsys.readouterr()
+    assert main(['train', '-opt', opt_file, '--auto_resume', '--force_yml', 'train:total_iter=5']) == 0
+    assert 'WARNING' not in capsys.readouterr().err  # total_iter is not in the state
+    assert main(['train', '-opt', opt_file, '--auto_resume', '--force_yml', 'train:total_iter=6',
+                 'train:scheduler:milestones=[5]', 'train:scheduler:gamma=0.1', 'train:optim_g:lr=0.01']) == 0
+    err = capsys.readouterr().err
+    assert [line.split(' WARNING: ')[1] for line in err.splitlines() if ' WARNING: ' in line] == [
+        "train.scheduler.milestones: the resumed state's [2] is used, not the option file's [5]",
+        "train.scheduler.gamma: the resumed state's 0.5 is used, not the option file's 0.1",
+        "train.optim_g.lr: the resumed state's 0.001 is used, not the option file's 0.01"]
+    # as it says: the lr stays at 5e-4, not 0.01, nor 1e-3 (0.01 x 0.1) from iteration 5
+    assert re.search(r'iter:\s+6, lr:\(5\.000e-04,\)', err), err[-2000:]
+
+
+def test_resume_warns_of_edited_cosine_periods_which_the_states_override():
+    from types import SimpleNamespace
+
+    from basicsr.models.lr_scheduler import CosineAnnealingRestartLR
+
+    from basicsr_ext.patches.safety import settings_the_state_keeps
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-3)
+    saved = CosineAnnealingRestartLR(optimizer, periods=[10, 10], restart_weights=[1, 0.5], eta_min=1e-7)
+    state = {'optimizers': [optimizer.state_dict()], 'schedulers': [saved.state_dict()]}
+    options = {'optim_g': {'type': 'AdamW', 'lr': 1e-3},
+               'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [20, 20], 'restart_weights': [1, 0.5],
+                             'eta_min': 1e-7}}
+    model = SimpleNamespace(opt={'train': options}, optimizer_g=optimizer, optimizers=[optimizer])
+    assert settings_the_state_keeps(model, state) == [('train.scheduler.periods', [10, 10], [20, 20])]
+    edited = CosineAnnealingRestartLR(optimizer, periods=[20, 20], restart_weights=[1, 0.5], eta_min=1e-7)
+    edited.load_state_dict(state['schedulers'][0])  # what resume_training does
+    assert edited.periods == [10, 10] and edited.cumulative_period == [10, 20]
 
 
 @pytest.fixture(scope='module')

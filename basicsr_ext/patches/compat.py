@@ -312,9 +312,10 @@ IMPORT_FIXES = (patch_functional_tensor, patch_distutils)
 #: resuming, logging, --force_yml) come last.
 BEHAVIOUR_FIXES = (patch_safe_loader, patch_cpu_distributed, patch_ddp_spawns_workers, patch_realesrgan_cpu,
                    patch_filter2d_layout, patch_optimizers, damaged.patch_skip_damaged_images, safety.patch_resume,
-                   safety.patch_atomic_save, safety.patch_safe_load_network, safety.patch_log_file_errors,
-                   safety.patch_force_yml_values, patch_eta_off_by_one, pipeline.patch_quiet_terminal, patch_auto_workers,
-                   patch_validate_bare_network, runs.patch_train_lock_and_signals, runs.patch_test_lock)
+                   safety.patch_resume_warns_of_kept_settings, safety.patch_atomic_save, safety.patch_safe_load_network,
+                   safety.patch_log_file_errors, safety.patch_force_yml_values, patch_eta_off_by_one,
+                   pipeline.patch_quiet_terminal, patch_auto_workers, patch_validate_bare_network,
+                   runs.patch_train_lock_and_signals, runs.patch_test_lock)
 PATCHES = IMPORT_FIXES + BEHAVIOUR_FIXES
 
 _checked = set()

@@ -11,6 +11,8 @@ shortcoming, each checking first whether the running BasicSR needs it; they are 
   explicitly, and refuses unreadable, code-carrying or non-finite checkpoints in one line.
 * :func:`patch_resume`: ``--auto_resume`` takes the newest training state that loads, with
   its matching ``net_g``; the others are named on one line each.
+* :func:`patch_resume_warns_of_kept_settings`: a scheduler or optimizer setting changed in the
+  option file since the state was saved (the state's value is used) is a warning each.
 * :func:`patch_log_file_errors`: a log file that cannot be written (full disk) is reported
   once and dropped, instead of a traceback for every log line.
 * :func:`patch_force_yml_values`: ``--force_yml`` values are parsed without ``eval``.
@@ -18,6 +20,7 @@ shortcoming, each checking first whether the running BasicSR needs it; they are 
 Nothing here imports BasicSR at module level: :mod:`basicsr_ext.patches.compat` imports this module
 before BasicSR may be imported.
 """
+import collections
 import contextlib
 import functools
 import inspect
@@ -136,6 +139,60 @@ def patch_resume():
 
     load_resume_state._falls_back = True
     basicsr.train.load_resume_state = load_resume_state
+    return True
+
+
+def _plain(value):
+    """A setting as an option file writes it: MultiStepRestartLR's milestones (a Counter) as their
+    sorted list, tuples as lists, tensors as numbers."""
+    if isinstance(value, dict):
+        return sorted(collections.Counter(value).elements())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.tolist() if isinstance(value, torch.Tensor) else value
+
+
+def settings_the_state_keeps(model, state):
+    """``(option, value in the state, value in the option file)`` for each setting of ``train.scheduler``
+    and ``train.optim_*`` that differs: BasicSR's ``resume_training`` loads the state's schedulers
+    (their attributes replaced by the saved ones) and optimizers (the saved param groups), so the
+    state's values are used. An lr is compared with the group's ``initial_lr``: the option's when the
+    run first started (``lr`` itself is where the schedule has taken it since)."""
+    train = model.opt['train']
+    kept = []
+    for key, wanted in (train.get('scheduler') or {}).items():
+        saved = state['schedulers'][0].get(key) if state['schedulers'] else None  # one per optimizer, alike
+        if key != 'type' and saved is not None and _plain(saved) != _plain(wanted):
+            kept.append((f'train.scheduler.{key}', _plain(saved), wanted))
+    for option, settings in train.items():  # optim_g: model.optimizer_g
+        optimizer = getattr(model, 'optimizer_' + option[len('optim_'):], None) if option.startswith('optim_') else None
+        if optimizer not in model.optimizers or not isinstance(settings, dict):
+            continue
+        group = state['optimizers'][model.optimizers.index(optimizer)]['param_groups'][0]
+        for key, wanted in settings.items():
+            saved = group.get('initial_lr', group.get('lr')) if key == 'lr' else group.get(key)
+            if key != 'type' and saved is not None and _plain(saved) != _plain(wanted):
+                kept.append((f'train.{option}.{key}', _plain(saved), wanted))
+    return kept
+
+
+def patch_resume_warns_of_kept_settings():
+    """BasicSR's ``resume_training`` keeps the saved schedule and optimizer settings without a word when
+    the option file now says otherwise (new milestones, periods, lr, gamma)."""
+    from basicsr.models.base_model import BaseModel
+    from basicsr.utils import get_root_logger
+    upstream = BaseModel.resume_training
+    if getattr(upstream, '_warns_of_kept_settings', False):
+        return False
+
+    @functools.wraps(upstream)
+    def resume_training(self, resume_state):
+        for option, saved, wanted in settings_the_state_keeps(self, resume_state):
+            get_root_logger().warning(f"{option}: the resumed state's {saved} is used, not the option file's {wanted}")
+        return upstream(self, resume_state)
+
+    resume_training._warns_of_kept_settings = True
+    BaseModel.resume_training = resume_training
     return True
 
 
