@@ -25,7 +25,9 @@ device, precision and memory budget are chosen there).
 Memory layout: on the CPU the network runs on channels-last tensors by default (the same
 function, to 1e-6; oneDNN's convolutions, the depthwise ones above all, are faster in that
 layout: 121-140 against 219-220 ms for ASID x4 on a 128x128 input, 2 threads, in
-``basicsr benchmark --device cpu --paths plain default``).
+``basicsr benchmark --device cpu --paths plain default``), and so does the network compiled on
+a GPU (ASID 320x180 fp16 in batches of 4 on an H200: 2.18 against 2.44 ms a frame, with
+cuDNN's timed algorithm choice, :mod:`asid_arch.graphs`).
 
 Large images: by default the whole image goes through the network at once when its
 estimated memory fits (half the free GPU memory, or half the available RAM), otherwise it
@@ -102,8 +104,8 @@ class ASIDUpsampler:
             inputs (the fastest on an H100, as accurate). True: run under ``torch.autocast``
             with fp32 weights instead.
         channels_last (bool | None): run on channels-last tensors (a copy of the network is
-            converted). None (default): for convolutional networks on the CPU, where it was
-            measured faster; not on a GPU (not measured there).
+            converted). None (default): for convolutional networks on the CPU, and compiled on a
+            GPU, where it was measured faster (docs/speed.md); not eager on a GPU.
         compile (bool | collection): run the network through ``torch.compile`` (Inductor; on a GPU
             captured as one CUDA graph per input size, :class:`asid_arch.graphs.CompiledNetwork`):
             the same function (tested against the plain path), faster for many images of one
@@ -150,8 +152,9 @@ class ASIDUpsampler:
         net = net.eval().requires_grad_(False).to(self.device)
         #: the fp32 network, for fp16 results that overflow
         self.net_fp32 = net
-        if channels_last is None:  # convolutional networks on the CPU (not e.g. an ONNX Runtime session)
-            channels_last = self.device.type == 'cpu' and any(p.dim() == 4 for p in net.parameters())
+        if channels_last is None:  # convolutional networks (not e.g. an ONNX Runtime session), measured faster
+            channels_last = ((self.device.type == 'cpu' or bool(compile))
+                             and any(p.dim() == 4 for p in net.parameters()))
         self.channels_last = bool(channels_last)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         # nn.Module.to() works in place: convert a copy, leave the caller's network alone

@@ -126,14 +126,18 @@ def test_on_a_gpu_each_input_size_is_captured_once_and_replays_the_plain_functio
 
 
 @needs_cuda
-def test_on_a_gpu_compiled_fp16_is_as_close_to_fp32_as_eager_fp16(golden, golden_net):
+def test_on_a_gpu_compiled_fp16_runs_channels_last_as_close_to_fp32_as_eager_fp16(golden, golden_net):
     net = copy.deepcopy(golden_net).cuda()
     x = golden['input'].cuda()
     with torch.no_grad():
         ref = net(x)
     eager = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0).run_network(x)
+    torch.backends.cudnn.benchmark = False
     up = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0, compile=True)
     first, replay = up.run_network(x), up.run_network(x)  # captured and run, then replayed
     assert torch.equal(first, replay)
+    # compiled on a GPU: channels-last, cuDNN's timed algorithm choice for the capture only
+    assert up.channels_last and not ASIDUpsampler(net, device='cuda', precision='fp16').channels_last
+    assert not torch.backends.cudnn.benchmark
     assert psnr(first, ref) >= min(50.0, psnr(eager, ref) - 1), (psnr(first, ref), psnr(eager, ref))
     assert (first - ref).abs().max() <= 2e-3
