@@ -123,3 +123,41 @@ def test_an_image_cut_short_that_opencv_still_decodes_is_refused(monkeypatch):
     with pytest.raises(images.UnreadableImage, match='corrupt or truncated JPEG image'):
         images.decode_verified(cut)
     assert images.decode_verified(jpg).shape == (64, 64, 3)
+
+
+def test_quiet_blocks_of_several_threads_share_one_silence_and_give_stderr_back():
+    # a pool decoding a folder: thread A silences, B enters, A leaves first, B last; had each block
+    # saved and restored fd 2 on its own, B would "restore" A's /dev/null and stderr would stay lost
+    import os
+    import threading
+
+    def where_fd2_points():
+        st = os.fstat(2)
+        return st.st_dev, st.st_ino
+
+    before = where_fd2_points()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with images.quiet_native_stderr():
+            seen['a'] = where_fd2_points()
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with images.quiet_native_stderr():
+            b_in.set()
+            a_out.wait(5)
+            seen['b'] = where_fd2_points()  # A has left: still silent while B is inside
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    devnull = os.stat(os.devnull)
+    assert seen['a'] == seen['b'] == (devnull.st_dev, devnull.st_ino)
+    assert where_fd2_points() == before

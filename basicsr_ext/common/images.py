@@ -45,26 +45,59 @@ def opencv_log_level(level):
         logging.setLogLevel(saved)
 
 
+#: The silence of :func:`quiet_native_stderr`: how many blocks are inside it, and how to end it.
+_QUIET = {'depth': 0, 'undo': None}
+_QUIET_LOCK = threading.Lock()
+
+
+def _new_quiet_lock():  # a child forked while another thread held the lock would wait for ever
+    global _QUIET_LOCK
+    _QUIET_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_quiet_lock)
+
+
 @contextlib.contextmanager
 def quiet_native_stderr():
     """Silence what OpenCV and the image libraries under it print to stderr themselves (its
     log, libpng's warnings such as 'iCCP: ... invalid rendering intent' on scikit-image's
-    bundled photographs): the file was checked already, and a reported failure names it."""
+    bundled photographs): the file was checked already, and a reported failure names it.
+
+    File descriptor 2 and OpenCV's log level belong to the process: blocks nested or run at once
+    by several threads (a pool decoding a folder) share one silence, begun by the first block in
+    and ended by the last out, so stderr is always given back."""
+    with _QUIET_LOCK:
+        if _QUIET['depth'] == 0:
+            undo = _QUIET['undo'] = contextlib.ExitStack()
+            undo.enter_context(opencv_log_level('SILENT'))
+            undo.callback(_restore_stderr, _silence_stderr())
+        _QUIET['depth'] += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _QUIET['depth'] -= 1
+            if _QUIET['depth'] == 0:
+                _QUIET['undo'].close()
+
+
+def _silence_stderr():
+    """Point file descriptor 2 at /dev/null; returns a duplicate of what it was (None: no stderr)."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):
-        saved = None
-    with opencv_log_level('SILENT'):
-        try:
-            if saved is not None:
-                with open(os.devnull, 'wb') as devnull:
-                    os.dup2(devnull.fileno(), 2)
-            yield
-        finally:
-            if saved is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
+        return None
+    with open(os.devnull, 'wb') as devnull:
+        os.dup2(devnull.fileno(), 2)
+    return saved
+
+
+def _restore_stderr(saved):
+    if saved is not None:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # ----------------------------------------------------------------------------------------
