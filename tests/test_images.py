@@ -9,7 +9,7 @@ from basicsr_ext.common import images
 from conftest import make_image
 
 
-@pytest.mark.parametrize('ext', ['.png', '.jpg', '.bmp', '.webp'])
+@pytest.mark.parametrize('ext', ['.png', '.jpg', '.bmp', '.webp', '.tif', '.ppm'])
 def test_load_image_decodes_a_sound_image_once_and_as_opencv_reads_it(ext, tmp_path, monkeypatch):
     path = str(tmp_path / f'a{ext}')
     cv2.imwrite(path, make_image(40, 56, 1))
@@ -123,6 +123,19 @@ def test_an_image_cut_short_that_opencv_still_decodes_is_refused(monkeypatch):
     with pytest.raises(images.UnreadableImage, match='corrupt or truncated JPEG image'):
         images.decode_verified(cut)
     assert images.decode_verified(jpg).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize('ext, params', [('.tif', []), ('.tif', [cv2.IMWRITE_TIFF_COMPRESSION, 1]), ('.ppm', []),
+                                         ('.pgm', [])])
+@pytest.mark.parametrize('kept', [0.5, 0.9, -1])
+def test_opencv_refuses_a_tiff_or_pnm_cut_short_itself_so_no_second_decoder_judges_them(ext, params, kept):
+    # what looks_complete trusts: a truncated TIFF (libtiff) or PNM (OpenCV's reader) does not decode
+    data = cv2.imencode(ext, make_image(48, 40, 0)[..., :3 if ext != '.pgm' else 1], params)[1].tobytes()
+    assert images.looks_complete(data) and images.decode(data) is not None
+    cut = data[:int(len(data) * kept)] if kept > 0 else data[:kept]
+    assert images.decode(cut) is None
+    with pytest.raises(images.UnreadableImage, match='corrupt or truncated'):
+        images.decode_verified(cut)
 
 
 def test_quiet_blocks_of_several_threads_share_one_silence_and_give_stderr_back():

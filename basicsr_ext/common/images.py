@@ -214,7 +214,7 @@ def _walk_png(read_at):
 
 #: File signatures of image formats, to tell a broken image from a file that is no image.
 _SIGNATURES = ((b'\x89PNG\r\n\x1a\n', 'PNG'), (b'\xff\xd8\xff', 'JPEG'), (b'BM', 'BMP'), (b'II*\x00', 'TIFF'),
-               (b'MM\x00*', 'TIFF'), (b'GIF8', 'GIF'))
+               (b'MM\x00*', 'TIFF'), (b'GIF8', 'GIF')) + tuple((f'P{n}'.encode(), 'PNM') for n in range(1, 7))
 
 
 def image_kind(head):
@@ -227,10 +227,13 @@ def image_kind(head):
 
 
 def looks_complete(data):
-    """Whether ``data`` ends where its format says it does: PNG with its IEND chunk, JPEG with its
-    end-of-image marker (trailing bytes after it allowed), BMP and WebP as long as their headers
-    say. False for other formats: only a full decoder can tell."""
+    """Whether ``data``, once OpenCV has decoded it, is the whole image: PNG with its IEND chunk,
+    JPEG with its end-of-image marker (trailing bytes after it allowed), BMP and WebP as long as
+    their headers say; TIFF and PNM always (OpenCV's readers of these refuse a file cut short
+    themselves, tests/test_images.py). False for other formats: only a full decoder can tell."""
     kind = image_kind(data[:16])
+    if kind in ('TIFF', 'PNM'):
+        return True
     if kind == 'PNG':
         return b'IEND' in data[-64:]
     if kind == 'JPEG':
