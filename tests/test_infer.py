@@ -816,6 +816,14 @@ def test_an_animated_gif_is_refused_rather_than_cut_to_its_first_frame(tmp_path,
     assert 'anim.gif: animated image (3 frames): only still images are upscaled' in err, err
 
 
+def test_a_multi_page_tiff_is_refused_by_its_pages_not_called_animated(tmp_path, capsys, ckpt):
+    pages = [Image.fromarray(img8(8, 8, seed=i)) for i in range(2)]
+    pages[0].save(tmp_path / 'scan.tif', save_all=True, append_images=pages[1:])
+    code, out, err = run(capsys, tmp_path / 'scan.tif', tmp_path / 'out', ckpt)
+    assert code == 1 and summary(out) == (0, 0, 1)
+    assert 'scan.tif: multi-page TIFF (2 pages): only single images are upscaled; split the pages first' in err, err
+
+
 def test_compare_writes_input_bicubic_output_side_by_side_per_image_and_never_takes_them_as_inputs(
         tmp_path, capsys, ckpt):
     from basicsr_ext.common import compare

@@ -56,7 +56,8 @@ from basicsr_ext.commands.checkpoint_args import add_weight_overrides, value_ran
 from basicsr_ext.common.compare import input_bicubic_output
 from basicsr_ext.common.errors import CommandError
 from basicsr_ext.common.files import remove_temporaries, write_file
-from basicsr_ext.common.images import UnreadableImage, decode_verified, is_image_name, opencv_log_level, read_header
+from basicsr_ext.common.images import (UnreadableImage, decode_verified, image_kind, is_image_name, opencv_log_level,
+                                      read_header)
 from basicsr_ext.common.interrupts import Interrupted
 
 #: Output formats for ``--ext``.
@@ -336,6 +337,9 @@ class _Run:
         header = read_header(data)  # None: not a format Pillow knows; OpenCV may still decode it
         if header is not None:
             if header.frames > 1:  # OpenCV would read the first frame only
+                if image_kind(data[:16]) == 'TIFF':
+                    raise ImageError(f'multi-page TIFF ({header.frames} pages): only single images are upscaled; '
+                                     f'split the pages first')
                 raise ImageError(f'animated image ({header.frames} frames): only still images are upscaled; '
                                  f'extract the frames first')
             self.check_size(header.width, header.height)
