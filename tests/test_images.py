@@ -174,3 +174,37 @@ def test_quiet_blocks_of_several_threads_share_one_silence_and_give_stderr_back(
     devnull = os.stat(os.devnull)
     assert seen['a'] == seen['b'] == (devnull.st_dev, devnull.st_ino)
     assert where_fd2_points() == before
+
+
+def test_a_child_forked_while_another_thread_is_quiet_has_its_stderr_back():
+    # a pool decoding in threads while the main thread forks (a DataLoader worker): the child
+    # has none of those threads, so nothing in it would ever end their silence
+    import os
+    import threading
+    inside, done = threading.Event(), threading.Event()
+
+    def quiet_thread():
+        with images.quiet_native_stderr():
+            inside.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=quiet_thread)
+    thread.start()
+    inside.wait(5)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: where does fd 2 point, and does a quiet block of its own give it back?
+        try:
+            with images.quiet_native_stderr():
+                pass
+            os.write(write_end, b'%d %d' % (os.fstat(2).st_ino, images._QUIET['depth']))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 100).decode().split()
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    done.set()
+    thread.join(10)
+    devnull = os.stat(os.devnull).st_ino
+    assert int(child[0]) != devnull and child[1] == '0', child

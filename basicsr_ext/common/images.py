@@ -50,12 +50,17 @@ _QUIET = {'depth': 0, 'undo': None}
 _QUIET_LOCK = threading.Lock()
 
 
-def _new_quiet_lock():  # a child forked while another thread held the lock would wait for ever
+def _quiet_in_child():
+    """After a fork: a new lock (the parent's may have been held by another thread), and stderr
+    back if another thread was inside a quiet block (nothing in the child would ever leave it)."""
     global _QUIET_LOCK
     _QUIET_LOCK = threading.Lock()
+    if _QUIET['depth'] > 0:
+        _QUIET['depth'] = 0
+        _QUIET['undo'].close()
 
 
-os.register_at_fork(after_in_child=_new_quiet_lock)
+os.register_at_fork(after_in_child=_quiet_in_child)
 
 
 @contextlib.contextmanager
@@ -69,17 +74,19 @@ def quiet_native_stderr():
     and ended by the last out, so stderr is always given back."""
     with _QUIET_LOCK:
         if _QUIET['depth'] == 0:
-            undo = _QUIET['undo'] = contextlib.ExitStack()
-            undo.enter_context(opencv_log_level('SILENT'))
-            undo.callback(_restore_stderr, _silence_stderr())
+            with contextlib.ExitStack() as undo:  # undone at once if silencing fails
+                undo.enter_context(opencv_log_level('SILENT'))
+                undo.callback(_restore_stderr, _silence_stderr())
+                _QUIET['undo'] = undo.pop_all()
         _QUIET['depth'] += 1
     try:
         yield
     finally:
         with _QUIET_LOCK:
-            _QUIET['depth'] -= 1
-            if _QUIET['depth'] == 0:
-                _QUIET['undo'].close()
+            if _QUIET['depth'] > 0:  # 0: a forked child's block, whose silence the fork ended
+                _QUIET['depth'] -= 1
+                if _QUIET['depth'] == 0:
+                    _QUIET['undo'].close()
 
 
 def _silence_stderr():
@@ -89,8 +96,12 @@ def _silence_stderr():
         saved = os.dup(2)
     except (OSError, ValueError):
         return None
-    with open(os.devnull, 'wb') as devnull:
-        os.dup2(devnull.fileno(), 2)
+    try:
+        with open(os.devnull, 'wb') as devnull:
+            os.dup2(devnull.fileno(), 2)
+    except OSError:
+        os.close(saved)
+        raise
     return saved
 
 
