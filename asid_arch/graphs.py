@@ -11,6 +11,7 @@ hundreds of small tensors costs more than the graph saves. One H200, fp16, ASID 
 input, both in one run of ``basicsr benchmark --networks ASID --paths 'compile fp16' --batch 1 4``:
 3.71 ms a frame that way, 3.47 ms captured here (in batches of 4: 2.60 and 2.35 ms a frame).
 """
+import threading
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -33,11 +34,16 @@ def _layout(x):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+#: One capture at a time in the process: cuDNN's benchmark flag, set for it, is process-wide.
+_CAPTURE_LOCK = threading.Lock()
+
+
 @contextmanager
 def _cudnn_benchmark():
     """cuDNN picks its convolution algorithms by timing them (as BasicSR's training does), for
     the warm-up and capture only: the graph keeps the chosen kernels, the caller's flag is left
-    alone. One H200, ASID 320x180 fp16: 3.16 against 3.26 ms a frame (docs/speed.md)."""
+    alone. One H200, ASID 320x180 fp16: 3.16 against 3.26 ms a frame (docs/speed.md). Callers
+    hold :data:`_CAPTURE_LOCK` (two threads' captures would otherwise restore each other's flag)."""
     saved = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
     try:
@@ -54,7 +60,7 @@ class _Graph:
     that GPU (the capture would otherwise record nothing of a network on another GPU)."""
 
     def __init__(self, fn, x):
-        with torch.inference_mode(), torch.cuda.device(x.device):
+        with _CAPTURE_LOCK, torch.inference_mode(), torch.cuda.device(x.device):
             self.input = x.clone(memory_format=_layout(x))
             stream = torch.cuda.Stream(x.device)
             stream.wait_stream(torch.cuda.current_stream(x.device))

@@ -104,8 +104,9 @@ class ASIDUpsampler:
             inputs (the fastest on an H100, as accurate). True: run under ``torch.autocast``
             with fp32 weights instead.
         channels_last (bool | None): run on channels-last tensors (a copy of the network is
-            converted). None (default): for convolutional networks on the CPU, and compiled on a
-            GPU, where it was measured faster (docs/speed.md); not eager on a GPU.
+            converted). None (default): where it was measured faster (docs/speed.md), for
+            convolutional networks: on the CPU, and on a GPU in the compiled network only (the
+            sizes left eager run contiguous there).
         compile (bool | collection): run the network through ``torch.compile`` (Inductor; on a GPU
             captured as one CUDA graph per input size, :class:`asid_arch.graphs.CompiledNetwork`):
             the same function (tested against the plain path), faster for many images of one
@@ -152,11 +153,13 @@ class ASIDUpsampler:
         net = net.eval().requires_grad_(False).to(self.device)
         #: the fp32 network, for fp16 results that overflow
         self.net_fp32 = net
-        if channels_last is None:  # convolutional networks (not e.g. an ONNX Runtime session), measured faster
-            channels_last = ((self.device.type == 'cpu' or bool(compile))
-                             and any(p.dim() == 4 for p in net.parameters()))
-        self.channels_last = bool(channels_last)
+        convolutional = any(p.dim() == 4 for p in net.parameters())  # not e.g. an ONNX Runtime session
+        auto, channels_last = channels_last is None, bool(channels_last)
+        self.channels_last = channels_last or auto and convolutional and self.device.type == 'cpu'
+        #: the layout of the eager network's tensors, and of the compiled one's (:meth:`compile_network`)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.compiled_memory_format = (torch.channels_last if channels_last or auto and convolutional
+                                       else torch.contiguous_format)
         # nn.Module.to() works in place: convert a copy, leave the caller's network alone
         if self.cast or self.channels_last:
             net = copy.deepcopy(net).to(memory_format=self.memory_format)
@@ -173,11 +176,13 @@ class ASIDUpsampler:
         the network input sizes to compile for, (H, W) for any batch or (N, H, W) for batches of
         N, the others staying eager (None: all)."""
         net = self.net
+        # a copy where the compiled network differs: self.net stays as it is for the sizes that are
+        # not compiled (and weights changed in self.net later do not reach the compiled sizes)
+        if self.compiled_memory_format != self.memory_format:  # on a GPU by default: channels-last
+            net = copy.deepcopy(net).to(memory_format=self.compiled_memory_format)
         if (self.kernels == 'auto' and self.dtype != torch.float32 and fused_kernels_available(self.device, self.dtype)
                 and any(map(fusable, net.modules()))):
-            # a copy: self.net stays plain for the sizes that are not compiled (and weights changed
-            # in self.net later do not reach the compiled sizes)
-            net = copy.deepcopy(net)
+            net = copy.deepcopy(net) if net is self.net else net
             #: sharing attention layers that run the fused kernel in the compiled network
             self.fused_layers = use_fused_kernels(net)
         # static shapes; on a GPU one CUDA graph per input shape (asid_arch.graphs says why not reduce-overhead)
@@ -241,8 +246,8 @@ class ASIDUpsampler:
         sizes, size = self.compile_sizes, tuple(x.shape[-2:])
         compiled = self.compiled and (sizes is None or size in sizes or (x.shape[0], *size) in sizes)
         with amp:
-            network = self._network if compiled else self.net
-            out = network(x.to(self.dtype if self.cast else x.dtype, memory_format=self.memory_format))
+            network, layout = (self._network, self.compiled_memory_format) if compiled else (self.net, self.memory_format)
+            out = network(x.to(self.dtype if self.cast else x.dtype, memory_format=layout))
         if compiled and self.device.type == 'cuda' and out.dtype == torch.float32:
             out = out.clone()  # a CUDA graph's output is overwritten by its next replay
         out = out.float()  # tiles are accumulated and averaged in fp32 (a copy of 16-bit outputs)

@@ -73,7 +73,9 @@ def test_the_cpu_default_runs_channels_last_and_computes_the_plain_function(gold
     assert golden_net.input.weight.is_contiguous()  # the caller's network keeps its layout
     with torch.no_grad():
         assert (up.run_network(golden['input']) - golden_net(golden['input'])).abs().max() <= 1e-5
-    assert not ASIDUpsampler(golden_net, device='cpu', channels_last=False).channels_last
+    assert up.compiled_memory_format == torch.channels_last
+    plain = ASIDUpsampler(golden_net, device='cpu', channels_last=False)
+    assert plain.memory_format == plain.compiled_memory_format == torch.contiguous_format
 
 
 @pytest.mark.parametrize('amp', [True, False])
@@ -126,18 +128,22 @@ def test_on_a_gpu_each_input_size_is_captured_once_and_replays_the_plain_functio
 
 
 @needs_cuda
-def test_on_a_gpu_compiled_fp16_runs_channels_last_as_close_to_fp32_as_eager_fp16(golden, golden_net):
+def test_on_a_gpu_compiled_fp16_runs_channels_last_as_close_to_fp32_as_eager_fp16(golden, golden_net, monkeypatch):
     net = copy.deepcopy(golden_net).cuda()
     x = golden['input'].cuda()
     with torch.no_grad():
         ref = net(x)
     eager = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0).run_network(x)
-    torch.backends.cudnn.benchmark = False
-    up = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0, compile=True)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    up = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0, compile=[tuple(x.shape[-2:])])
     first, replay = up.run_network(x), up.run_network(x)  # captured and run, then replayed
     assert torch.equal(first, replay)
-    # compiled on a GPU: channels-last, cuDNN's timed algorithm choice for the capture only
-    assert up.channels_last and not ASIDUpsampler(net, device='cuda', precision='fp16').channels_last
+    # on a GPU the compiled network runs channels-last, the sizes left eager contiguous; cuDNN
+    # timed its algorithms for the capture only
+    assert up.compiled_memory_format == torch.channels_last and up.memory_format == torch.contiguous_format
+    other = x[..., :-1]  # a size left eager
+    with torch.no_grad():
+        assert up.net.input.weight.is_contiguous() and (up.run_network(other) - net(other)).abs().max() <= 2e-3
     assert not torch.backends.cudnn.benchmark
     assert psnr(first, ref) >= min(50.0, psnr(eager, ref) - 1), (psnr(first, ref), psnr(eager, ref))
     assert (first - ref).abs().max() <= 2e-3
