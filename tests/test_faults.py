@@ -261,6 +261,10 @@ def test_resume_warns_of_edited_cosine_periods_which_the_states_override():
     edited = CosineAnnealingRestartLR(optimizer, periods=[20, 20], restart_weights=[1, 0.5], eta_min=1e-7)
     edited.load_state_dict(state['schedulers'][0])  # what resume_training does
     assert edited.periods == [10, 10] and edited.cumulative_period == [10, 20]
+    # a state of fewer optimizers than the model has: no comparison (BasicSR refuses such a state itself)
+    second = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-3)
+    model.optimizer_d, model.optimizers, options['optim_d'] = second, [optimizer, second], {'lr': 1e-3}
+    assert settings_the_state_keeps(model, state) == []
 
 
 @pytest.fixture(scope='module')

@@ -160,6 +160,8 @@ def settings_the_state_keeps(model, state):
     run first started (``lr`` itself is where the schedule has taken it since)."""
     train = model.opt['train']
     kept = []
+    if len(state['optimizers']) != len(model.optimizers):  # BasicSR's resume_training refuses it, saying so
+        return kept
     for key, wanted in (train.get('scheduler') or {}).items():
         saved = state['schedulers'][0].get(key) if state['schedulers'] else None  # one per optimizer, alike
         if key != 'type' and saved is not None and _plain(saved) != _plain(wanted):
