@@ -194,6 +194,31 @@ def trained(tmp_path, tiny_data, monkeypatch):
     return opt_file, tmp_path / 'experiments' / 'run'
 
 
+def test_resuming_from_the_runs_own_copy_of_the_option_file_copies_nothing(trained, capsys):
+    # BasicSR's copy_opt_file copied it onto itself (shutil's SameFileError) after adding a header
+    _, run = trained
+    own = run / 'run.yml'
+    text = own.read_text()
+    assert text.startswith('# GENERATE TIME')
+    assert main(['train', '-opt', str(own.relative_to(run.parent.parent)), '--auto_resume', '--force_yml',
+                 'train:total_iter=5']) == 0
+    assert own.read_text() == text
+    assert re.search(r'iter:\s+5, lr:', capsys.readouterr().err)  # it trained on from the state
+
+
+def test_a_new_run_from_the_option_file_inside_its_own_folder_names_where_it_went(trained, capsys):
+    # without --auto_resume BasicSR moves experiments/run aside, the option file with it
+    _, run = trained
+    capsys.readouterr()
+    assert main(['train', '-opt', 'experiments/run/run.yml']) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ('basicsr train: error: experiments/run/run.yml was inside experiments/run, which this new run '
+                       'moved aside ("Path already exists. Rename it to ..." above): start from a copy outside '
+                       'experiments/, or add --auto_resume to continue that run'), err
+    archived = [p for p in os.listdir(run.parent) if p.startswith('run_archived_')]
+    assert len(archived) == 1 and (run.parent / archived[0] / 'run.yml').exists()
+
+
 def test_checkpoints_and_states_get_the_permissions_of_any_new_file(trained):
     umask = os.umask(0)
     os.umask(umask)

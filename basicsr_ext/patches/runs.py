@@ -174,7 +174,8 @@ def writing(folder):
     try:
         yield
     except OSError as e:
-        raise CommandError(f'cannot write {shown(folder)}: [Errno {e.errno}] {e.strerror}') from None
+        reason = f'[Errno {e.errno}] {e.strerror}' if e.errno else str(e) or type(e).__name__
+        raise CommandError(f'cannot write {shown(folder)}: {reason}') from None
 
 
 def _writes_into(folder_of, function):
@@ -184,6 +185,24 @@ def _writes_into(folder_of, function):
         with writing(folder_of(*args, **kwargs)):
             return function(*args, **kwargs)
     return wrapped
+
+
+def _copy_opt_file(upstream):
+    """BasicSR's ``copy_opt_file(opt_file, experiments_root)``, for option files inside the run's folder:
+    resuming from the run's own copy copies nothing (shutil refused to copy a file onto itself, and a
+    second header would be added); one that a new run moved aside with its folder is named."""
+    @functools.wraps(upstream)
+    def copy_opt_file(opt_file, root):
+        copy = os.path.join(root, os.path.basename(opt_file))
+        if os.path.exists(opt_file) and os.path.exists(copy) and os.path.samefile(opt_file, copy):
+            return None
+        if not os.path.exists(opt_file):
+            raise CommandError(f'{shown(opt_file)} was inside {shown(root)}, which this new run moved aside '
+                               f'("Path already exists. Rename it to ..." above): start from a copy outside '
+                               f'{shown(os.path.dirname(root))}/, or add --auto_resume to continue that run')
+        with writing(root):
+            return upstream(opt_file, root)
+    return copy_opt_file
 
 
 def _log_folder(logger_name='basicsr', log_level=None, log_file=None):  # get_root_logger's arguments
@@ -393,7 +412,7 @@ def patch_train_lock_and_signals():
     train_pipeline._stops_on_signals = True
     train.load_resume_state = load_resume_state
     train.make_exp_dirs = _writes_into(lambda opt: opt['path']['experiments_root'], train.make_exp_dirs)
-    train.copy_opt_file = _writes_into(lambda opt_file, root: root, train.copy_opt_file)
+    train.copy_opt_file = _copy_opt_file(train.copy_opt_file)
     train.get_root_logger = _writes_into(_log_folder, train.get_root_logger)
     train.create_train_val_dataloader = create_train_val_dataloader
     train.build_model = build_model
