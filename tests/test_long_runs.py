@@ -298,6 +298,31 @@ def test_second_test_run_of_one_name_refuses_in_one_line_and_leaves_the_live_res
     assert len(glob.glob(str(results / 'tested' / 'test_tested_*.log'))) == 1  # the first run's alone
 
 
+@pytest.mark.parametrize('command', ['train', 'test'])
+def test_under_ddp_every_rank_leaves_in_one_line_when_rank_zero_finds_the_name_in_use(command, tmp_path, tiny_data):
+    # only rank 0 takes the lock; the others went on into DDP and failed there (gloo: a traceback) or
+    # waited for rank 0 for ever (NCCL). Two ranks started by hand, as srun starts them.
+    opt = tiny_options(tiny_data, name='busy')
+    if command == 'test':
+        del opt['datasets']['train'], opt['train']
+    opt_file = write_options(tmp_path / 'busy.yml', opt)
+    folder = tmp_path / ('experiments' if command == 'train' else 'results')
+    held = ExperimentLock(str(folder / '.busy.lock'), 'busy').acquire()  # a live run of that name: this test
+    env = dict(os.environ, WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()))
+    try:
+        ranks = [subprocess.Popen([sys.executable, '-m', 'basicsr_ext', command, '-opt', opt_file, '--launcher',
+                                   'pytorch'], cwd=tmp_path, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+        results = [rank.communicate(timeout=120) for rank in ranks]
+    finally:
+        held.release()
+    (_, err0), (_, err1) = results
+    assert [rank.returncode for rank in ranks] == [2, 2], (err0[-2000:], err1[-2000:])
+    assert err0.splitlines()[-1].startswith(f'basicsr {command}: error: ') and 'in use by pid' in err0, err0
+    assert 'Traceback' not in err0 + err1 and 'error' not in err1, err1[-2000:]
+    assert os.listdir(folder) == []  # nothing made, nothing moved aside
+
+
 def test_lock_is_exclusive_until_released_and_names_its_holder(tmp_path):
     path = str(tmp_path / 'experiments' / '.x.lock')
     held = ExperimentLock(path, 'x').acquire()

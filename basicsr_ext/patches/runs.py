@@ -24,6 +24,8 @@ calls its helpers through ``basicsr.train``'s module globals, and those are what
 ``test_pipeline`` (:func:`patch_test_lock`) takes the same kind of lock on its results folder,
 ``results/.<name>.lock``, before ``make_exp_dirs`` could move a live test's folder aside, and
 releases it when it ends; an OSError there or in the log file is one line, as for training.
+Rank 0 alone takes either lock; under DDP the other ranks learn whether it was refused and leave
+with it (:func:`rank_zero_may_refuse`).
 
 A signal sets a flag (:class:`StopOnSignal`); the iteration under way finishes; the networks and
 the training state are saved under its number (atomically, as every save); the run exits with
@@ -185,6 +187,27 @@ def _writes_into(folder_of, function):
         with writing(folder_of(*args, **kwargs)):
             return function(*args, **kwargs)
     return wrapped
+
+
+@contextlib.contextmanager
+def rank_zero_may_refuse(opt):
+    """A block in which rank 0 may refuse the run (the lock is held by another run, the folder cannot
+    be written). Under DDP every rank learns rank 0's outcome there: the others leave with status 2
+    when it failed (rank 0 says why), instead of going on to wait for it in the first collective
+    (NCCL) or fail there with a traceback (gloo)."""
+    failure = None
+    try:
+        yield
+    except Exception as e:  # noqa: B902  (told to the other ranks, then raised again)
+        failure = e
+    if opt.get('dist') and opt.get('world_size', 1) > 1:
+        import torch.distributed as dist
+        told = [None if failure is None else str(failure)]
+        dist.broadcast_object_list(told, src=0)
+        if told[0] is not None and failure is None:
+            raise SystemExit(2)
+    if failure is not None:
+        raise failure
 
 
 def _copy_opt_file(upstream):
@@ -368,12 +391,14 @@ def patch_train_lock_and_signals():
 
     @functools.wraps(upstream['load_resume_state'])
     def load_resume_state(opt):
-        if RUN['stop'] is not None and opt['rank'] == 0:  # in a train_pipeline
-            with writing(opt['path']['experiments_root']):
-                RUN['lock'] = ExperimentLock(lock_path(opt), opt['name']).acquire()
-                removed = remove_killed_saves(opt['path']['experiments_root'])
-            for path in removed:
-                print(f'basicsr train: removed {path}, left by a save that was killed', file=sys.stderr)
+        if RUN['stop'] is not None:  # in a train_pipeline
+            with rank_zero_may_refuse(opt):
+                if opt['rank'] == 0:
+                    with writing(opt['path']['experiments_root']):
+                        RUN['lock'] = ExperimentLock(lock_path(opt), opt['name']).acquire()
+                        removed = remove_killed_saves(opt['path']['experiments_root'])
+                    for path in removed:
+                        print(f'basicsr train: removed {path}, left by a save that was killed', file=sys.stderr)
         return upstream['load_resume_state'](opt)
 
     @functools.wraps(upstream['create_train_val_dataloader'])
@@ -437,7 +462,7 @@ def patch_test_lock():
     @functools.wraps(upstream['make_exp_dirs'])
     def make_exp_dirs(opt):  # the first thing after the options are parsed
         root = opt['path']['results_root']
-        with writing(root):
+        with rank_zero_may_refuse(opt), writing(root):
             if RUN['testing'] and opt['rank'] == 0:
                 RUN['lock'] = ExperimentLock(lock_path(opt), opt['name'], f'results folder {shown(root)}').acquire()
             return upstream['make_exp_dirs'](opt)
