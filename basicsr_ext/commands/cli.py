@@ -15,6 +15,7 @@ import sys
 # runs with when it runs.
 from basicsr_ext.commands import benchmark, export, infer, prepare
 from basicsr_ext.common.errors import CommandError
+from basicsr_ext.common.files import shown
 from basicsr_ext.common.interrupts import Interrupted, raising_on_signals
 from basicsr_ext.common.optionfile import OptionError, read_with_overrides
 
@@ -97,17 +98,12 @@ def _run_pipeline(args, is_train):
         return 1
     except TrainingStopped as e:  # a signal during training: saved (basicsr_ext/patches/runs.py)
         if _rank(args.launcher) == 0:
-            print(f'basicsr train: {e.name}: stopped after iteration {e.iteration}, saved {_shown(e.state_path)}; '
+            print(f'basicsr train: {e.name}: stopped after iteration {e.iteration}, saved {shown(e.state_path)}; '
                   f'to continue: {resume_command(args)}', file=sys.stderr, flush=True)
         return e.code
     finally:
         shut_down_loader_workers()  # also while an error propagates: the workers must not outlive the run
     return 0
-
-
-def _shown(path):
-    rel = os.path.relpath(path)
-    return path if rel.startswith('..') else rel
 
 
 def resume_command(args):
