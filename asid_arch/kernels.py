@@ -1,18 +1,21 @@
 """Fused GPU kernels for ASID's inference (Triton), optional: the plain PyTorch modules define the function.
 
 What is fused, and why: ``basicsr benchmark --profile`` (H200, ASID x4 fp16, 320x180 input,
-compiled by Inductor: 537 kernels in 3.3 ms, bound by the number of kernels) put 39% of the time
-in the layers that *share* an attention map (SLA/SGA of ``block1`` onwards). Their attention half
+compiled by Inductor: 537 kernels in 3.3 ms) showed a frame bound by its number of kernels, with
+the SLA/SGA layers (window attention) the largest share. The attention half of every such layer,
 
-    t = window_partition(x);  x = x + window_reverse(to_out(attn @ to_v(LayerNorm(t))))
+    t = window_partition(x);  x = x + window_reverse(to_out(a @ v))
 
-is one kernel here, :func:`shared_window_attention`, one program per window: it gathers the
-window's 64 pixels (local or grid layout) straight from the NCHW map, normalises them, applies
-``to_v``, the shared 64x64 map and ``to_out`` on tensor cores, and adds the result back in place of
-the window, with the same roundings as the plain path (LayerNorm statistics in fp32; ``v``,
-``attn @ v`` and ``to_out`` rounded to the input dtype), where the compiled plain layer launches
-the norm, three matrix products and the add-back one after another. The gain was smaller than
-that share (2.6% a frame, 13-20% less peak memory: docs/speed.md has the figures and why).
+is one kernel here, one program per window: it gathers the window's pixels (local or grid layout)
+straight from the map (NCHW or channels-last), normalises them and applies the projections and
+the map on tensor cores, then adds the result back in place of the window. A layer that
+*computes* its map (:func:`window_attention`) takes ``q, k, v`` from ``to_qkv``, adds the
+relative-position bias and returns the softmax map for the layers that share it; a layer that
+*shares* one (:func:`shared_window_attention`) takes ``v`` from ``to_v`` and applies the given
+map. The roundings are the plain path's: LayerNorm statistics and the softmax in fp32; ``q k^T``
+(with the bias), the map, ``v``, ``a @ v`` and ``to_out`` rounded to the input dtype. Where the
+compiled plain layer launches 15-27 kernels, these launch one; the gated feed-forward that ends
+each layer stays Inductor's (a kernel for it lost, docs/speed.md).
 
 :func:`use_fused_kernels` switches a copy of a network to these layers (the same parameters and
 state_dict keys); :class:`asid_arch.inference.ASIDUpsampler` does it for its compiled network on
@@ -20,7 +23,7 @@ a GPU in fp16/bf16 (``kernels=``; ``basicsr infer --no-kernels`` turns it off). 
 without autograd (inference); with gradients the layers run the plain path. In fp32 the plain
 path serves: on an H200 the kernel's fp32 result (Triton, IEEE products) and the plain layer's
 (cuBLAS) differed by up to 6e-4, which side rounded more was not established.
-``tests/test_kernels.py`` checks the kernel against the plain layer (on the CPU through Triton's
+``tests/test_kernels.py`` checks the kernels against the plain layers (on the CPU through Triton's
 interpreter, ``TRITON_INTERPRET=1``, also in fp32; on a GPU compiled, also inside ``ASIDUpsampler``).
 """
 import importlib.util
@@ -47,54 +50,78 @@ def available(device, dtype=torch.float16):
         return False
 
 
-def shared_window_attention(x, attn, norm, to_v, to_out, window_size, grid):
-    """``x + window_reverse(to_out(attn @ to_v(norm(window_partition(x)))))`` in one kernel.
+def window_attention(x, norm, attention, window_size, grid):
+    """``x + window_reverse(to_out(a @ v))`` and the map ``a = softmax(q k^T / sqrt(C) + bias)``
+    of ``q, k, v = to_qkv(norm(window_partition(x)))``, in one kernel (an attention-computing layer).
 
     Args:
         x (Tensor): (B, C, H, W) on a GPU, H and W multiples of ``window_size``. The op is
             registered by :func:`use_fused_kernels` (importing :mod:`asid_arch.triton_kernels`).
-        attn (Tensor): (B * H/w * W/w, w*w, w*w) shared attention map, windows ordered (b, i, j).
-        norm (nn.LayerNorm), to_v, to_out (nn.Linear): the layer's modules (their weights are read).
+        norm (nn.LayerNorm): the layer's norm.
+        attention (WindowAttention): the layer's attention (``to_qkv``, ``to_out``, ``rel_pos_bias``).
         window_size (int): window side w (w*w a power of two, at least 16).
         grid (bool): grid windows (SGA) or local ones (SLA); see ``window_partition``.
+
+    Returns:
+        tuple[Tensor, Tensor]: the output map, and the attention map (B * H/w * W/w, w*w, w*w)
+        in ``x``'s dtype, windows ordered (b, i, j), as :class:`WindowAttention` returns it.
     """
-    return torch.ops.asid.shared_window_attention(x, attn, norm.weight, norm.bias, to_v.weight, to_out.weight,
-                                                  norm.eps, window_size, grid)
+    return torch.ops.asid.window_attention(x, norm.weight, norm.bias, attention.to_qkv.weight,
+                                           attention.to_out[0].weight, attention.rel_pos_bias.weight, norm.eps,
+                                           attention.scale, window_size, grid)
 
 
-class FusedSharingLayer(SpatialSelfAttention):
-    """A sharing SLA/SGA layer whose attention half is :func:`shared_window_attention` (without
-    gradients; with them, the plain layer). Same parameters and keys as the plain layer."""
+def shared_window_attention(x, attn, norm, attention, window_size, grid):
+    """``x + window_reverse(to_out(attn @ to_v(norm(window_partition(x)))))`` in one kernel
+    (an attention-sharing layer).
+
+    Args:
+        x (Tensor): as for :func:`window_attention`.
+        attn (Tensor): (B * H/w * W/w, w*w, w*w) shared attention map, windows ordered (b, i, j).
+        norm (nn.LayerNorm): the layer's norm.
+        attention (SharedWindowAttention): the layer's attention (``to_v``, ``to_out``).
+        window_size (int), grid (bool): as for :func:`window_attention`.
+    """
+    return torch.ops.asid.shared_window_attention(x, attn, norm.weight, norm.bias, attention.to_v.weight,
+                                                  attention.to_out[0].weight, norm.eps, window_size, grid)
+
+
+class FusedSpatialAttention(SpatialSelfAttention):
+    """An SLA/SGA layer whose attention half is one kernel, :func:`window_attention` (computing
+    the map) or :func:`shared_window_attention` (sharing it), without gradients; with them, the
+    plain layer. Same parameters and keys as the plain layer."""
 
     def forward(self, x, attn=None):
-        if torch.is_grad_enabled() and (x.requires_grad or attn.requires_grad
+        if torch.is_grad_enabled() and (x.requires_grad or attn is not None and attn.requires_grad
                                         or any(p.requires_grad for p in self.parameters())):
             return super().forward(x, attn)
-        x = shared_window_attention(x, attn, self.norm, self.attn.to_v, self.attn.to_out[0], self.window_size,
-                                    self.grid)
+        if self.share:
+            x = shared_window_attention(x, attn, self.norm, self.attn, self.window_size, self.grid)
+        else:
+            x, attn = window_attention(x, self.norm, self.attn, self.window_size, self.grid)
         return self.gfn(self.cnorm(x)) + x, attn
 
 
 def fusable(layer):
-    """Whether ``layer`` is a sharing SLA/SGA layer the kernel takes (w*w tokens a power of two >= 16)."""
-    if type(layer) is not SpatialSelfAttention or not layer.share:
+    """Whether ``layer`` is an SLA/SGA layer the kernel takes (w*w tokens a power of two >= 16)."""
+    if type(layer) is not SpatialSelfAttention:
         return False
     tokens = layer.window_size**2
     return tokens >= 16 and tokens & (tokens - 1) == 0
 
 
 def use_fused_kernels(net):
-    """Switch ``net``'s sharing SLA/SGA layers to :class:`FusedSharingLayer`, in place (call it on
+    """Switch ``net``'s SLA/SGA layers to :class:`FusedSpatialAttention`, in place (call it on
     the copy you run); returns the number of layers switched. Parameters and keys are unchanged.
     Where the kernel cannot be loaded (a broken Triton install), a warning, and nothing switched."""
     layers = [m for m in net.modules() if fusable(m)]
     if not layers:
         return 0
     try:
-        from . import triton_kernels  # noqa: F401  (registers the op; Triton is imported here, not with the package)
+        from . import triton_kernels  # noqa: F401  (registers the ops; Triton is imported here, not with the package)
     except Exception as err:  # noqa: BLE001  (any failure to load an optional speed-up: the plain layers run)
         warnings.warn(f'the fused kernels could not be loaded ({type(err).__name__}: {err}); running the plain layers')
         return 0
     for layer in layers:
-        layer.__class__ = FusedSharingLayer  # a subclass adding no state: only forward differs
+        layer.__class__ = FusedSpatialAttention  # a subclass adding no state: only forward differs
     return len(layers)

@@ -1,4 +1,4 @@
-"""The fused Triton kernel (:mod:`asid_arch.kernels`) computes what the plain sharing layer computes.
+"""The fused Triton kernel (:mod:`asid_arch.kernels`) computes what the plain SLA/SGA layers compute.
 
 On the CPU the kernel runs through Triton's interpreter (the same kernel source, executed with
 NumPy); on a GPU it is compiled, and also checked eagerly and inside ``torch.compile`` and
@@ -26,19 +26,18 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec('triton') is None or
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
 
-def sharing_layer(dim, grid, device='cpu', dtype=torch.float32, seed=0):
-    """A sharing layer with random (not initial) weights, a channel-slice input as the block hands
-    it over, and an attention map made by a computing layer."""
+def layers(dim, grid, device='cpu', dtype=torch.float32, seed=0):
+    """A computing and a sharing layer with random (not initial) weights, a channel-slice input as
+    the block hands it over, and the computing layer's attention map for the sharing one."""
     torch.manual_seed(seed)
     computing = SpatialSelfAttention(dim, 8, grid=grid, share=False).eval()
-    layer = SpatialSelfAttention(dim, 8, grid=grid, share=True).eval()
-    for p in layer.parameters():
+    sharing = SpatialSelfAttention(dim, 8, grid=grid, share=True).eval()
+    for p in [*computing.parameters(), *sharing.parameters()]:
         p.data.normal_(0, 0.3)
     x = torch.randn(2, dim + 4, 16, 24)[:, 4:]
     with torch.no_grad():
         _, attn = computing(x)
-    layer = layer.to(device, dtype)
-    return layer, x.to(device, dtype), attn.to(device, dtype)
+    return computing.to(device, dtype), sharing.to(device, dtype), x.to(device, dtype), attn.to(device, dtype)
 
 
 def fused_copy(module):
@@ -57,7 +56,7 @@ NO_BF16_DOT = pytest.mark.skipif(DEVICE == 'cpu', reason="the interpreter's bf16
                                         (torch.float16, 4e-3),
                                         pytest.param(torch.bfloat16, 3e-2, marks=NO_BF16_DOT)])
 def test_the_fused_sharing_layer_computes_the_plain_layer(dim, grid, dtype, tol):
-    layer, x, attn = sharing_layer(dim, grid, DEVICE, dtype)
+    _, layer, x, attn = layers(dim, grid, DEVICE, dtype)
     with torch.no_grad():
         ref, _ = layer(x, attn)
         out, attn_out = fused_copy(layer)(x, attn)
@@ -65,13 +64,35 @@ def test_the_fused_sharing_layer_computes_the_plain_layer(dim, grid, dtype, tol)
     assert (out.float() - ref.float()).abs().max() <= tol  # 16 bits: within one rounding of values ~5
 
 
+@pytest.mark.parametrize('grid', [False, True], ids=['local windows', 'grid windows'])
+@pytest.mark.parametrize('dim', [36, 24, 12])
+@pytest.mark.parametrize('dtype', [pytest.param(torch.float32, marks=ON_A_GPU_16_BITS), torch.float16,
+                                   pytest.param(torch.bfloat16, marks=NO_BF16_DOT)])
+def test_the_fused_computing_layer_is_as_close_to_fp32_as_the_plain_layer_and_so_is_its_map(dim, grid, dtype):
+    # The logits q k^T are rounded to the dtype before the softmax, as the plain layer rounds them: in
+    # 16 bits the two sides' different summation orders can round a logit ~10 one step apart (1/16 in
+    # bf16), which moves its probability by 6%. So each side is held to the fp32 layer, and the kernel
+    # may be no further from it than the plain layer in the same dtype is.
+    layer, _, x, _ = layers(dim, grid, DEVICE, dtype)
+    exact = copy.deepcopy(layer).float()
+    with torch.no_grad():
+        ref, ref_attn = exact(x.float())
+        plain, plain_attn = layer(x)
+        out, attn = fused_copy(layer)(x)
+    assert out.dtype == attn.dtype == dtype and attn.shape == ref_attn.shape
+    for fused_side, plain_side, exact_side in ((out, plain, ref), (attn, plain_attn, ref_attn)):
+        fused_error = (fused_side.float() - exact_side).abs().max().item()
+        plain_error = (plain_side.float() - exact_side).abs().max().item()
+        assert fused_error <= 1.5 * plain_error + 1e-4
+
+
 def test_a_fused_network_keeps_its_keys_and_its_function_also_traced_by_dynamo(monkeypatch):
     torch.manual_seed(0)
     dtype, tol = (torch.float32, 1e-5) if DEVICE == 'cpu' else (torch.float16, 4e-3)
     net = ASID(upscale=2, num_groups=2, num_feat=16).eval().to(DEVICE, dtype)
     fused = fused_copy(net)
-    # the sharing group's SLA1-3 and SGA1-3
-    assert sum(isinstance(m, kernels.FusedSharingLayer) for m in fused.modules()) == 6
+    # SLA1-3 and SGA1-3 of the computing group and of the sharing group
+    assert sum(isinstance(m, kernels.FusedSpatialAttention) for m in fused.modules()) == 12
     assert fused.state_dict().keys() == net.state_dict().keys()
     x = torch.rand(1, 3, 21, 13, device=DEVICE, dtype=dtype)  # padded inside the network
     with torch.no_grad():
@@ -111,7 +132,7 @@ def test_a_kernel_that_cannot_be_loaded_is_a_warning_and_the_plain_layers_run(mo
     monkeypatch.delattr(sys.modules['asid_arch'], 'triton_kernels', raising=False)
     with pytest.warns(UserWarning, match='could not be loaded'):
         assert kernels.use_fused_kernels(net) == 0
-    assert not any(isinstance(m, kernels.FusedSharingLayer) for m in net.modules())
+    assert not any(isinstance(m, kernels.FusedSpatialAttention) for m in net.modules())
 
 
 @needs_cuda
@@ -123,7 +144,7 @@ def test_on_a_gpu_the_upsampler_with_kernels_computes_what_it_computes_without()
         ref = net(x)
     fused = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0, compile=True)
     plain = ASIDUpsampler(net, device='cuda', precision='fp16', tile=0, compile=True, kernels=False)
-    assert fused.fused_layers == 12 and plain.fused_layers == 0
+    assert fused.fused_layers == 18 and plain.fused_layers == 0
     a, b = fused.run_network(x), plain.run_network(x)
     assert all(g is not None for g in fused._network.graphs.values()) and len(fused._network.graphs) == 1
     assert (a - b).abs().max() <= 4e-3
