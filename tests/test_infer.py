@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageOps
 
 from asid_arch import ASID
-from asid_arch.inference import ASIDUpsampler
+from asid_arch.inference import ASIDUpsampler, NetworkCall
 from basicsr_ext.commands import infer
 from basicsr_ext.common.images import read_header
 from basicsr_ext.commands.cli import main
@@ -546,7 +546,7 @@ def test_compiling_for_the_frames_size_leaves_other_sizes_eager(tiny_net):
 
     def compiled(x):
         seen.append(tuple(x.shape[-2:]))
-        return up.net(x)
+        return NetworkCall(up.net, None, up.compiled_memory_format)(x)
 
     up._network = compiled
     up.upscale_tensor(torch.rand(3, 18, 32))
@@ -575,7 +575,7 @@ def test_a_network_compiled_for_batches_of_frames_runs_single_images_eagerly(tin
 
     def compiled(x):
         seen.append(tuple(x.shape))
-        return up.net(x)
+        return NetworkCall(up.net, None, up.compiled_memory_format)(x)
 
     up._network = compiled
     up.upscale_tensor(torch.rand(4, 3, 18, 32))
