@@ -90,7 +90,9 @@ class CompiledNetwork:
     from one thread at a time (the buffers are shared: one upsampler per thread).
 
     Args:
-        net (nn.Module): the network, already on its device, dtype and memory format.
+        net (nn.Module): the network, already on its device, dtype and memory format, or a module
+            around it (``asid_arch.inference.NetworkCall``); its outputs, a tensor or a tuple of
+            tensors (or None), are the graph's buffers.
     """
 
     def __init__(self, net):

@@ -77,25 +77,28 @@ def _model_scale(model, scale):
 
 class NetworkCall(nn.Module):
     """A whole network call as one compiled function: the input cast to the network's dtype and
-    layout, the network, its output in fp32 and whether that output is finite, so that on a GPU
-    one CUDA graph holds all of it and the host launches nothing else (one H200, ASID fp16
-    320x180: a call took 0.35 ms longer than its graph's replay with these launched around the
-    graph, 0.07 ms with them inside; docs/speed.md).
+    layout, the network, its output in fp32 and (fp16) whether that output is finite, so that on
+    a GPU one CUDA graph holds all of it; around the replay only the input's copy into the graph,
+    the output's copy out and the reading of the flag remain (one H200, ASID fp16 320x180: a call
+    took 0.35 ms longer than its graph's replay with the cast and checks around the graph, 0.07 ms
+    with them inside; docs/speed.md).
 
     Args:
         net (nn.Module): the network, in its dtype and memory format.
         dtype (torch.dtype | None): the dtype inputs are cast to (None: as they come).
         memory_format (torch.memory_format): the layout inputs are given.
+        check_finite (bool): also return whether the output is finite (else None): fp16's overflow
+            check.
     """
 
-    def __init__(self, net, dtype, memory_format):
+    def __init__(self, net, dtype, memory_format, check_finite=False):
         super().__init__()
-        self.net, self.dtype, self.memory_format = net, dtype, memory_format
+        self.net, self.dtype, self.memory_format, self.check_finite = net, dtype, memory_format, check_finite
 
     def forward(self, x):
-        """(N, 3, H, W) -> (float32 output, 0-d bool tensor: all of it finite)."""
+        """(N, 3, H, W) -> (float32 output, 0-d bool tensor: all of it finite; or None)."""
         out = self.net(x.to(self.dtype or x.dtype, memory_format=self.memory_format)).float()
-        return out, torch.isfinite(out).all()
+        return out, torch.isfinite(out).all() if self.check_finite else None
 
 
 class ASIDUpsampler:
@@ -209,8 +212,8 @@ class ASIDUpsampler:
             #: SLA/SGA layers that run the fused attention kernel in the compiled network
             self.fused_layers = use_fused_kernels(net)
         # static shapes; on a GPU one CUDA graph per input shape (asid_arch.graphs says why not reduce-overhead)
-        self._network = CompiledNetwork(NetworkCall(net, self.dtype if self.cast else None,
-                                                    self.compiled_memory_format))
+        self._network = CompiledNetwork(NetworkCall(net, self.dtype if self.cast else None, self.compiled_memory_format,
+                                                    check_finite=self.dtype == torch.float16))
         self.compiled = True
         #: network input sizes, (H, W) or (N, H, W), that run compiled; None: all
         self.compile_sizes = None if sizes is None else {tuple(size) for size in sizes}

@@ -11,6 +11,7 @@ from asid_arch import ASID
 from asid_arch.inference import LUMA, ASIDUpsampler
 from asid_arch.runtime import resolve_precision
 from asid_arch.tiling import tile_starts
+from conftest import compile_with_backend
 
 
 @pytest.fixture(scope='module')
@@ -158,10 +159,14 @@ class OverflowsInHalf(nn.Module):
         return out + float('inf') if out.dtype == torch.float16 else out
 
 
+@pytest.mark.parametrize('compiled', [False, True], ids=['eager', 'compiled'])  # compiled: the check is in the graph
 @pytest.mark.parametrize('amp', [False, True])
-def test_fp16_overflow_is_recomputed_in_fp32_with_a_warning(amp):
+def test_fp16_overflow_is_recomputed_in_fp32_with_a_warning(amp, compiled, monkeypatch):
+    if compiled:
+        compile_with_backend(monkeypatch, 'eager')  # Dynamo's trace, no generated code: quick on a CPU
     with pytest.warns(UserWarning, match='slower'):
-        up = ASIDUpsampler(OverflowsInHalf(), device='cpu', precision='fp16', amp=amp, tile=8, tile_overlap=2)
+        up = ASIDUpsampler(OverflowsInHalf(), device='cpu', precision='fp16', amp=amp, tile=8, tile_overlap=2,
+                           compile=compiled)
     x = torch.rand(1, 3, 12, 12)
     with pytest.warns(UserWarning, match='fp16 overflowed'):
         out = up.upscale_tensor(x)
