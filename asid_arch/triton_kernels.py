@@ -62,8 +62,8 @@ def _window_attention_kernel(x_ptr, out_ptr, attn_ptr, norm_w_ptr, norm_b_ptr, w
         q = tl.dot(t, w_q, input_precision=PRECISION).to(dtype)
         k = tl.dot(t, w_k, input_precision=PRECISION).to(dtype)
         du, dv = u[:, None] - u[None, :] + WS - 1, v[:, None] - v[None, :] + WS - 1
-        # relative_position_index, the bias rounded to the dtype first as baddbmm(bias.to(q.dtype), ...) has it
-        bias = tl.load(table_ptr + du * (2 * WS - 1) + dv).to(dtype).to(tl.float32)
+        # relative_position_index; the bias is added in fp32 (the plain layer rounds it to the dtype first)
+        bias = tl.load(table_ptr + du * (2 * WS - 1) + dv).to(tl.float32)
         sim = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale + bias).to(dtype).to(tl.float32)
         e = tl.exp(sim - tl.max(sim, axis=1)[:, None])
         attn = (e / tl.sum(e, axis=1)[:, None]).to(dtype)
