@@ -15,9 +15,9 @@ relative-position bias and returns the softmax map for the layers that share it;
 map. The roundings are the plain path's: LayerNorm statistics and the softmax in fp32; ``q k^T``
 plus the bias, the map, ``v``, ``a @ v`` and ``to_out`` rounded to the input dtype. One difference:
 the bias is added in fp32, where the plain layer rounds it to the dtype first (in fp16, about 0.1%
-of a map's entries one rounding apart; the tests hold the kernel to fp32 next to the plain layer). Where the
-compiled plain layer launches 15-27 kernels, these launch one; the gated feed-forward that ends
-each layer stays Inductor's (a kernel for it lost, docs/speed.md).
+of a map's entries one rounding apart; the tests hold the kernel to fp32 next to the plain layer).
+Where the compiled plain layer launches 15-27 kernels, these launch one; the gated feed-forward
+that ends each layer stays Inductor's (a kernel for it lost, docs/speed.md).
 
 :func:`use_fused_kernels` switches a copy of a network to these layers (the same parameters and
 state_dict keys); :class:`asid_arch.inference.ASIDUpsampler` does it for its compiled network on
