@@ -76,12 +76,13 @@ def _model_scale(model, scale):
 
 
 class NetworkCall(nn.Module):
-    """A whole network call as one compiled function: the input cast to the network's dtype and
-    layout, the network, its output in fp32 and (fp16) whether that output is finite, so that on
-    a GPU one CUDA graph holds all of it; around the replay only the input's copy into the graph,
-    the output's copy out and the reading of the flag remain (one H200, ASID fp16 320x180: a call
-    took 0.35 ms longer than its graph's replay with the cast and checks around the graph, 0.07 ms
-    with them inside; docs/speed.md).
+    """A whole network call as one function: the input cast to the network's dtype and layout, the
+    network, its output in fp32 (tiles are accumulated and averaged in fp32) and (fp16) whether
+    that output is finite. The upsampler calls it eagerly, or compiled: then on a GPU one CUDA
+    graph holds all of it, and around the replay only the input's copy into the graph, the
+    output's copy out and the reading of the flag remain (one H200, ASID fp16 320x180: a call took
+    0.35 ms longer than its graph's replay with the cast and checks around the graph, 0.07 ms with
+    them inside; docs/speed.md).
 
     Args:
         net (nn.Module): the network, in its dtype and memory format.
@@ -190,12 +191,18 @@ class ASIDUpsampler:
         if self.cast or self.channels_last:
             net = copy.deepcopy(net).to(memory_format=self.memory_format)
             net = net.to(self.dtype) if self.cast else net
-        self.net = self._network = net
+        self.net = net
+        self._eager = self._network_call(net, self.memory_format)
         self.compiled, self.compile_sizes, self.fused_layers = False, None, 0
         if compile:
             self.compile_network(None if isinstance(compile, bool) else compile)
         self._warned_overflow = False
         self._bytes_per_pixel = bytes_per_pixel(net)
+
+    def _network_call(self, net, memory_format):
+        """``net`` with this upsampler's input cast, layout, fp32 output and fp16 overflow check."""
+        return NetworkCall(net, self.dtype if self.cast else None, memory_format,
+                           check_finite=self.dtype == torch.float16)
 
     def compile_network(self, sizes=None):
         """Run the network through ``torch.compile`` from now on (see ``compile`` above); ``sizes``:
@@ -212,8 +219,7 @@ class ASIDUpsampler:
             #: SLA/SGA layers that run the fused attention kernel in the compiled network
             self.fused_layers = use_fused_kernels(net)
         # static shapes; on a GPU one CUDA graph per input shape (asid_arch.graphs says why not reduce-overhead)
-        self._network = CompiledNetwork(NetworkCall(net, self.dtype if self.cast else None, self.compiled_memory_format,
-                                                    check_finite=self.dtype == torch.float16))
+        self._network = CompiledNetwork(self._network_call(net, self.compiled_memory_format))
         self.compiled = True
         #: network input sizes, (H, W) or (N, H, W), that run compiled; None: all
         self.compile_sizes = None if sizes is None else {tuple(size) for size in sizes}
@@ -273,14 +279,9 @@ class ASIDUpsampler:
         sizes, size = self.compile_sizes, tuple(x.shape[-2:])
         compiled = self.compiled and (sizes is None or size in sizes or (x.shape[0], *size) in sizes)
         with amp:
-            if compiled:
-                out, finite = self._network(x)
-                if self.device.type == 'cuda':
-                    out = out.clone()  # a CUDA graph's output is overwritten by its next replay
-            else:
-                out = self.net(x.to(self.dtype if self.cast else x.dtype, memory_format=self.memory_format))
-                out = out.float()  # tiles are accumulated and averaged in fp32 (a copy of 16-bit outputs)
-                finite = torch.isfinite(out).all() if self.dtype == torch.float16 else True
+            out, finite = (self._network if compiled else self._eager)(x)
+        if compiled and self.device.type == 'cuda':
+            out = out.clone()  # a CUDA graph's output is overwritten by its next replay
         if self.dtype == torch.float16 and not finite:
             if not self._warned_overflow:
                 warnings.warn('fp16 overflowed (non-finite output): computing in fp32 instead', stacklevel=3)
