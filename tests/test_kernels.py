@@ -62,6 +62,8 @@ def launches(monkeypatch):
     return seen
 
 
+GRIDS = pytest.mark.parametrize('grid', [False, True], ids=['local windows', 'grid windows'])
+WIDTHS = pytest.mark.parametrize('dim', [36, 24, 12])  # the three widths of ASID's distillation stages
 LAYOUTS = pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last], ids=['NCHW', 'NHWC'])
 
 
@@ -69,8 +71,8 @@ ON_A_GPU_16_BITS = pytest.mark.skipif(DEVICE == 'cuda', reason='on a GPU the ker
 NO_BF16_DOT = pytest.mark.skipif(DEVICE == 'cpu', reason="the interpreter's bf16 dot is wrong")
 
 
-@pytest.mark.parametrize('grid', [False, True], ids=['local windows', 'grid windows'])
-@pytest.mark.parametrize('dim', [36, 24, 12])  # the three widths of ASID's distillation stages
+@GRIDS
+@WIDTHS
 @pytest.mark.parametrize('dtype, tol', [pytest.param(torch.float32, 1e-4, marks=ON_A_GPU_16_BITS),
                                         (torch.float16, 4e-3),
                                         pytest.param(torch.bfloat16, 3e-2, marks=NO_BF16_DOT)])
@@ -84,8 +86,8 @@ def test_the_fused_sharing_layer_computes_the_plain_layer(dim, grid, dtype, tol,
     assert (out.float() - ref.float()).abs().max() <= tol  # 16 bits: within one rounding of values ~5
 
 
-@pytest.mark.parametrize('grid', [False, True], ids=['local windows', 'grid windows'])
-@pytest.mark.parametrize('dim', [36, 24, 12])
+@GRIDS
+@WIDTHS
 @pytest.mark.parametrize('dtype', [pytest.param(torch.float32, marks=ON_A_GPU_16_BITS), torch.float16,
                                    pytest.param(torch.bfloat16, marks=NO_BF16_DOT)])
 @LAYOUTS
