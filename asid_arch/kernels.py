@@ -52,9 +52,17 @@ def available(device, dtype=torch.float16):
         return False
 
 
-def window_attention(x, norm, attention, window_size, grid):
+def compute_dtype(x):
+    """The dtype the layer's products run in: autocast's where it is on for ``x``'s device, else ``x``'s."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def window_attention(x, norm, attention, window_size, grid, dtype=None):
     """``x + window_reverse(to_out(a @ v))`` and the map ``a = softmax(q k^T / sqrt(C) + bias)``
-    of ``q, k, v = to_qkv(norm(window_partition(x)))``, in one kernel (an attention-computing layer).
+    of ``q, k, v = to_qkv(norm(window_partition(x)))``, in one kernel (an attention-computing layer);
+    differentiable (its backward is one kernel too).
 
     Args:
         x (Tensor): (B, C, H, W) on a GPU, H and W multiples of ``window_size``. The op is
@@ -63,44 +71,47 @@ def window_attention(x, norm, attention, window_size, grid):
         attention (WindowAttention): the layer's attention (``to_qkv``, ``to_out``, ``rel_pos_bias``).
         window_size (int): window side w (w*w a power of two, at least 16).
         grid (bool): grid windows (SGA) or local ones (SLA); see ``window_partition``.
+        dtype (torch.dtype | None): the products' dtype (None: :func:`compute_dtype`, as the
+            plain layer's under autocast); the output keeps ``x``'s dtype.
 
     Returns:
         tuple[Tensor, Tensor]: the output map, and the attention map (B * H/w * W/w, w*w, w*w)
-        in ``x``'s dtype, windows ordered (b, i, j), as :class:`WindowAttention` returns it.
+        in ``dtype``, windows ordered (b, i, j), as :class:`WindowAttention` returns it.
     """
     return torch.ops.asid.window_attention(x, norm.weight, norm.bias, attention.to_qkv.weight,
                                            attention.to_out[0].weight, attention.rel_pos_bias.weight, norm.eps,
-                                           attention.scale, window_size, grid)
+                                           attention.scale, window_size, grid, dtype or compute_dtype(x))
 
 
-def shared_window_attention(x, attn, norm, attention, window_size, grid):
+def shared_window_attention(x, attn, norm, attention, window_size, grid, dtype=None):
     """``x + window_reverse(to_out(attn @ to_v(norm(window_partition(x)))))`` in one kernel
-    (an attention-sharing layer).
+    (an attention-sharing layer); differentiable, also in ``attn``.
 
     Args:
         x (Tensor): as for :func:`window_attention`.
         attn (Tensor): (B * H/w * W/w, w*w, w*w) shared attention map, windows ordered (b, i, j).
         norm (nn.LayerNorm): the layer's norm.
         attention (SharedWindowAttention): the layer's attention (``to_v``, ``to_out``).
-        window_size (int), grid (bool): as for :func:`window_attention`.
+        window_size (int), grid (bool), dtype (torch.dtype | None): as for :func:`window_attention`.
     """
     return torch.ops.asid.shared_window_attention(x, attn, norm.weight, norm.bias, attention.to_v.weight,
-                                                  attention.to_out[0].weight, norm.eps, window_size, grid)
+                                                  attention.to_out[0].weight, norm.eps, window_size, grid,
+                                                  dtype or compute_dtype(x))
 
 
 class FusedSpatialAttention(SpatialSelfAttention):
     """An SLA/SGA layer whose attention half is one kernel, :func:`window_attention` (computing
-    the map) or :func:`shared_window_attention` (sharing it), without gradients; with them, the
-    plain layer. Same parameters and keys as the plain layer."""
+    the map) or :func:`shared_window_attention` (sharing it), forward and backward. Same
+    parameters and keys as the plain layer. In fp32 on a GPU the plain layer runs (see above)."""
 
     def forward(self, x, attn=None):
-        if torch.is_grad_enabled() and (x.requires_grad or attn is not None and attn.requires_grad
-                                        or any(p.requires_grad for p in self.parameters())):
+        dtype = compute_dtype(x)
+        if x.is_cuda and dtype == torch.float32:
             return super().forward(x, attn)
         if self.share:
-            x = shared_window_attention(x, attn, self.norm, self.attn, self.window_size, self.grid)
+            x = shared_window_attention(x, attn, self.norm, self.attn, self.window_size, self.grid, dtype)
         else:
-            x, attn = window_attention(x, self.norm, self.attn, self.window_size, self.grid)
+            x, attn = window_attention(x, self.norm, self.attn, self.window_size, self.grid, dtype)
         return self.gfn(self.cnorm(x)) + x, attn
 
 

@@ -1,8 +1,8 @@
-"""The fused Triton kernel (:mod:`asid_arch.kernels`) computes what the plain SLA/SGA layers compute.
+"""The fused Triton kernels (:mod:`asid_arch.kernels`) compute what the plain SLA/SGA layers compute, forward and backward.
 
-On the CPU the kernel runs through Triton's interpreter (the same kernel source, executed with
-NumPy); on a GPU it is compiled, and also checked eagerly and inside ``torch.compile`` and
-``ASIDUpsampler``. Without Triton (CPU-only torch builds) these tests are skipped and the plain
+On the CPU the kernels run through Triton's interpreter (the same kernel source, executed with
+NumPy); on a GPU they are compiled, and also checked eagerly and inside ``torch.compile``,
+``ASIDUpsampler`` and the compiled training step. Without Triton (CPU-only torch builds) these tests are skipped and the plain
 path is all there is.
 """
 import copy
@@ -49,16 +49,21 @@ def fused_copy(module):
 
 @pytest.fixture
 def launches(monkeypatch):
-    """The kernel's launches, as the ``share`` flag of each: a fused path that quietly ran the
-    plain layers would pass every comparison."""
+    """The kernels' launches, as the ``share`` flag of each forward (``'backward'`` and the flag for
+    a backward): a fused path that quietly ran the plain layers would pass every comparison."""
     from asid_arch import triton_kernels
-    seen, launch = [], triton_kernels._launch
+    seen, launch, launch_backward = [], triton_kernels._launch, triton_kernels._launch_backward
 
     def counted(*args, share, **kwargs):
         seen.append(share)
         return launch(*args, share=share, **kwargs)
 
+    def counted_backward(*args, share, **kwargs):
+        seen.append(('backward', share))
+        return launch_backward(*args, share=share, **kwargs)
+
     monkeypatch.setattr(triton_kernels, '_launch', counted)
+    monkeypatch.setattr(triton_kernels, '_launch_backward', counted_backward)
     return seen
 
 
@@ -131,15 +136,84 @@ def test_a_fused_network_keeps_its_keys_and_its_function_also_traced_by_dynamo(m
     assert (out - ref).abs().max() <= tol
 
 
-def test_with_gradients_the_fused_network_runs_the_plain_path(launches):
+def layer_gradients(layer, x, attn, dtype, fused, seed=1):
+    """Output, map and every gradient of ``layer`` (a fused copy with ``fused``) for a random
+    weighting of its output and its map, the products in ``dtype`` under autocast (training's way;
+    the weights and the input stay fp32)."""
+    layer = fused_copy(layer) if fused else copy.deepcopy(layer)
+    x = x.detach().clone().requires_grad_(True)
+    attn = None if attn is None else attn.detach().clone().requires_grad_(True)
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        out, attn_out = layer(x, attn)
+    g = torch.Generator().manual_seed(seed)
+    loss = (out.float() * torch.randn(out.shape, generator=g).to(x.device)).sum()
+    if attn is None:  # the computing layer's map, as the sharing layers' gradient reaches it
+        loss = loss + (attn_out.float() * torch.randn(attn_out.shape, generator=g).to(x.device)).sum() / 8
+    loss.backward()
+    named = {'output': out, 'x': x.grad, **{n: p.grad for n, p in layer.named_parameters()}}
+    if attn is not None:
+        named['shared map'] = attn.grad
+    return named
+
+
+@GRIDS
+@pytest.mark.parametrize('share', [False, True], ids=['computing', 'sharing'])
+@pytest.mark.parametrize('dim', [36, 12])
+@pytest.mark.parametrize('dtype', [pytest.param(torch.float32, marks=ON_A_GPU_16_BITS), torch.float16,
+                                   pytest.param(torch.bfloat16, marks=NO_BF16_DOT)])
+def test_the_fused_layers_gradients_are_as_close_to_fp32_as_the_plain_layers(share, grid, dim, dtype, launches):
+    # Every gradient: the input's, the shared map's, the norm's, both projections', the bias table's.
+    # In fp32 (the CPU interpreter) the kernel gives the plain layer's gradients; in 16 bits each side
+    # is held to fp32 as the forward is (the sides round in different orders), the kernel no further.
+    computing, sharing, x, attn = layers(dim, grid, DEVICE)
+    layer, attn = (sharing, attn) if share else (computing, None)
+    exact = layer_gradients(layer, x, attn, torch.float32, fused=False)
+    plain = layer_gradients(layer, x, attn, dtype, fused=False)
+    fused = layer_gradients(layer, x, attn, dtype, fused=True)
+    assert launches == [share, ('backward', share)]
+    assert fused.keys() == exact.keys()
+    for name in exact:
+        scale = exact[name].abs().max().item()
+        fused_error = (fused[name].float() - exact[name]).abs().max().item()
+        plain_error = (plain[name].float() - exact[name]).abs().max().item()
+        if dtype == torch.float32:
+            assert fused_error <= 2e-6 * scale, name
+        else:
+            assert fused_error <= 1.5 * plain_error + 1e-3 * scale, name
+
+
+def test_a_fused_network_trains_through_the_kernels_with_the_plain_gradients_also_compiled(monkeypatch, launches):
+    # fp32 on the CPU interpreter (exact), bf16 autocast on a GPU (training's way, held to fp32 as above)
     torch.manual_seed(0)
     net = ASID(upscale=2, num_groups=2, num_feat=16).to(DEVICE)
+    x = torch.rand(1, 3, 16, 16, device=DEVICE)
+    dtype = torch.float32 if DEVICE == 'cpu' else torch.bfloat16
+
+    def gradients(module, dtype, compiled=False):
+        module.zero_grad()
+        run = torch.compile(module, dynamic=False) if compiled else module
+        with torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32):
+            run(x).square().sum().backward()
+        return [p.grad.clone() for p in module.parameters()]
+
+    exact, plain = gradients(net, torch.float32), gradients(net, dtype)
     fused = fused_copy(net).train()
-    x = torch.rand(1, 3, 16, 16, device=DEVICE, requires_grad=True)
-    out = fused(x)
-    out.square().sum().backward()
-    assert x.grad is not None and all(p.grad is not None for p in fused.parameters())
-    assert torch.equal(out, net(x)) and launches == []  # the plain path, bit for bit
+    eager = gradients(fused, dtype)
+    # the first group computes the maps and the second shares them; backward in the reverse order
+    assert launches == [False] * 6 + [True] * 6 + [('backward', True)] * 6 + [('backward', False)] * 6
+    launches.clear()
+    compile_with_backend(monkeypatch, 'aot_eager' if DEVICE == 'cpu' else 'inductor')
+    try:
+        compiled = gradients(fused, dtype, compiled=True)
+    finally:
+        torch._dynamo.reset()
+    assert sorted(launches, key=str) == sorted([False] * 6 + [True] * 6 + [('backward', True)] * 6
+                                               + [('backward', False)] * 6, key=str)
+    for fused_side in (eager, compiled):
+        fused_error = max((f - e).abs().max().item() for f, e in zip(fused_side, exact))
+        plain_error = max((p - e).abs().max().item() for p, e in zip(plain, exact))
+        scale = max(e.abs().max().item() for e in exact)
+        assert fused_error <= (1e-5 * scale if dtype == torch.float32 else 1.5 * plain_error + 1e-3 * scale)
 
 
 def test_kernels_are_chosen_on_a_gpu_only_and_can_be_turned_off():

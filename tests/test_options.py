@@ -425,6 +425,7 @@ def test_bsds200_gpu_file_trains_one_iteration_on_a_cpu_with_its_gpu_switches_ov
     (lambda o: o.update(model_type='SRModel'), 'train.compile: only model_type: ASIDModel reads it (SRModel would '
                                                'train without it)'),
     (lambda o: o['train'].update(compile='yes'), "train.compile: must be true or false, got 'yes'"),
+    (lambda o: o['train'].update(kernels='auto'), "train.kernels: must be true or false, got 'auto'"),
     (lambda o: o['train'].update(precision='fp8'), "train.precision: must be one of fp32, bf16, got 'fp8'"),
     (lambda o: o['train'].update(precision='fp16'), 'train.precision: fp16 would train without loss scaling (its '
                                                      'gradients can underflow): use bf16, or fp32'),

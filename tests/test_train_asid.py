@@ -3,6 +3,7 @@ import glob
 import re
 
 import pytest
+import torch
 
 from basicsr_ext.commands.cli import main
 from conftest import run_basicsr, tiny_options, write_options
@@ -49,3 +50,25 @@ def test_training_terminal_summarises_the_network_and_ends_with_the_latest_model
     last = [line for line in terminal.splitlines() if ' INFO: ' in line][-1]
     assert re.search(rf'net_g_latest.pth: tiny_val at iteration {total_iter}: ASID PSNR [\d.]+ '
                      r'\(bicubic [\d.]+\)$', last), last
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_on_a_gpu_a_compiled_bf16_run_trains_through_the_fused_kernels_unless_turned_off(tmp_path, tiny_data,
+                                                                                          monkeypatch):
+    # the way the GPU recipe trains (train_ASID_x4_BSDS200.yml): compiled, bf16, one CUDA graph
+    network = {'type': 'ASID', 'upscale': 4, 'num_groups': 2, 'num_feat': 16}
+    monkeypatch.chdir(tmp_path)
+    runs = {}
+    for kernels in (True, False):
+        name = f'fused_{kernels}'
+        opt = tiny_options(tiny_data, name=name, network=network, total_iter=12, checkpoint_freq=12, val_freq=12)
+        opt.update(model_type='ASIDModel', num_gpu=1)
+        opt['datasets']['train'].update(num_worker_per_gpu=2, persistent_workers=True)
+        opt['train'].update(compile=True, precision='bf16', kernels=kernels)
+        assert main(['train', '-opt', write_options(tmp_path / f'{name}.yml', opt)]) == 0
+        runs[kernels] = open(glob.glob(str(tmp_path / f'experiments/{name}/train_{name}_*.log'))[0]).read()
+    assert 'train.kernels: 12 SLA/SGA layers run the fused attention kernels' in runs[True]
+    assert 'train.kernels' not in runs[False]
+    fused, plain = ([float(v) for v in re.findall(r'l_pix: (\S+)', runs[k])] for k in (True, False))
+    assert len(fused) == len(plain) == 12
+    assert fused == pytest.approx(plain, rel=0.02)  # the same batches (seeded); bf16 rounds the two apart

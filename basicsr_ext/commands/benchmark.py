@@ -20,7 +20,8 @@ default there) and ``compile fp16`` (both; with the fused Triton kernels of
 ``--train`` runs BasicSR's own ``train_pipeline`` (``basicsr train``) on a generated paired
 data set at the recipe's batch 16, LR patch 64 (data loading, prefetching and the optimizer included): ``plain``
 is BasicSR's ``SRModel``, ``compile`` ASIDModel with ``train: compile: true`` (on a GPU the whole
-step is one CUDA graph), ``compile bf16`` the same under bf16 autocast (GPU only); it reports
+step is one CUDA graph), ``compile bf16`` the same under bf16 autocast (GPU only; with the fused
+kernels, forward and backward, ``compile bf16 unfused`` without them, ``train: kernels: false``); it reports
 iterations/s between ``--train-warmup`` and the last iteration. ``--train-opt FILE ...`` times
 option files' own training instead (the Real-ESRGAN stages: their data, batch, model and losses)
 and splits an iteration into ``feed_data`` (the degradations), ``optimize_parameters`` and the
@@ -47,10 +48,11 @@ NETWORK_NAMES = ('ASID', 'ASID-D8', 'SwinIR-light')
 #: Ways of running measured: inference ('plain'; 'default': what ``basicsr infer`` runs for one image,
 #: fp32 channels-last on a CPU, fp16 on a GPU; 'compile', and on a GPU 'fp16', 'compile fp16' and
 #: 'compile fp16 unfused', without the fused kernels) and training ('plain', 'compile', and on a GPU
-#: 'compile bf16').
-PATHS = ('plain', 'default', 'compile', 'fp16', 'compile fp16', 'compile fp16 unfused', 'compile bf16')
+#: 'compile bf16', and 'compile bf16 unfused' without the fused kernels).
+PATHS = ('plain', 'default', 'compile', 'fp16', 'compile fp16', 'compile fp16 unfused', 'compile bf16',
+         'compile bf16 unfused')
 #: Paths measured on a GPU only (fp16 kernels, and the fused Triton kernel, need one).
-GPU_PATHS = ('fp16', 'compile fp16', 'compile fp16 unfused', 'compile bf16')
+GPU_PATHS = ('fp16', 'compile fp16', 'compile fp16 unfused', 'compile bf16', 'compile bf16 unfused')
 
 
 def parse_size(text):

@@ -339,7 +339,8 @@ def bench_training(args, device, log):
     make_train_data(data)
     variants = [('plain', None), ('compile', {'compile': True})]
     if device.type == 'cuda':
-        variants.append(('compile bf16', {'compile': True, 'precision': 'bf16'}))
+        variants += [('compile bf16', {'compile': True, 'precision': 'bf16'}),
+                     ('compile bf16 unfused', {'compile': True, 'precision': 'bf16', 'kernels': False})]
     for label, switches in variants:
         if label not in args.paths:
             continue

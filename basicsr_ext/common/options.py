@@ -492,7 +492,7 @@ MOVED = {
 
 
 def _check_speed_switches(opt, path, is_train, launcher='none'):
-    """``train.compile`` / ``train.precision``: old places refused; read by ASIDModel only, which checks
+    """``train.compile`` / ``train.precision`` / ``train.kernels``: old places refused; read by ASIDModel only, which checks
     their values itself (``ASIDModel.check_options``)."""
     moved = [key for key in ('fast_path', 'precision') if key in (opt.get('network_g') or {})]
     if moved:
@@ -501,7 +501,7 @@ def _check_speed_switches(opt, path, is_train, launcher='none'):
     if opt.get('model_type') == 'TiledSRModel':
         raise OptionError(f'{path}: model_type: TiledSRModel is now {MOVED["model_type: TiledSRModel"]}')
     train = opt.get('train') or {}
-    switches = [key for key in ('compile', 'precision') if train.get(key) is not None]
+    switches = [key for key in ('compile', 'precision', 'kernels') if train.get(key) is not None]
     if is_train and switches and opt.get('model_type') != 'ASIDModel':
         raise OptionError(f'{path}: train.{switches[0]}: only model_type: ASIDModel reads it '
                           f'({opt.get("model_type")} would train without it)')
@@ -529,7 +529,8 @@ KNOWN_KEYS = {
               'param_key_d', 'resume_state', 'experiments_root', 'models', 'training_states', 'log',
               'visualization', 'results_root', 'root'),
     'train.': ('ema_decay', 'optim_g', 'optim_d', 'scheduler', 'total_iter', 'warmup_iter', 'pixel_opt',
-               'perceptual_opt', 'gan_opt', 'ldl_opt', 'net_d_iters', 'net_d_init_iters', 'compile', 'precision'),
+               'perceptual_opt', 'gan_opt', 'ldl_opt', 'net_d_iters', 'net_d_init_iters', 'compile', 'precision',
+               'kernels'),
     'val.': ('val_freq', 'save_img', 'suffix', 'metrics', 'pbar', 'tile', 'tile_overlap'),
     'logger.': ('print_freq', 'save_checkpoint_freq', 'use_tb_logger', 'wandb'),
     'loss': ('type', 'loss_weight', 'reduction', 'criterion', 'gan_type', 'real_label_val', 'fake_label_val',

@@ -8,6 +8,8 @@ With ``model_type: ASIDModel`` an option file gets, on top of SRModel:
         compile: true     # forward, loss and backward through torch.compile; on a GPU the
                           # whole step (update and EMA included) replayed as one CUDA graph
         precision: bf16   # fp32 (default) or bf16: the forward under torch.autocast
+        kernels: true     # default; compiled bf16 steps on a GPU run the SLA/SGA layers' attention
+                          # through ASID's fused Triton kernels, forward and backward (asid_arch.kernels)
 
   the step computes what SRModel's computes (tested against it), and losses stay on the
   device until ``print_freq``. Under DDP a compiled step averages the gradients itself (one
@@ -42,6 +44,8 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from asid_arch.kernels import available as fused_kernels_available
+from asid_arch.kernels import use_fused_kernels
 from asid_arch.tiling import tiled_forward
 from basicsr_ext.common import results
 from basicsr_ext.common.compare import ComparisonSheet
@@ -61,8 +65,9 @@ class ASIDModel(SRModel):
         train = opt.get('train') or {}
         if not is_train:
             return
-        if not isinstance(train.get('compile', False), bool):
-            raise ValueError(f'train.compile: must be true or false, got {train["compile"]!r}')
+        for key in ('compile', 'kernels'):
+            if not isinstance(train.get(key, False), bool):
+                raise ValueError(f'train.{key}: must be true or false, got {train[key]!r}')
         if train.get('precision') == 'fp16':
             raise ValueError('train.precision: fp16 would train without loss scaling (its gradients can '
                              'underflow): use bf16, or fp32')
@@ -100,8 +105,23 @@ class ASIDModel(SRModel):
                 dist.broadcast(tensor, src=0)
         return net
 
+    def fuse_kernels(self):
+        """Switch the trained network's SLA/SGA layers to the fused kernels (:mod:`asid_arch.kernels`)
+        where they serve: a compiled bf16 step on a GPU with Triton, unless ``train.kernels: false``.
+        Returns the number of layers switched (the keys and the function stay the same)."""
+        train = self.opt['train']
+        if not (self.compile and train.get('precision') == 'bf16' and train.get('kernels', True)
+                and fused_kernels_available(self.device, torch.bfloat16)):
+            return 0
+        fused = use_fused_kernels(self.get_bare_model(self.net_g))
+        if fused:
+            get_root_logger().info(f'train.kernels: {fused} SLA/SGA layers run the fused attention kernels '
+                                   '(train: kernels: false turns them off)')
+        return fused
+
     def init_training_settings(self):
         super().init_training_settings()
+        self.fused_layers = self.fuse_kernels()
         ema = (self.net_g_ema, self.ema_decay) if self.ema_decay > 0 else None
         self.train_step = TrainStep(self.net_g, self.losses, self.optimizer_g,
                                     precision=self.opt['train'].get('precision') or 'fp32', compile=self.compile,
