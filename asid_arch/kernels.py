@@ -1,4 +1,4 @@
-"""Fused GPU kernels for ASID's inference (Triton), optional: the plain PyTorch modules define the function.
+"""Fused GPU kernels for ASID's window attention (Triton), optional: the plain PyTorch modules define the function.
 
 What is fused, and why: ``basicsr benchmark --profile`` (H200, ASID x4 fp16, 320x180 input,
 compiled by Inductor: 537 kernels in 3.3 ms) showed a frame bound by its number of kernels, with
@@ -13,20 +13,27 @@ the map on tensor cores, then adds the result back in place of the window. A lay
 relative-position bias and returns the softmax map for the layers that share it; a layer that
 *shares* one (:func:`shared_window_attention`) takes ``v`` from ``to_v`` and applies the given
 map. The roundings are the plain path's: LayerNorm statistics and the softmax in fp32; ``q k^T``
-plus the bias, the map, ``v``, ``a @ v`` and ``to_out`` rounded to the input dtype. One difference:
+plus the bias, the map, ``v``, ``a @ v`` and ``to_out`` rounded to the compute dtype (the input's,
+or autocast's, which leaves the residual in the input's dtype). One difference:
 the bias is added in fp32, where the plain layer rounds it to the dtype first (in fp16, about 0.1%
 of a map's entries one rounding apart; the tests hold the kernel to fp32 next to the plain layer).
 Where the compiled plain layer launches 15-27 kernels, these launch one; the gated feed-forward
 that ends each layer stays Inductor's (a kernel for it lost, docs/speed.md).
 
+The backward is one kernel too, one program per window: it recomputes the window's forward from
+``x`` (nothing but the layer's inputs is saved), then writes ``dx``, the shared map's gradient (or,
+in a computing layer, takes the map's gradient from the sharing layers into the softmax's), and
+the window's share of the weights' gradients, which one reduction sums over the windows.
+
 :func:`use_fused_kernels` switches a copy of a network to these layers (the same parameters and
 state_dict keys); :class:`asid_arch.inference.ASIDUpsampler` does it for its compiled network on
-a GPU in fp16/bf16 (``kernels=``; ``basicsr infer --no-kernels`` turns it off). The kernels run
-without autograd (inference); with gradients the layers run the plain path. In fp32 the plain
-path serves: on an H200 the kernel's fp32 result (Triton, IEEE products) and the plain layer's
+a GPU in fp16/bf16 (``kernels=``; ``basicsr infer --no-kernels`` turns it off), and
+:class:`basicsr_ext.training.models.ASIDModel` for its compiled bf16 training step on a GPU
+(``train: kernels: false`` turns it off). In fp32 on a GPU the plain layers serve: on an H200 the kernel's fp32 result (Triton, IEEE products) and the plain layer's
 (cuBLAS) differed by up to 6e-4, which side rounded more was not established.
-``tests/test_kernels.py`` checks the kernels against the plain layers (on the CPU through Triton's
-interpreter, ``TRITON_INTERPRET=1``, also in fp32; on a GPU compiled, also inside ``ASIDUpsampler``).
+``tests/test_kernels.py`` checks the kernels, forward and every gradient, against the plain layers
+(on the CPU through Triton's interpreter, ``TRITON_INTERPRET=1``, also in fp32; on a GPU compiled,
+also inside ``ASIDUpsampler`` and a compiled network's backward).
 """
 import importlib.util
 import warnings
