@@ -59,6 +59,10 @@ def available(device, dtype=torch.float16):
         return False
 
 
+#: The dtypes the kernels compute in (fp32 through Triton's interpreter only: on a GPU the plain layers).
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def compute_dtype(x):
     """The dtype the layer's products run in: autocast's where it is on for ``x``'s device, else ``x``'s."""
     if torch.is_autocast_enabled(x.device.type):
@@ -109,11 +113,11 @@ def shared_window_attention(x, attn, norm, attention, window_size, grid, dtype=N
 class FusedSpatialAttention(SpatialSelfAttention):
     """An SLA/SGA layer whose attention half is one kernel, :func:`window_attention` (computing
     the map) or :func:`shared_window_attention` (sharing it), forward and backward. Same
-    parameters and keys as the plain layer. In fp32 on a GPU the plain layer runs (see above)."""
+    parameters and keys as the plain layer. In fp32 on a GPU, and in fp64, the plain layer runs."""
 
     def forward(self, x, attn=None):
         dtype = compute_dtype(x)
-        if x.is_cuda and dtype == torch.float32:
+        if dtype not in KERNEL_DTYPES or x.is_cuda and dtype == torch.float32:
             return super().forward(x, attn)
         if self.share:
             x = shared_window_attention(x, attn, self.norm, self.attn, self.window_size, self.grid, dtype)

@@ -17,8 +17,6 @@ import torch
 import triton
 import triton.language as tl
 
-#: Warps a backward program runs on (the kernel holds several (64, 64) fp32 tiles at once).
-BACKWARD_WARPS = 4
 #: Triton's names of the dtypes the kernels compute in.
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
@@ -252,7 +250,7 @@ def _launch_backward(grad, grad_attn, x, attn, norm_weight, norm_bias, w_qkv, w_
             x, grad, dx, attn, dattn if dattn is not None else attn, part, norm_weight, norm_bias, w_qkv.contiguous(),
             w_o.contiguous(), table, c, grid_h, grid_w, eps, scale, *x.stride(), *grad.stride(), *dx.stride(),
             *attn.stride(), *(dattn if dattn is not None else attn).stride(), HAS_DATTN=dattn is not None,
-            num_warps=BACKWARD_WARPS, **_constants(x, window_size, grid, share, dtype))
+            **_constants(x, window_size, grid, share, dtype))
     # one reduction for all the weights; each returned apart (a custom op's outputs may not alias)
     weights = part.sum(0).split(sizes)
     return dx, dattn if share else None, weights
@@ -303,9 +301,12 @@ def _window_attention_context(ctx, inputs, output):
     x, norm_weight, norm_bias, w_qkv, w_o, table, eps, scale, window_size, grid, dtype = inputs
     ctx.save_for_backward(x, norm_weight, norm_bias, w_qkv, w_o, table)
     ctx.constants = eps, scale, window_size, grid, dtype
+    ctx.set_materialize_grads(False)  # a map no layer shares has no gradient: None, not a map of zeros to read
 
 
 def _window_attention_grad(ctx, grad, grad_attn):
+    x = ctx.saved_tensors[0]
+    grad = torch.zeros_like(x) if grad is None else grad
     grads = window_attention_backward(grad, grad_attn, *ctx.saved_tensors, *ctx.constants)
     return (*grads, None, None, None, None, None)
 

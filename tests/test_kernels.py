@@ -26,13 +26,13 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec('triton') is None or
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
 
-def layers(dim, grid, device='cpu', dtype=torch.float32, layout=torch.contiguous_format, seed=0):
+def layers(dim, grid, device='cpu', dtype=torch.float32, layout=torch.contiguous_format, seed=0, window_size=8):
     """A computing and a sharing layer with random (not initial) weights, a channel-slice input as
     the block hands it over (of an NCHW or a channels-last map), and the computing layer's
     attention map for the sharing one."""
     torch.manual_seed(seed)
-    computing = SpatialSelfAttention(dim, 8, grid=grid, share=False).eval()
-    sharing = SpatialSelfAttention(dim, 8, grid=grid, share=True).eval()
+    computing = SpatialSelfAttention(dim, window_size, grid=grid, share=False).eval()
+    sharing = SpatialSelfAttention(dim, window_size, grid=grid, share=True).eval()
     for p in [*computing.parameters(), *sharing.parameters()]:
         p.data.normal_(0, 0.3)
     x = torch.randn(2, dim + 4, 16, 24).to(device, dtype, memory_format=layout)[:, 4:]
@@ -136,41 +136,37 @@ def test_a_fused_network_keeps_its_keys_and_its_function_also_traced_by_dynamo(m
     assert (out - ref).abs().max() <= tol
 
 
+def reversed_strides(t):
+    """``t``'s values, its strides in the reverse order (a gradient arriving in no layout the kernel expects)."""
+    return t.permute(*reversed(range(t.dim()))).contiguous().permute(*reversed(range(t.dim())))
+
+
 def layer_gradients(layer, x, attn, dtype, fused, seed=1):
-    """Output, map and every gradient of ``layer`` (a fused copy with ``fused``) for a random
-    weighting of its output and its map, the products in ``dtype`` under autocast (training's way;
-    the weights and the input stay fp32)."""
+    """Output and every gradient of ``layer`` (a fused copy with ``fused``) for a random weighting
+    of its output and its map (with reversed strides), the products in ``dtype`` under autocast
+    (training's way; the weights and the input stay fp32). ``x`` is a channel slice of a map, as
+    the block hands it over: the gradient is taken of the whole map, then sliced."""
     layer = fused_copy(layer) if fused else copy.deepcopy(layer)
-    x = x.detach().clone().requires_grad_(True)
+    whole = x._base.detach().clone().requires_grad_(True)  # clone keeps NCHW or channels-last
     attn = None if attn is None else attn.detach().clone().requires_grad_(True)
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        out, attn_out = layer(x, attn)
+        out, attn_out = layer(whole[:, whole.shape[1] - x.shape[1]:], attn)
     g = torch.Generator().manual_seed(seed)
-    loss = (out.float() * torch.randn(out.shape, generator=g).to(x.device)).sum()
+    loss = (out.float() * reversed_strides(torch.randn(out.shape, generator=g).to(x.device))).sum()
     if attn is None:  # the computing layer's map, as the sharing layers' gradient reaches it
-        loss = loss + (attn_out.float() * torch.randn(attn_out.shape, generator=g).to(x.device)).sum() / 8
+        weight = reversed_strides(torch.randn(attn_out.shape, generator=g).to(x.device))
+        loss = loss + (attn_out.float() * weight).sum() / 8
     loss.backward()
-    named = {'output': out, 'x': x.grad, **{n: p.grad for n, p in layer.named_parameters()}}
+    named = {'output': out, 'x': whole.grad[:, whole.shape[1] - x.shape[1]:],
+             **{n: p.grad for n, p in layer.named_parameters()}}
     if attn is not None:
         named['shared map'] = attn.grad
     return named
 
 
-@GRIDS
-@pytest.mark.parametrize('share', [False, True], ids=['computing', 'sharing'])
-@pytest.mark.parametrize('dim', [36, 12])
-@pytest.mark.parametrize('dtype', [pytest.param(torch.float32, marks=ON_A_GPU_16_BITS), torch.float16,
-                                   pytest.param(torch.bfloat16, marks=NO_BF16_DOT)])
-def test_the_fused_layers_gradients_are_as_close_to_fp32_as_the_plain_layers(share, grid, dim, dtype, launches):
-    # Every gradient: the input's, the shared map's, the norm's, both projections', the bias table's.
-    # In fp32 (the CPU interpreter) the kernel gives the plain layer's gradients; in 16 bits each side
-    # is held to fp32 as the forward is (the sides round in different orders), the kernel no further.
-    computing, sharing, x, attn = layers(dim, grid, DEVICE)
-    layer, attn = (sharing, attn) if share else (computing, None)
-    exact = layer_gradients(layer, x, attn, torch.float32, fused=False)
-    plain = layer_gradients(layer, x, attn, dtype, fused=False)
-    fused = layer_gradients(layer, x, attn, dtype, fused=True)
-    assert launches == [share, ('backward', share)]
+def assert_gradients_as_close_to_fp32(exact, plain, fused, dtype):
+    """In fp32 (the CPU interpreter) the kernel gives the plain layer's gradients; in 16 bits each side
+    is held to fp32 as the forward is (the sides round in different orders), the kernel no further."""
     assert fused.keys() == exact.keys()
     for name in exact:
         scale = exact[name].abs().max().item()
@@ -182,11 +178,41 @@ def test_the_fused_layers_gradients_are_as_close_to_fp32_as_the_plain_layers(sha
             assert fused_error <= 1.5 * plain_error + 1e-3 * scale, name
 
 
+@GRIDS
+@pytest.mark.parametrize('share', [False, True], ids=['computing', 'sharing'])
+@pytest.mark.parametrize('dim', [36, 20])  # 20: not a power of two, nor of ASID's widths
+@pytest.mark.parametrize('dtype', [pytest.param(torch.float32, marks=ON_A_GPU_16_BITS), torch.float16,
+                                   pytest.param(torch.bfloat16, marks=NO_BF16_DOT)])
+@LAYOUTS
+def test_the_fused_layers_gradients_are_as_close_to_fp32_as_the_plain_layers(share, grid, dim, dtype, layout,
+                                                                            launches):
+    # Every gradient: the input's, the shared map's, the norm's, both projections', the bias table's.
+    computing, sharing, x, attn = layers(dim, grid, DEVICE, layout=layout)
+    layer, attn = (sharing, attn) if share else (computing, None)
+    exact = layer_gradients(layer, x, attn, torch.float32, fused=False)
+    plain = layer_gradients(layer, x, attn, dtype, fused=False)
+    fused = layer_gradients(layer, x, attn, dtype, fused=True)
+    assert launches == [share, ('backward', share)]
+    assert_gradients_as_close_to_fp32(exact, plain, fused, dtype)
+
+
+@pytest.mark.parametrize('share', [False, True], ids=['computing', 'sharing'])
+def test_the_fused_layers_gradients_hold_for_windows_of_4_px(share, launches):
+    # 16 tokens a window: the smallest the kernel takes, and a bias table of 7 x 7 offsets
+    computing, sharing, x, attn = layers(24, True, DEVICE, window_size=4)
+    layer, attn = (sharing, attn) if share else (computing, None)
+    dtype = torch.float32 if DEVICE == 'cpu' else torch.float16
+    exact = layer_gradients(layer, x, attn, torch.float32, fused=False)
+    assert_gradients_as_close_to_fp32(exact, layer_gradients(layer, x, attn, dtype, fused=False),
+                                      layer_gradients(layer, x, attn, dtype, fused=True), dtype)
+    assert launches == [share, ('backward', share)]
+
+
 def test_a_fused_network_trains_through_the_kernels_with_the_plain_gradients_also_compiled(monkeypatch, launches):
     # fp32 on the CPU interpreter (exact), bf16 autocast on a GPU (training's way, held to fp32 as above)
     torch.manual_seed(0)
     net = ASID(upscale=2, num_groups=2, num_feat=16).to(DEVICE)
-    x = torch.rand(1, 3, 16, 16, device=DEVICE)
+    x = torch.rand(2, 3, 16, 16, device=DEVICE)
     dtype = torch.float32 if DEVICE == 'cpu' else torch.bfloat16
 
     def gradients(module, dtype, compiled=False):
@@ -214,6 +240,27 @@ def test_a_fused_network_trains_through_the_kernels_with_the_plain_gradients_als
         plain_error = max((p - e).abs().max().item() for p, e in zip(plain, exact))
         scale = max(e.abs().max().item() for e in exact)
         assert fused_error <= (1e-5 * scale if dtype == torch.float32 else 1.5 * plain_error + 1e-3 * scale)
+
+
+def test_a_map_no_layer_shares_sends_no_gradient_to_read(launches):
+    # one group: the computing layers' maps go nowhere, and the backward runs without their gradient
+    torch.manual_seed(0)
+    net = ASID(upscale=2, num_groups=1, num_feat=16).to(DEVICE)
+    fused = fused_copy(net).train()
+    x = torch.rand(2, 3, 16, 16, device=DEVICE)
+    for module in (net, fused):
+        module(x).square().sum().backward()
+    assert launches == [False] * 6 + [('backward', False)] * 6
+    scale = max(p.grad.abs().max().item() for p in net.parameters())
+    for (name, p), q in zip(net.named_parameters(), fused.parameters()):
+        assert (p.grad - q.grad).abs().max() <= 1e-5 * scale, name
+
+
+def test_a_dtype_the_kernels_do_not_take_runs_the_plain_layer(launches):
+    computing, _, x, _ = layers(12, False, DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        out, attn = fused_copy(computing)(x)
+        assert torch.equal(out, computing(x)[0]) and launches == []
 
 
 def test_kernels_are_chosen_on_a_gpu_only_and_can_be_turned_off():
