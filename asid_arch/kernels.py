@@ -29,8 +29,9 @@ the window's share of the weights' gradients, which one reduction sums over the 
 state_dict keys); :class:`asid_arch.inference.ASIDUpsampler` does it for its compiled network on
 a GPU in fp16/bf16 (``kernels=``; ``basicsr infer --no-kernels`` turns it off), and
 :class:`basicsr_ext.training.models.ASIDModel` for its compiled bf16 training step on a GPU
-(``train: kernels: false`` turns it off). In fp32 on a GPU the plain layers serve: on an H200 the kernel's fp32 result (Triton, IEEE products) and the plain layer's
-(cuBLAS) differed by up to 6e-4, which side rounded more was not established.
+(``train: kernels: false`` turns it off). In fp32 on a GPU the plain layers serve: on an H200
+the kernel's fp32 result (Triton, IEEE products) and the plain layer's (cuBLAS) differed by up to
+6e-4, which side rounded more was not established.
 ``tests/test_kernels.py`` checks the kernels, forward and every gradient, against the plain layers
 (on the CPU through Triton's interpreter, ``TRITON_INTERPRET=1``, also in fp32; on a GPU compiled,
 also inside ``ASIDUpsampler`` and a compiled network's backward).

@@ -189,7 +189,8 @@ def _window_attention_backward_kernel(x_ptr, grad_ptr, dx_ptr, attn_ptr, dattn_p
         r = tl.arange(0, RP)
         one_hot = ((tok[None, :] // WS - tok[None, :] % WS + WS - 1) == r[:, None]).to(tl.float32)  # (RP, T)
         table = tl.dot(tl.dot(one_hot, pairs, input_precision='ieee'), tl.trans(one_hot), input_precision='ieee')
-        tl.store(part + 4 * C * C + 2 * C + r[:, None] * R + r[None, :], table, mask=(r[:, None] < R) & (r[None, :] < R))
+        tl.store(part + 4 * C * C + 2 * C + r[:, None] * R + r[None, :], table,
+                 mask=(r[:, None] < R) & (r[None, :] < R))
 
     # back through the LayerNorm (statistics in fp32); the gradient of t is rounded as the plain layer's
     dt = dt.to(DTYPE).to(tl.float32)

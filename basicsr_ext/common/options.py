@@ -492,8 +492,8 @@ MOVED = {
 
 
 def _check_speed_switches(opt, path, is_train, launcher='none'):
-    """``train.compile`` / ``train.precision`` / ``train.kernels``: old places refused; read by ASIDModel only, which checks
-    their values itself (``ASIDModel.check_options``)."""
+    """``train.compile`` / ``train.precision`` / ``train.kernels``: old places refused; read by ASIDModel
+    only, which checks their values itself (``ASIDModel.check_options``)."""
     moved = [key for key in ('fast_path', 'precision') if key in (opt.get('network_g') or {})]
     if moved:
         key = f'network_g.{moved[0]}'
