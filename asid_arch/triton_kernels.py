@@ -22,9 +22,10 @@ _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.floa
 
 
 @triton.jit
-def _window_pixels(n, grid_h, grid_w, WS: tl.constexpr, GRID: tl.constexpr):
-    """Image index, and the row and column of each of window ``n``'s w*w tokens (windows ordered
-    (b, i, j), tokens row-major, as ``window_partition`` makes them)."""
+def _window_tile(n, grid_h, grid_w, C, WS: tl.constexpr, CP: tl.constexpr, GRID: tl.constexpr):
+    """Window ``n``'s (T, CP) tile of a map: its image index, the row and column of each of its w*w
+    tokens (windows ordered (b, i, j), tokens row-major, as ``window_partition`` makes them), the
+    token and channel indices and the mask of the C real channels."""
     b = n // (grid_h * grid_w)
     i = (n // grid_w) % grid_h
     j = n % grid_w
@@ -34,7 +35,16 @@ def _window_pixels(n, grid_h, grid_w, WS: tl.constexpr, GRID: tl.constexpr):
         row, col = u * grid_h + i, v * grid_w + j
     else:
         row, col = i * WS + u, j * WS + v
-    return b, row, col
+    ch = tl.arange(0, CP).to(tl.int64)
+    cmask = ch < C
+    mask = cmask[None, :] & (tok[:, None] < WS * WS)
+    return b, row, col, tok, ch, cmask, mask
+
+
+@triton.jit
+def _tile_offsets(b, row, col, ch, stride_b, stride_c, stride_h, stride_w):
+    """Element offsets of a window's tile in a (B, C, H, W) map of the given strides (NCHW or channels-last)."""
+    return b * stride_b + ch[None, :] * stride_c + row[:, None] * stride_h + col[:, None] * stride_w
 
 
 @triton.jit
@@ -89,16 +99,11 @@ def _window_attention_kernel(x_ptr, out_ptr, attn_ptr, norm_w_ptr, norm_b_ptr, w
                              sxb, sxc, sxh, sxw, sob, soc, soh, sow, san, saq, sak,
                              WS: tl.constexpr, CP: tl.constexpr, GRID: tl.constexpr, SHARE: tl.constexpr,
                              PRECISION: tl.constexpr, DTYPE: tl.constexpr):
-    T: tl.constexpr = WS * WS
     # 64-bit offsets: a batch of large frames passes 2**31 elements (of the map, or of x's channels)
     n = tl.program_id(0).to(tl.int64)
-    b, row, col = _window_pixels(n, grid_h, grid_w, WS, GRID)
-    tok = tl.arange(0, T)
-    ch = tl.arange(0, CP).to(tl.int64)
-    cmask = ch < C
-    mask = cmask[None, :] & (tok[:, None] < T)
-    x = tl.load(x_ptr + b * sxb + ch[None, :] * sxc + row[:, None] * sxh + col[:, None] * sxw, mask=mask,
-                other=0.0)  # (T, CP) tokens, channels last
+    b, row, col, tok, ch, cmask, mask = _window_tile(n, grid_h, grid_w, C, WS, CP, GRID)
+    # (T, CP) tokens, channels last
+    x = tl.load(x_ptr + _tile_offsets(b, row, col, ch, sxb, sxc, sxh, sxw), mask=mask, other=0.0)
     attn_offs = n * san + tok[:, None] * saq + tok[None, :] * sak
     if SHARE:  # the map of an attention-computing layer
         attn = tl.load(attn_ptr + attn_offs)
@@ -113,7 +118,7 @@ def _window_attention_kernel(x_ptr, out_ptr, attn_ptr, norm_w_ptr, norm_b_ptr, w
     o = tl.dot(attn, val, input_precision=PRECISION).to(DTYPE)
     y = tl.dot(o, w_o, input_precision=PRECISION).to(DTYPE)
     out = (x.to(tl.float32) + y.to(tl.float32)).to(x.dtype)  # the residual in x's dtype
-    tl.store(out_ptr + b * sob + ch[None, :] * soc + row[:, None] * soh + col[:, None] * sow, out, mask=mask)
+    tl.store(out_ptr + _tile_offsets(b, row, col, ch, sob, soc, soh, sow), out, mask=mask)
 
 
 @triton.jit
@@ -126,23 +131,20 @@ def _store_matrix(ptr, m, C, CP: tl.constexpr):
 @triton.jit
 def _window_attention_backward_kernel(x_ptr, grad_ptr, dx_ptr, attn_ptr, dattn_ptr, part_ptr,
                                       norm_w_ptr, norm_b_ptr, w_qkv_ptr, w_o_ptr, table_ptr,
-                                      C, grid_h, grid_w, eps, scale,
+                                      C, grid_h, grid_w, eps, scale, part_row,
                                       sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, sdb, sdc, sdh, sdw,
                                       san, saq, sak, sdan, sdaq, sdak,
                                       WS: tl.constexpr, CP: tl.constexpr, GRID: tl.constexpr, SHARE: tl.constexpr,
                                       HAS_DATTN: tl.constexpr, PRECISION: tl.constexpr, DTYPE: tl.constexpr):
     """Gradients of one window: ``dx`` in place of the window's pixels, the shared map's gradient
     (sharing layers), and this window's share of the weights' gradients, written to its row of
-    ``part`` (summed over windows by the caller): computing layers ``[to_qkv | to_out | norm weight |
-    norm bias | bias table]``, sharing layers ``[to_v | to_out | norm weight | norm bias]``."""
+    ``part`` (``part_row`` floats; summed over windows by the caller): computing layers ``[to_qkv |
+    to_out | norm weight | norm bias | bias table]``, sharing layers ``[to_v | to_out | norm weight |
+    norm bias]``."""
     T: tl.constexpr = WS * WS
     n = tl.program_id(0).to(tl.int64)
-    b, row, col = _window_pixels(n, grid_h, grid_w, WS, GRID)
-    tok = tl.arange(0, T)
-    ch = tl.arange(0, CP).to(tl.int64)
-    cmask = ch < C
-    mask = cmask[None, :] & (tok[:, None] < T)
-    x = tl.load(x_ptr + b * sxb + ch[None, :] * sxc + row[:, None] * sxh + col[:, None] * sxw, mask=mask, other=0.0)
+    b, row, col, tok, ch, cmask, mask = _window_tile(n, grid_h, grid_w, C, WS, CP, GRID)
+    x = tl.load(x_ptr + _tile_offsets(b, row, col, ch, sxb, sxc, sxh, sxw), mask=mask, other=0.0)
     if SHARE:
         attn = tl.load(attn_ptr + n * san + tok[:, None] * saq + tok[None, :] * sak)
     else:
@@ -151,13 +153,12 @@ def _window_attention_backward_kernel(x_ptr, grad_ptr, dx_ptr, attn_ptr, dattn_p
         x, mask, C, eps, scale, attn, norm_w_ptr, norm_b_ptr, w_qkv_ptr, table_ptr, WS, CP, SHARE, PRECISION, DTYPE)
     o = tl.dot(attn, val, input_precision=PRECISION).to(DTYPE)
 
-    g = tl.load(grad_ptr + b * sgb + ch[None, :] * sgc + row[:, None] * sgh + col[:, None] * sgw, mask=mask,
-                other=0.0).to(tl.float32)  # the output's gradient, also the residual's
+    # the output's gradient, also the residual's
+    g = tl.load(grad_ptr + _tile_offsets(b, row, col, ch, sgb, sgc, sgh, sgw), mask=mask, other=0.0).to(tl.float32)
     dy = g.to(DTYPE)
     w_rows = ch[:, None] * C + ch[None, :]  # a weight as it is stored, (out, in)
     w_mask = cmask[:, None] & cmask[None, :]
-    P_ROW = (4 * C * C + 2 * C + (2 * WS - 1) * (2 * WS - 1)) if not SHARE else (2 * C * C + 2 * C)
-    part = part_ptr + n * P_ROW
+    part = part_ptr + n * part_row
     O_OFF = C * C if SHARE else 3 * C * C  # where to_out's gradient starts in the row
     _store_matrix(part + O_OFF, tl.dot(tl.trans(dy), o, input_precision=PRECISION), C, CP)
     w_o = tl.load(w_o_ptr + w_rows, mask=w_mask, other=0.0).to(DTYPE)
@@ -201,17 +202,24 @@ def _window_attention_backward_kernel(x_ptr, grad_ptr, dx_ptr, attn_ptr, dattn_p
     dx = rstd[:, None] * (dxhat - tl.sum(dxhat, axis=1)[:, None] / C
                           - xhat * (tl.sum(dxhat * xhat, axis=1) / C)[:, None])
     dx = (g + dx).to(x.dtype)
-    tl.store(dx_ptr + b * sdb + ch[None, :] * sdc + row[:, None] * sdh + col[:, None] * sdw, dx, mask=mask)
+    tl.store(dx_ptr + _tile_offsets(b, row, col, ch, sdb, sdc, sdh, sdw), dx, mask=mask)
 
 
 def _check(x, attn, window_size):
+    """The window count and grid of ``x``; ValueError unless it is whole windows and ``attn`` (if
+    given) one map per window."""
     b, c, h, w = x.shape
     tokens = window_size * window_size
-    if h % window_size or w % window_size or tuple(attn.shape) != (b * (h // window_size) * (w // window_size),
-                                                                  tokens, tokens):
+    windows = b * (h // window_size) * (w // window_size)
+    if h % window_size or w % window_size or attn is not None and tuple(attn.shape) != (windows, tokens, tokens):
         raise ValueError(f'window_attention: input {tuple(x.shape)} is not whole windows of '
                          f'{window_size} px, or the map {tuple(attn.shape)} is not one per window')
-    return b * (h // window_size) * (w // window_size), h // window_size, w // window_size
+    return windows, h // window_size, w // window_size
+
+
+def _map_args(attn, stand_in):
+    """A map's pointer and strides for a kernel; a map the kernel does not read (None): ``stand_in``'s pointer."""
+    return (stand_in, 0, 0, 0) if attn is None else (attn, *attn.stride())
 
 
 def _constants(x, window_size, grid, share, dtype):
@@ -238,19 +246,22 @@ def _launch(x, attn, norm_weight, norm_bias, w_qkv, w_o, table, eps, scale, wind
 
 def _launch_backward(grad, grad_attn, x, attn, norm_weight, norm_bias, w_qkv, w_o, table, eps, scale, window_size,
                      grid, share, dtype):
-    """Run the backward kernel; returns ``dx``, the shared map's gradient (sharing layers, else
-    None) and the weights' gradients, summed over the windows (in the weights' dtype)."""
+    """Run the backward kernel (``attn``: the shared map of a sharing layer; a computing layer's is
+    recomputed, None); returns ``dx``, the shared map's gradient (sharing layers, else None) and the
+    weights' gradients, summed over the windows (in fp32)."""
     windows, grid_h, grid_w = _check(x, attn, window_size)
     c = x.shape[1]
     sizes = [c * c] * (2 if share else 4) + [c, c] + ([] if share else [(2 * window_size - 1)**2])
     part = torch.empty(windows, sum(sizes), device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
     dattn = torch.empty_like(attn) if share else grad_attn
+    attn_ptr, *attn_strides = _map_args(attn, x)
+    dattn_ptr, *dattn_strides = _map_args(dattn, x)
     with _device(x):
         _window_attention_backward_kernel[(windows, )](
-            x, grad, dx, attn, dattn if dattn is not None else attn, part, norm_weight, norm_bias, w_qkv.contiguous(),
-            w_o.contiguous(), table, c, grid_h, grid_w, eps, scale, *x.stride(), *grad.stride(), *dx.stride(),
-            *attn.stride(), *(dattn if dattn is not None else attn).stride(), HAS_DATTN=dattn is not None,
+            x, grad, dx, attn_ptr, dattn_ptr, part, norm_weight, norm_bias, w_qkv.contiguous(), w_o.contiguous(),
+            table, c, grid_h, grid_w, eps, scale, part.stride(0), *x.stride(), *grad.stride(), *dx.stride(),
+            *attn_strides, *dattn_strides, HAS_DATTN=dattn is not None,
             **_constants(x, window_size, grid, share, dtype))
     # one reduction for all the weights; each returned apart (a custom op's outputs may not alias)
     weights = part.sum(0).split(sizes)
@@ -284,9 +295,8 @@ def window_attention_backward(grad: torch.Tensor, grad_attn: Optional[torch.Tens
                               w_o: torch.Tensor, table: torch.Tensor, eps: float, scale: float, window_size: int,
                               grid: bool, dtype: torch.dtype) -> list[torch.Tensor]:
     """Gradients of ``asid::window_attention``: x, norm weight, norm bias, to_qkv, to_out, bias table."""
-    attn = _new_map(x, window_size, dtype)  # not read: the map is recomputed; stands in for the pointer
     dx, _, (d_q, d_k, d_v, d_o, d_gamma, d_beta, d_table) = _launch_backward(
-        grad, grad_attn, x, attn, norm_weight, norm_bias, w_qkv, w_o, table.contiguous(), eps, scale, window_size,
+        grad, grad_attn, x, None, norm_weight, norm_bias, w_qkv, w_o, table.contiguous(), eps, scale, window_size,
         grid, share=False, dtype=dtype)
     d_qkv = torch.cat([d_q, d_k, d_v]).view_as(w_qkv)
     return [dx] + [g.view_as(w).to(w.dtype, copy=True) for g, w in ((d_gamma, norm_weight), (d_beta, norm_bias),
