@@ -313,15 +313,23 @@ def _spaced(stem):
     return any(c.isspace() for c in stem)
 
 
+def _source_image(src, stem=None):
+    """``(image, None)``, or ``(None, error)`` for a file a job cannot use: unreadable, or, where its
+    ``stem`` goes into a meta info file, a name with a space."""
+    if stem is not None and _spaced(stem):
+        return None, SPACED_NAME
+    try:
+        return load_image(src), None
+    except (UnreadableImage, OSError) as e:
+        return None, str(e)
+
+
 def _div2k_unit(job):
     """Cut one HR image into sub-images and write its LR sub-images at each scale."""
     src, stem, out_hr, out_lr, scales, modulus, crop, step, thresh = job
-    if _spaced(stem):
-        return {'src': src, 'error': SPACED_NAME}
-    try:
-        img = load_image(src)
-    except (UnreadableImage, OSError) as e:
-        return {'src': src, 'error': str(e)}
+    img, error = _source_image(src, stem)
+    if error is not None:
+        return {'src': src, 'error': error}
     img = modcrop(img, modulus)
     h, w = img.shape[:2]
     if h == 0 or w == 0:
@@ -504,10 +512,9 @@ def benchmark_layout(output, name, scale):
 def _pair_unit(job):
     """HR cropped to a multiple of each scale and its bicubic LR, for one image."""
     src, stem, targets = job  # targets: list of (scale, hr_path, lr_path)
-    try:
-        img = load_image(src)
-    except (UnreadableImage, OSError) as e:
-        return {'src': src, 'error': str(e)}
+    img, error = _source_image(src)
+    if error is not None:
+        return {'src': src, 'error': error}
     outputs = {}
     for scale, hr_path, lr_path in targets:
         hr = modcrop(img, scale)
@@ -632,10 +639,9 @@ def bicubic_psnr(hr_dir, lr_dir, scale):
 def _demo_unit(job):
     """One photograph: training sub-images (HR + LR) or a whole validation pair."""
     unit, src, stem, split, hr_dir, lr_dir = job
-    try:
-        img = load_image(src)
-    except (UnreadableImage, OSError) as e:
-        return {'unit': unit, 'src': src, 'error': str(e)}
+    img, error = _source_image(src)
+    if error is not None:
+        return {'unit': unit, 'src': src, 'error': error}
     # one bicubic LR of the whole photograph, then matching crops (as for DIV2K)
     if split == 'val':
         h, w = img.shape[:2]
@@ -737,12 +743,9 @@ def multiscale_copies(img, min_size):
 def _realesrgan_unit(job):
     """The multi-scale sub-images of one HR image."""
     src, stem, out_dir, crop, step, thresh, min_size = job
-    if _spaced(stem):
-        return {'src': src, 'error': SPACED_NAME}
-    try:
-        img = load_image(src)
-    except (UnreadableImage, OSError) as e:
-        return {'src': src, 'error': str(e)}
+    img, error = _source_image(src, stem)
+    if error is not None:
+        return {'src': src, 'error': error}
     outputs = []  # sub-images of ``crop`` px (a side shorter than that whole), as prepare div2k cuts them
     for tag, copy in multiscale_copies(img, min_size):
         h, w = copy.shape[:2]
