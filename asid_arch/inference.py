@@ -143,8 +143,8 @@ class ASIDUpsampler:
             once). A compiled upsampler serves one thread at a time (its graphs' buffers are
             shared): one per thread.
         kernels (str | bool): the fused Triton kernels of :mod:`asid_arch.kernels` (the same
-            function): 'auto' (default): in the compiled network on a GPU, in fp16/bf16, where
-            Triton is installed; False: never.
+            function): 'auto' (default) or True: in the compiled network on a GPU, in fp16/bf16,
+            where Triton is installed; False: never.
 
     Precision and compilation are chosen here, for every caller (``basicsr infer``, the
     benchmark, Python users); the network itself only defines the function.
@@ -164,8 +164,10 @@ class ASIDUpsampler:
             raise ValueError(f'tile_overlap ({tile_overlap}) must be smaller than tile ({tile})')
         if alpha not in ('asid', 'bicubic'):
             raise ValueError(f"alpha must be 'asid' or 'bicubic', got {alpha!r}")
-        if kernels not in ('auto', False):
-            raise ValueError(f"kernels must be 'auto' or False, got {kernels!r}")
+        if kernels is True:
+            kernels = 'auto'  # used where they serve, as by default
+        if kernels != 'auto' and kernels is not False:
+            raise ValueError(f"kernels must be 'auto' (or True) or False, got {kernels!r}")
         self.tile, self.tile_overlap, self.alpha, self.max_memory = tile, tile_overlap, alpha, max_memory
         self.kernels = kernels
 

@@ -23,7 +23,9 @@ that ends each layer stays Inductor's (a kernel for it lost, docs/speed.md).
 The backward is one kernel too, one program per window: it recomputes the window's forward from
 ``x`` (nothing but the layer's inputs is saved), then writes ``dx``, the shared map's gradient (or,
 in a computing layer, takes the map's gradient from the sharing layers into the softmax's), and
-the window's share of the weights' gradients, which one reduction sums over the windows.
+the window's share of the weights' gradients, which one reduction sums over the windows. The
+backward has no backward of its own: a loss that differentiates gradients (``create_graph=True``,
+e.g. a gradient penalty) needs the plain layers (``train: kernels: false``).
 
 :func:`use_fused_kernels` switches a copy of a network to these layers (the same parameters and
 state_dict keys); :class:`asid_arch.inference.ASIDUpsampler` does it for its compiled network on
@@ -53,10 +55,12 @@ def available(device, dtype=torch.float16):
         return False
     if dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
         return False
-    try:
-        from importlib.metadata import version
-        return importlib.util.find_spec('triton') is not None and int(version('triton').split('.')[0]) >= 3
-    except (ImportError, ValueError):
+    if importlib.util.find_spec('triton') is None:
+        return False
+    try:  # the module's version: nightly wheels ship it as the distribution pytorch-triton
+        import triton
+        return int(triton.__version__.split('.')[0]) >= 3
+    except (ImportError, ValueError, AttributeError):
         return False
 
 

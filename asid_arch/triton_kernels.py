@@ -211,9 +211,11 @@ def _check(x, attn, window_size):
     b, c, h, w = x.shape
     tokens = window_size * window_size
     windows = b * (h // window_size) * (w // window_size)
-    if h % window_size or w % window_size or attn is not None and tuple(attn.shape) != (windows, tokens, tokens):
-        raise ValueError(f'window_attention: input {tuple(x.shape)} is not whole windows of '
-                         f'{window_size} px, or the map {tuple(attn.shape)} is not one per window')
+    if h % window_size or w % window_size:
+        raise ValueError(f'window_attention: input {tuple(x.shape)} is not whole windows of {window_size} px')
+    if attn is not None and tuple(attn.shape) != (windows, tokens, tokens):
+        raise ValueError(f'window_attention: the map {tuple(attn.shape)} is not one ({tokens}, {tokens}) map '
+                         f'for each of the {windows} windows of input {tuple(x.shape)}')
     return windows, h // window_size, w // window_size
 
 

@@ -208,52 +208,90 @@ def test_the_fused_layers_gradients_hold_for_windows_of_4_px(share, launches):
     assert launches == [share, ('backward', share)]
 
 
+#: the dtype a network's gradients are checked in: fp32 on the CPU interpreter (exact), bf16 autocast
+#: on a GPU (training's way; in fp32 a GPU runs the plain layers)
+TRAINING_DTYPE = torch.float32 if DEVICE == 'cpu' else torch.bfloat16
+
+
+def network_gradients(module, x, dtype, compiled=False):
+    """Every parameter's gradient of ``module(x).square().sum()``, the products in ``dtype`` under autocast."""
+    module.zero_grad()
+    run = torch.compile(module, dynamic=False) if compiled else module
+    with torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32):
+        run(x).square().sum().backward()
+    return [p.grad.clone() for p in module.parameters()]
+
+
+def assert_network_gradients_as_close_to_fp32(exact, plain, fused, dtype):
+    """As :func:`assert_gradients_as_close_to_fp32`, over a whole network's parameters at once."""
+    fused_error = max((f - e).abs().max().item() for f, e in zip(fused, exact))
+    plain_error = max((p - e).abs().max().item() for p, e in zip(plain, exact))
+    scale = max(e.abs().max().item() for e in exact)
+    assert fused_error <= (1e-5 * scale if dtype == torch.float32 else 1.5 * plain_error + 1e-3 * scale)
+
+
 def test_a_fused_network_trains_through_the_kernels_with_the_plain_gradients_also_compiled(monkeypatch, launches):
-    # fp32 on the CPU interpreter (exact), bf16 autocast on a GPU (training's way, held to fp32 as above)
     torch.manual_seed(0)
     net = ASID(upscale=2, num_groups=2, num_feat=16).to(DEVICE)
     x = torch.rand(2, 3, 16, 16, device=DEVICE)
-    dtype = torch.float32 if DEVICE == 'cpu' else torch.bfloat16
-
-    def gradients(module, dtype, compiled=False):
-        module.zero_grad()
-        run = torch.compile(module, dynamic=False) if compiled else module
-        with torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32):
-            run(x).square().sum().backward()
-        return [p.grad.clone() for p in module.parameters()]
-
-    exact, plain = gradients(net, torch.float32), gradients(net, dtype)
+    dtype = TRAINING_DTYPE
+    exact, plain = network_gradients(net, x, torch.float32), network_gradients(net, x, dtype)
     fused = fused_copy(net).train()
-    eager = gradients(fused, dtype)
+    eager = network_gradients(fused, x, dtype)
     # the first group computes the maps and the second shares them; backward in the reverse order
     assert launches == [False] * 6 + [True] * 6 + [('backward', True)] * 6 + [('backward', False)] * 6
     launches.clear()
     compile_with_backend(monkeypatch, 'aot_eager' if DEVICE == 'cpu' else 'inductor')
     try:
-        compiled = gradients(fused, dtype, compiled=True)
+        compiled = network_gradients(fused, x, dtype, compiled=True)
     finally:
         torch._dynamo.reset()
     assert sorted(launches, key=str) == sorted([False] * 6 + [True] * 6 + [('backward', True)] * 6
                                                + [('backward', False)] * 6, key=str)
     for fused_side in (eager, compiled):
-        fused_error = max((f - e).abs().max().item() for f, e in zip(fused_side, exact))
-        plain_error = max((p - e).abs().max().item() for p, e in zip(plain, exact))
-        scale = max(e.abs().max().item() for e in exact)
-        assert fused_error <= (1e-5 * scale if dtype == torch.float32 else 1.5 * plain_error + 1e-3 * scale)
+        assert_network_gradients_as_close_to_fp32(exact, plain, fused_side, dtype)
 
 
 def test_a_map_no_layer_shares_sends_no_gradient_to_read(launches):
     # one group: the computing layers' maps go nowhere, and the backward runs without their gradient
     torch.manual_seed(0)
     net = ASID(upscale=2, num_groups=1, num_feat=16).to(DEVICE)
-    fused = fused_copy(net).train()
     x = torch.rand(2, 3, 16, 16, device=DEVICE)
-    for module in (net, fused):
-        module(x).square().sum().backward()
+    exact, plain = network_gradients(net, x, torch.float32), network_gradients(net, x, TRAINING_DTYPE)
+    fused = network_gradients(fused_copy(net).train(), x, TRAINING_DTYPE)
     assert launches == [False] * 6 + [('backward', False)] * 6
-    scale = max(p.grad.abs().max().item() for p in net.parameters())
-    for (name, p), q in zip(net.named_parameters(), fused.parameters()):
-        assert (p.grad - q.grad).abs().max() <= 1e-5 * scale, name
+    assert_network_gradients_as_close_to_fp32(exact, plain, fused, TRAINING_DTYPE)
+
+
+@needs_cuda
+def test_on_a_gpu_the_bf16_training_step_with_the_kernels_replays_as_one_cuda_graph(launches):
+    # ASIDModel's compiled bf16 step: Inductor around the kernels' ops, then one CUDA graph a step
+    from basicsr_ext.training.train_step import WARMUP_STEPS, TrainStep
+
+    def losses(output, gt):
+        l1 = (output - gt).abs().mean()
+        return l1, {'l_pix': l1}
+
+    def train(net, compile):
+        step = TrainStep(net, losses, torch.optim.AdamW(net.parameters(), lr=1e-3), precision='bf16',
+                         compile=compile)
+        return step, [float(step(lq, gt)['l_pix']) for lq, gt in data]
+
+    torch.manual_seed(0)
+    net = ASID(upscale=2, num_groups=2, num_feat=16).cuda()
+    data = [(torch.rand(4, 3, 16, 16, device='cuda'), torch.rand(4, 3, 32, 32, device='cuda')) for _ in range(8)]
+    fused = fused_copy(net)
+    torch._dynamo.reset()
+    try:
+        step, fused_losses = train(fused, compile=True)
+    finally:
+        torch._dynamo.reset()
+    assert step.graph is not None and step.steps == 8
+    # the warm-up steps and the capture ran the kernels, forward and backward; the replays run them unseen
+    one_step = [False] * 6 + [True] * 6 + [('backward', True)] * 6 + [('backward', False)] * 6
+    assert sorted(launches, key=str) == sorted(one_step * (WARMUP_STEPS + 1), key=str)
+    _, plain_losses = train(net, compile=False)  # the eager bf16 step of the plain network, the same batches
+    assert fused_losses == pytest.approx(plain_losses, rel=0.02)
 
 
 def test_a_dtype_the_kernels_do_not_take_runs_the_plain_layer(launches):
@@ -263,13 +301,24 @@ def test_a_dtype_the_kernels_do_not_take_runs_the_plain_layer(launches):
         assert torch.equal(out, computing(x)[0]) and launches == []
 
 
-def test_kernels_are_chosen_on_a_gpu_only_and_can_be_turned_off():
+def test_on_the_cpu_the_upsampler_runs_no_kernel_and_takes_only_auto_true_or_false_for_kernels():
     net = ASID(upscale=2, num_groups=2, num_feat=16)
     assert not kernels.available('cpu')
     with pytest.warns(UserWarning, match='emulated'):  # fp16 on the CPU: the kernel's precision, but no GPU
         assert ASIDUpsampler(net, device='cpu', precision='fp16', compile=True).fused_layers == 0
-    with pytest.raises(ValueError, match='kernels'):
-        ASIDUpsampler(net, device='cpu', kernels='yes')
+    assert ASIDUpsampler(net, device='cpu', kernels=True).kernels == 'auto'
+    assert ASIDUpsampler(net, device='cpu', kernels=False).kernels is False
+    for value in ('yes', 0, None):
+        with pytest.raises(ValueError, match=r"kernels must be 'auto' \(or True\) or False"):
+            ASIDUpsampler(net, device='cpu', kernels=value)
+
+
+def test_an_input_that_is_not_whole_windows_or_a_map_not_one_per_window_is_refused_naming_the_shapes():
+    from asid_arch import triton_kernels
+    with pytest.raises(ValueError, match=r'input \(1, 4, 9, 8\) is not whole windows of 4 px'):
+        triton_kernels._check(torch.zeros(1, 4, 9, 8), None, 4)  # a computing layer's backward passes no map
+    with pytest.raises(ValueError, match=r'the map \(3, 16, 16\) is not one \(16, 16\) map for each of the 4 windows'):
+        triton_kernels._check(torch.zeros(1, 4, 8, 8), torch.zeros(3, 16, 16), 4)
 
 
 def test_a_kernel_that_cannot_be_loaded_is_a_warning_and_the_plain_layers_run(monkeypatch):
