@@ -1,4 +1,5 @@
 """Shared fixtures: tiny paired data sets and option files that train in seconds on a CPU."""
+import logging
 import os
 import socket
 import subprocess
@@ -172,6 +173,21 @@ def tiny_data(tmp_path):
     write_pairs(str(root / 'train'), 4)
     write_pairs(str(root / 'val'), 1, start=10)
     return str(root)
+
+
+@pytest.fixture
+def basicsr_log():
+    """Messages of BasicSR's logger (which does not propagate to pytest's)."""
+    messages = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger('basicsr')
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def load_golden():

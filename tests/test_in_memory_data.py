@@ -132,21 +132,6 @@ def test_spawned_and_forked_loader_workers_give_the_same_batches_and_leave_the_i
     assert torch.equal(before[0], dataset.gt.buffer) and torch.equal(before[1], dataset.lq.buffer)
 
 
-@pytest.fixture
-def basicsr_log():
-    """Messages of BasicSR's logger (which does not propagate to pytest's)."""
-    messages = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger('basicsr')
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    yield messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def test_memory_is_logged_before_decoding_and_progress_while_decoding(pairs, basicsr_log, monkeypatch):
     from basicsr_ext.training import data
     monkeypatch.setattr(data, 'PROGRESS_EVERY', 2)

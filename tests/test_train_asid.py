@@ -52,9 +52,38 @@ def test_training_terminal_summarises_the_network_and_ends_with_the_latest_model
                      r'\(bicubic [\d.]+\)$', last), last
 
 
+@pytest.mark.parametrize('train, fused, logged', [
+    ({'compile': True, 'precision': 'bf16'}, 12, 'train.kernels: 12 SLA/SGA layers run the fused attention kernels'),
+    ({'compile': True, 'precision': 'bf16', 'kernels': True}, 12, 'train.kernels: 12 SLA/SGA layers run'),
+    ({'compile': True, 'precision': 'bf16', 'kernels': False}, 0, None),
+    ({'compile': True, 'precision': 'fp32', 'kernels': True}, 0,
+     'train.kernels: not used (train: precision is not bf16)'),
+    ({'compile': False, 'precision': 'bf16', 'kernels': True}, 0, 'train.kernels: not used (train: compile is off)'),
+    ({'compile': False, 'precision': 'bf16'}, 0, None),  # the default asks for nothing: no line
+], ids=['default', 'asked for', 'turned off', 'fp32', 'eager', 'eager by default'])
+def test_asid_model_fuses_the_trained_network_not_its_ema_only_for_a_compiled_bf16_step(train, fused, logged, tiny_data,
+                                                                                       monkeypatch, basicsr_log):
+    # where the kernels can run (a GPU with Triton: stood in for here, the layers' switch is real)
+    from basicsr.models import build_model
+
+    from basicsr_ext.training import models
+    monkeypatch.setattr(models, 'fused_kernels_available', lambda device, dtype: dtype == torch.bfloat16)
+    opt = tiny_options(tiny_data, network={'type': 'ASID', 'upscale': 4, 'num_groups': 2, 'num_feat': 16})
+    opt.update(model_type='ASIDModel', is_train=True, dist=False, rank=0, world_size=1)
+    opt['train'].update(ema_decay=0.999, **train)
+    model = build_model(opt)
+
+    def switched(net):
+        return sum(type(m).__name__ == 'FusedSpatialAttention' for m in net.modules())
+
+    assert model.fused_layers == switched(model.net_g) == fused and switched(model.net_g_ema) == 0
+    lines = [line for line in basicsr_log if 'train.kernels' in line]
+    assert lines == [] if logged is None else len(lines) == 1 and lines[0].startswith(logged)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_on_a_gpu_a_compiled_bf16_run_trains_through_the_fused_kernels_unless_turned_off(tmp_path, tiny_data,
-                                                                                          monkeypatch):
+                                                                                          monkeypatch, basicsr_log):
     # the way the GPU recipe trains (train_ASID_x4_BSDS200.yml): compiled, bf16, one CUDA graph
     network = {'type': 'ASID', 'upscale': 4, 'num_groups': 2, 'num_feat': 16}
     monkeypatch.chdir(tmp_path)
@@ -69,6 +98,8 @@ def test_on_a_gpu_a_compiled_bf16_run_trains_through_the_fused_kernels_unless_tu
         runs[kernels] = open(glob.glob(str(tmp_path / f'experiments/{name}/train_{name}_*.log'))[0]).read()
     assert 'train.kernels: 12 SLA/SGA layers run the fused attention kernels' in runs[True]
     assert 'train.kernels' not in runs[False]
+    for log in runs.values():  # the step replays as a CUDA graph: a failed capture would only warn
+        assert 'CUDA graph capture of the training step failed' not in log
     fused, plain = ([float(v) for v in re.findall(r'l_pix: (\S+)', runs[k])] for k in (True, False))
     assert len(fused) == len(plain) == 12
     assert fused == pytest.approx(plain, rel=0.02)  # the same batches (seeded); bf16 rounds the two apart

@@ -108,15 +108,21 @@ class ASIDModel(SRModel):
     def fuse_kernels(self):
         """Switch the trained network's SLA/SGA layers to the fused kernels (:mod:`asid_arch.kernels`)
         where they serve: a compiled bf16 step on a GPU with Triton, unless ``train.kernels: false``.
-        Returns the number of layers switched (the keys and the function stay the same)."""
+        Returns the number of layers switched (the keys and the function stay the same); where an
+        option file asks for them and they cannot serve, the log says why."""
         train = self.opt['train']
-        if not (self.compile and train.get('precision') == 'bf16' and train.get('kernels', True)
-                and fused_kernels_available(self.device, torch.bfloat16)):
+        if not train.get('kernels', True):
             return 0
-        fused = use_fused_kernels(self.get_bare_model(self.net_g))
+        unused = ('train: compile is off' if not self.compile
+                  else 'train: precision is not bf16' if train.get('precision') != 'bf16'
+                  else None if fused_kernels_available(self.device, torch.bfloat16)
+                  else 'they need a CUDA GPU of compute capability 8.0 or later and Triton 3')
+        fused = 0 if unused else use_fused_kernels(self.get_bare_model(self.net_g))
         if fused:
             get_root_logger().info(f'train.kernels: {fused} SLA/SGA layers run the fused attention kernels '
                                    '(train: kernels: false turns them off)')
+        elif unused and 'kernels' in train:
+            get_root_logger().info(f'train.kernels: not used ({unused})')
         return fused
 
     def init_training_settings(self):
