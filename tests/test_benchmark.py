@@ -1,6 +1,9 @@
 """``basicsr benchmark``: the figures it prints are measured, and training goes through ``basicsr train``."""
+import glob
 import json
+import os
 import re
+import tempfile
 
 import pytest
 import torch
@@ -26,6 +29,9 @@ def test_swinir_light_takes_sizes_that_are_not_window_multiples():
 
 def test_benchmark_prints_the_table_and_json_with_inference_and_training_rows(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    temp = tmp_path / 'tmp'
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(temp))
     out_json = tmp_path / 'bench.json'
     code = main(['benchmark', '--device', 'cpu', '--networks', 'ASID', 'SwinIR-light', '--paths', 'plain', 'default',
                  '--size', '24x16', '--repeat', '2', '--warmup', '1', '--train', '--train-iters', '2',
@@ -51,7 +57,8 @@ def test_benchmark_prints_the_table_and_json_with_inference_and_training_rows(tm
                      re.M)
     assert 'ASID plain:' in printed and "SwinIR-light's time" in printed
     assert 'training through basicsr train, ASID x4, batch 2, LR patch 16' in printed
-    assert (tmp_path / 'experiments').exists() is False  # runs in its own temporary folder
+    assert (tmp_path / 'experiments').exists() is False  # runs in its own temporary folder,
+    assert list(temp.iterdir()) == []  # removed at the end
 
 
 def test_compiled_paths_are_also_timed_on_batches_of_frames_and_report_ms_per_frame(tmp_path, capsys, monkeypatch):
@@ -133,6 +140,15 @@ def test_data_benchmark_reads_a_prepared_set_and_refuses_half_of_one(tmp_path, t
     assert f'4 pairs of {train}/HR' in capsys.readouterr().out
     assert main(['benchmark', '--data', '--data-gt', f'{train}/HR']) == 2
     assert capsys.readouterr().err.strip() == 'basicsr benchmark: error: --data-gt and --data-lq go together'
+    # what basicsr train's check says of a training set, in one line, before anything is timed
+    assert main(['benchmark', '--data', '--data-gt', f'{train}/HR', '--data-lq', f'{train}/LR',
+                 '--data-patch', '96']) == 2
+    assert re.fullmatch(r'basicsr benchmark: error: --data-gt/--data-lq: HR \S+/HR/\S+\.png is 64x64, smaller '
+                        r'than gt_size 96', capsys.readouterr().err.strip())
+    os.remove(sorted(glob.glob(f'{train}/LR/*.png'))[0])
+    assert main(['benchmark', '--data', '--data-gt', f'{train}/HR', '--data-lq', f'{train}/LR']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('basicsr benchmark: error: --data-gt/--data-lq: ') and '\n' not in err and 'LR' in err
 
 
 def test_profile_times_every_block_of_asid_alone_and_counts_the_sharing_groups_once_each(tmp_path, capsys):

@@ -245,6 +245,13 @@ def run_data(args):
     for folder in filter(None, (args.data_gt, args.data_lq)):
         if not os.path.isdir(folder):
             raise CommandError(f'{folder}: no such folder')
+    if args.data_gt:  # what basicsr train checks of a training set, before anything is built or timed
+        from basicsr_ext.common.datacheck import DataError, check_paired
+        try:
+            check_paired({'dataroot_gt': args.data_gt, 'dataroot_lq': args.data_lq, 'gt_size': args.data_patch},
+                         args.data_scale, '--data-gt/--data-lq', is_train_phase=True)
+        except DataError as e:
+            raise CommandError(str(e)) from None
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)

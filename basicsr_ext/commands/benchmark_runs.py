@@ -330,11 +330,21 @@ def option_file_run(path, workdir, name, iters, device):
 
 
 def bench_training(args, device, log):
+    """``--train``: the training rows, each run in one temporary folder (data, option files,
+    ``experiments/``) that is removed at the end, also when a run fails."""
+    workdir = tempfile.mkdtemp(prefix='asid_bench_')
+    try:
+        if args.train_opt:
+            return [bench_option_file(path, workdir, args, device, log) for path in args.train_opt]
+        return bench_training_paths(args, workdir, device, log)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench_training_paths(args, workdir, device, log):
+    """ASID x4 on generated data through ``basicsr train``, one row for each training path of ``--paths``."""
     import yaml
     rows = []
-    workdir = tempfile.mkdtemp(prefix='asid_bench_')
-    if args.train_opt:
-        return [bench_option_file(path, workdir, args, device, log) for path in args.train_opt]
     data = os.path.join(workdir, 'data')
     make_train_data(data)
     variants = [('plain', None), ('compile', {'compile': True})]
