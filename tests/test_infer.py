@@ -760,6 +760,12 @@ def test_an_output_never_replaces_an_input(tmp_path, capsys, ckpt):
     assert code == 1 and summary(out) == (0, 0, 1)
     assert 'a.png would replace an input image' in err
     assert (folder / 'a.png').read_bytes() == before and os.listdir(folder) == ['a.png']
+    # nor one whose name differs in case only: the same file on macOS and Windows (the output's
+    # extension is written in lower case)
+    cv2.imwrite(str(folder / 'UP.PNG'), img8(8, 8))
+    code, out, err = run(capsys, folder / 'UP.PNG', folder, ckpt, '--suffix', '')
+    assert code == 1 and 'UP.png would replace an input image' in err
+    assert sorted(os.listdir(folder)) == ['UP.PNG', 'a.png']
 
 
 def test_rerun_into_the_input_folder_skips_its_earlier_outputs(tmp_path, capsys, ckpt):

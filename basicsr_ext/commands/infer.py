@@ -285,6 +285,12 @@ def _encode_and_write(job, result):
     return more
 
 
+def _file_key(path):
+    """``path`` as a file: resolved, and without case, so that ``UP.png`` is ``UP.PNG`` where the
+    file system says so (macOS, Windows) and is taken for it everywhere."""
+    return os.path.realpath(path).casefold()
+
+
 class _Run:
     """One ``basicsr infer`` run: the upsampler, the options and the counters."""
 
@@ -293,7 +299,7 @@ class _Run:
         self.suffix = output_suffix(args, upsampler.scale)
         self.done = self.skipped = self.failed = 0
         self.taken = {}  # output path -> input path, this run
-        self.inputs = {os.path.realpath(p) for p in images}  # never written over
+        self.inputs = {_file_key(p) for p in images}  # never written over
         #: frames per network call and their (height, width) (:func:`plan_speed`); the frames waiting
         self.batch, self.frame_size, self.frames = speed.batch, speed.frame_size, []
         #: outputs being encoded and written, (job, future) in order
@@ -317,7 +323,7 @@ class _Run:
 
     def claim(self, out):
         """Check that ``out`` may be written: Skipped if it exists, ImageError on a name clash."""
-        if os.path.realpath(out) in self.inputs:
+        if _file_key(out) in self.inputs:
             raise ImageError(f'output {out} would replace an input image: choose another -o or --suffix')
         if out in self.taken:
             raise ImageError(f'output {out} is already the output of {self.taken[out]} in this run')
