@@ -657,9 +657,25 @@ def test_frames_stored_turned_are_planned_by_their_upright_size(tmp_path, ckpt):
     assert speed.frame_size == (16, 12) and speed.compile == [(infer.GPU_FRAME_BATCH, 16, 12)]
 
 
-def test_batch_must_be_positive(tmp_path, ckpt, capsys):
-    assert main(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'o'), '--model-path', ckpt, '--batch', '0']) == 2
-    assert '--batch must be positive, got 0' in capsys.readouterr().err
+@pytest.mark.parametrize('option, value, message', [('--batch', '0', '--batch must be positive, got 0'),
+                                                    ('--max-memory', '0', '--max-memory must be a positive number of '
+                                                     'GiB, got 0'),
+                                                    ('--max-memory', '-1.5', 'got -1.5')])
+def test_batch_and_memory_must_be_positive(tmp_path, ckpt, capsys, option, value, message):
+    assert main(['infer', '-i', str(tmp_path), '-o', str(tmp_path / 'o'), '--model-path', ckpt, option, value]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_output_folder_it_cannot_write_in_is_one_line_before_any_image_is_upscaled(tmp_path, ckpt, capsys,
+                                                                                      monkeypatch):
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+    out = tmp_path / 'out'
+    out.mkdir()
+    access = os.access  # a read-only mount, as the system reports it (root writes in a folder of mode 555)
+    monkeypatch.setattr(infer.os, 'access', lambda path, mode: path != str(out) and access(path, mode))
+    code, stdout, err = run(capsys, tmp_path / 'a.png', out, ckpt)
+    assert code == 2 and err.strip().splitlines()[-1] == f'basicsr infer: error: cannot write in output folder {out}'
+    assert 'FAILED' not in err and os.listdir(out) == []
 
 
 def test_batches_of_a_folder_without_a_readable_image_are_nothing_to_do(tmp_path, ckpt, capsys):

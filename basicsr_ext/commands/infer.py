@@ -600,6 +600,8 @@ def cmd_infer(args):
         raise CommandError('--tile and --tile-overlap must not be negative')
     if args.batch is not None and args.batch < 1:
         raise CommandError(f'--batch must be positive, got {args.batch}')
+    if args.max_memory is not None and not args.max_memory > 0:
+        raise CommandError(f'--max-memory must be a positive number of GiB, got {args.max_memory:g}')
 
     network, device = load_network(args)  # before any image is read: a bad checkpoint stops here
     try:
@@ -617,6 +619,8 @@ def cmd_infer(args):
         os.makedirs(args.output, exist_ok=True)
     except OSError as e:
         raise CommandError(f'cannot create output folder {args.output}: {e.strerror or e}') from None
+    if not os.access(args.output, os.W_OK | os.X_OK):  # e.g. a read-only mount: say so once, not once an image
+        raise CommandError(f'cannot write in output folder {args.output}')
     remove_temporaries(args.output)  # of an earlier run that was killed while writing
 
     run = _Run(args, up, images, speed)
