@@ -259,6 +259,9 @@ def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=
         model.feed_data = lambda data: spend('feed_data', feed_data, data)
 
     cwd = os.getcwd()
+    # basicsr train points torch.compile's caches into its experiments/ (here the temporary folder,
+    # removed at the end); what this process compiles afterwards goes where it went before
+    caches = {key: os.environ.get(key) for key in ('TORCHINDUCTOR_CACHE_DIR', 'TRITON_CACHE_DIR')}
     try:
         os.chdir(workdir)
         if device.type == 'cuda':
@@ -269,6 +272,11 @@ def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=
                 raise RuntimeError(f'basicsr train -opt {opt_file} failed')
     finally:
         os.chdir(cwd)
+        for key, value in caches.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None
     split = {k: v / (iters - warmup) for k, v in spent.items()} if breakdown else None
     return (iters - warmup) / (stamps[iters] - stamps[warmup]), peak, stamps[1] - stamps[0], split
