@@ -58,6 +58,7 @@ def test_benchmark_prints_the_table_and_json_with_inference_and_training_rows(tm
                      re.M)
     assert 'ASID plain:' in printed and "SwinIR-light's time" in printed
     assert 'training through basicsr train, ASID x4, batch 2, LR patch 16' in printed
+    assert 'Network [ASID] is created' not in captured.err  # the timed run's log stays in its log file
     assert (tmp_path / 'experiments').exists() is False  # runs in its own temporary folder,
     assert not list(temp.glob('asid_bench_*'))  # removed at the end,
     # and torch.compile's cache, which basicsr train put there, is back at torch's default (later

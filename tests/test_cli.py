@@ -270,3 +270,26 @@ def test_the_training_terminal_shows_the_run_and_the_log_file_keeps_the_banner_a
     assert '/_____/' in log and 'manual_seed: 0' in log
     for line in ('Number of train images: 4', 'iter:       1', '# psnr:', 'End of training'):
         assert line in terminal, line
+
+
+def test_a_run_timed_by_the_benchmark_logs_info_to_its_file_and_only_warnings_and_the_kernels_line_to_the_terminal(
+        tmp_path, capsys):
+    from basicsr.utils import get_root_logger
+
+    from basicsr_ext.patches.pipeline import fresh_logger, terminal_quiet_below_warning
+    fresh_logger()
+    logger = get_root_logger(log_file=str(tmp_path / 'run.log'))  # as a run sets it up
+    try:
+        with terminal_quiet_below_warning(keep=('train.kernels',)):
+            logger.info('Network [ASID] is created.')
+            logger.info('train.kernels: 18 SLA/SGA layers run the fused attention kernels')
+            logger.warning('skipped damaged image a.png')
+        logger.info('after the timed run')
+        terminal = capsys.readouterr().err
+        log = (tmp_path / 'run.log').read_text()
+    finally:
+        fresh_logger()
+    assert 'Network [ASID]' not in terminal and 'Network [ASID]' in log
+    for line in ('train.kernels: 18', 'skipped damaged image', 'after the timed run'):
+        assert line in terminal and line in log, line
+    assert log.count('\n') == 4  # each record once

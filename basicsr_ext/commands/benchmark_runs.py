@@ -218,6 +218,7 @@ def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=
     iterations that end 5 before ``warmup`` (outside the timed ones) run under the torch profiler,
     whose table of kernels (GPU) or operators (CPU) is written there.
     """
+    from basicsr_ext.patches.pipeline import terminal_quiet_below_warning
     from basicsr_ext.patches.runs import models_built
     stamps, spent = {}, {'feed_data': 0., 'optimize_parameters': 0.}
     profiled = range(warmup - 5 - PROFILED_ITERS, warmup - 5) if profile_file else range(0)
@@ -267,7 +268,9 @@ def time_training(opt_file, workdir, iters, warmup, device, train, profile_file=
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
         stamps[0] = time.perf_counter()
-        with models_built(instrument):
+        # the run's INFO lines stay in its log file: the terminal gets the benchmark's own lines,
+        # the run's warnings and errors, and whether it used the fused kernels
+        with models_built(instrument), terminal_quiet_below_warning(keep=('train.kernels',)):
             if train(['-opt', opt_file]) != 0:
                 raise RuntimeError(f'basicsr train -opt {opt_file} failed')
     finally:

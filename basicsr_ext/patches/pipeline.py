@@ -21,15 +21,21 @@ class LogFileOnly(str):
     """A log message for the run's log file, not the terminal (see :class:`FileOnlyFilter`)."""
 
 
-class FileOnlyFilter(logging.Filter):
-    """On a logger: hands :class:`LogFileOnly` messages to the logger's file handlers alone."""
+def _marked_file_only(record):
+    return isinstance(record.msg, LogFileOnly)
 
-    def __init__(self, logger):
+
+class FileOnlyFilter(logging.Filter):
+    """On a logger: hands the records ``file_only`` picks (default: :class:`LogFileOnly` messages)
+    to the logger's file handlers alone."""
+
+    def __init__(self, logger, file_only=_marked_file_only):
         super().__init__()
         self.logger = logger
+        self.file_only = file_only
 
     def filter(self, record):
-        if not isinstance(record.msg, LogFileOnly):
+        if not self.file_only(record):
             return True
         for handler in self.logger.handlers:
             if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
@@ -106,6 +112,21 @@ def finish_options(opt, launcher='none', auto_resume=False, debug=False, is_trai
         root = paths['results_root'] = os.path.join(root_path, 'results', opt['name'])
         paths.update(log=root, visualization=os.path.join(root, 'visualization'))
     return opt
+
+
+@contextlib.contextmanager
+def terminal_quiet_below_warning(keep=()):
+    """While the block runs, the 'basicsr' logger's INFO records (the network, the data sets, each
+    ``print_freq`` line) go to the run's log file only; warnings, errors and the records whose
+    message starts with one of ``keep`` still reach the terminal."""
+    logger = logging.getLogger('basicsr')
+    quiet = FileOnlyFilter(logger, lambda record: record.levelno < logging.WARNING
+                           and not str(record.msg).startswith(tuple(keep)))
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def fresh_logger():
