@@ -795,6 +795,18 @@ def test_rerun_into_the_input_folder_skips_its_earlier_outputs(tmp_path, capsys,
     assert sorted(os.listdir(folder)) == ['a.png', 'a_ASID_x2.png']
 
 
+
+def test_rerun_into_the_input_folder_with_another_suffix_leaves_the_default_named_outputs_alone(tmp_path, capsys,
+                                                                                                 ckpt):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.png'), img8(8, 8))
+    assert run(capsys, folder, folder, ckpt)[0] == 0  # a_ASID_x2.png
+    code, out, err = run(capsys, folder, folder, ckpt, '--suffix', '_v2')
+    assert code == 0 and summary(out) == (1, 1, 0)
+    assert f'skipped {folder}/a_ASID_x2.png: an output of basicsr infer (its name ends with _ASID_x2)' in err
+    assert sorted(os.listdir(folder)) == ['a.png', 'a_ASID_x2.png', 'a_v2.png']
+
 @pytest.mark.parametrize('signum', ['SIGINT', 'SIGTERM'])  # Ctrl-C; slurm, timeout, kill
 def test_a_signal_prints_one_line_and_the_summary_so_far_and_exits_128_plus_its_number(signum, tmp_path, ckpt):
     import signal

@@ -22,7 +22,8 @@ read and written:
 * EXIF orientation is applied (the pixels are turned upright; no EXIF is written).
 
 An output never replaces an input (that image fails instead), and when OUTPUT is the input
-folder, files named with the suffix (outputs of an earlier run) are not taken as inputs.
+folder, files named with the suffix or the default one of any scale (outputs of an earlier run)
+are not taken as inputs.
 Animated images (GIF, APNG, WebP) are refused rather than cut to their first frame.
 
 Speed: on a GPU a folder of at least :data:`FRAMES_TO_COMPILE` images of one size (video
@@ -42,6 +43,7 @@ run killed while writing left: :func:`basicsr_ext.common.files.remove_temporarie
 import collections
 import contextlib
 import os
+import re
 import sys
 import time
 import warnings
@@ -254,11 +256,21 @@ def output_suffix(args, scale):
 
 
 def earlier_outputs(args, suffix, images):
-    """Inputs that are outputs of an earlier run: files ending with the suffix, when -o is the input folder."""
+    """Inputs that are outputs of an earlier run, when -o is the input folder: ``{path: the ending
+    that says so}`` for the names that end with this run's suffix or with the default one of any
+    scale (a run with ``--suffix _v2`` after one with the default leaves the first outputs alone)."""
     folder = args.input
-    if not suffix or not os.path.isdir(folder) or os.path.realpath(folder) != os.path.realpath(args.output):
-        return []
-    return [p for p in images if os.path.splitext(os.path.basename(p))[0].endswith((suffix, suffix + COMPARE_SUFFIX))]
+    if not os.path.isdir(folder) or os.path.realpath(folder) != os.path.realpath(args.output):
+        return {}
+    earlier = {}
+    for path in images:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        default = _DEFAULT_OUTPUT_NAME.search(stem)
+        if suffix and stem.endswith((suffix, suffix + COMPARE_SUFFIX)):
+            earlier[path] = suffix
+        elif default:
+            earlier[path] = default.group(0).removesuffix(COMPARE_SUFFIX)
+    return earlier
 
 
 class _Job(NamedTuple):
@@ -273,6 +285,8 @@ class _Job(NamedTuple):
 
 #: What ``--compare`` appends to an output's stem.
 COMPARE_SUFFIX = '_compare'
+#: The default suffix of any scale (``_ASID_x4``), optionally with ``_compare``, ending a name.
+_DEFAULT_OUTPUT_NAME = re.compile(rf'_ASID_x\d+({COMPARE_SUFFIX})?$')
 
 
 def _encode_and_write(job, result):
@@ -626,8 +640,8 @@ def cmd_infer(args):
     run = _Run(args, up, images, speed)
     for note in notes:
         run.note_skipped(note)
-    for path in earlier:
-        run.note_skipped(f'skipped {path}: an output of basicsr infer (its name ends with {run.suffix})')
+    for path, ending in earlier.items():
+        run.note_skipped(f'skipped {path}: an output of basicsr infer (its name ends with {ending})')
     if not images:
         run.say(f'no images in {args.input}')
     for note in speed.notes:
