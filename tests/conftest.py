@@ -102,6 +102,12 @@ def write_options(path, opt):
     return str(path)
 
 
+def cpu_ranks_env(**extra):
+    """The environment of a test's training processes under a launcher, on the CPU (gloo) also on
+    a GPU host: these tests are about DDP as such, and one GPU cannot hold two NCCL ranks."""
+    return {**os.environ, 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': '', **extra}
+
+
 def free_port():
     """A TCP port nobody listens on now (a fixed one can still be held by an earlier run)."""
     with socket.socket() as s:

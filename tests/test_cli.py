@@ -10,7 +10,7 @@ import pytest
 from basicsr_ext.commands.cli import main
 from basicsr_ext.common import options
 from basicsr_ext.common.options import OptionError, check_read_options, load_and_check
-from conftest import REPO, free_port, kill_after_iteration, run_basicsr, tiny_options, write_options
+from conftest import REPO, cpu_ranks_env, free_port, kill_after_iteration, run_basicsr, tiny_options, write_options
 
 
 def test_help_lists_the_subcommands(capsys):
@@ -150,7 +150,7 @@ def test_two_process_ddp_run_with_spawned_loader_workers_trains_validates_and_sa
     ratio = 2 if in_memory else 4
     opt['datasets']['train'].update(type=dataset, num_worker_per_gpu=workers, dataset_enlarge_ratio=ratio,
                                     **({} if in_memory else {'persistent_workers': True}))
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    env = cpu_ranks_env()
     result = subprocess.run(
         [sys.executable, *LAUNCHERS[launcher], '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
          'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'ddp.yml', opt), '--launcher', 'pytorch'],

@@ -14,7 +14,7 @@ import torch
 
 from basicsr_ext.common import files
 from basicsr_ext.patches.runs import ExperimentInUse, ExperimentLock
-from conftest import free_port, tiny_options, write_options
+from conftest import cpu_ranks_env, free_port, tiny_options, write_options
 
 #: ASID small enough for a CPU test: 14,606 parameters.
 TINY_ASID = {'type': 'ASID', 'upscale': 4, 'num_groups': 1, 'num_feat': 8}
@@ -152,7 +152,7 @@ def test_signal_to_one_ddp_rank_stops_every_rank_after_the_same_iteration_with_o
     # never signalled, stops after the same iteration and writes the state.
     opt = signal_options(tiny_data, 'ddps', model_type='SRModel')
     opt['datasets']['train']['persistent_workers'] = True
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    env = cpu_ranks_env()
     run = Running([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
                    '-m', 'basicsr_ext', 'train', '-opt', write_options(tmp_path / 'ddps.yml', opt), '--launcher',
                    'pytorch'], cwd=tmp_path, env=env)

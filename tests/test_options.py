@@ -21,7 +21,7 @@ from basicsr_ext.commands import prepare
 from basicsr_ext.commands.cli import main
 from basicsr_ext.common.optionfile import read_options
 from basicsr_ext.common.options import OptionError, check_options
-from basicsr_ext.training import models  # noqa: F401  (registers ASIDModel, as basicsr train does)
+from basicsr_ext.training import data, models  # noqa: F401  (register their dataset and model, as basicsr train does)
 from asid_arch import ASID
 from asid_arch.tiling import tiled_forward
 from basicsr.utils import img2tensor, tensor2img  # noqa: E402  (after basicsr_ext)
@@ -450,6 +450,24 @@ def test_a_compiled_step_on_several_gpus_is_fine_under_a_launcher_and_auto_count
         check_options(opt, 'train_ASID_x4.yml', launcher='pytorch')
     assert 'train.compile' not in str(err.value) and 'does not exist' in str(err.value)
 
+
+
+def test_more_training_processes_on_a_host_than_its_gpus_is_one_line_not_an_nccl_failure(monkeypatch):
+    # torchrun --nproc_per_node=2 on a one-GPU host: BasicSR would put both ranks on GPU 0, where
+    # NCCL's set-up fails with a traceback from each rank
+    opt = load('train_ASID_x4.yml')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
+    with pytest.raises(OptionError) as err:
+        check_options(opt, 'train_ASID_x4.yml', launcher='pytorch')
+    assert str(err.value) == ('--launcher pytorch: 2 training processes on this host, but it has 1 GPU: start one '
+                              'process per GPU (torchrun --nproc_per_node=1), or hide the GPUs '
+                              '(CUDA_VISIBLE_DEVICES=) to train on the CPU')
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '1')
+    with pytest.raises(OptionError) as err:  # one process a GPU: past this check, to the missing data sets here
+        check_options(opt, 'train_ASID_x4.yml', launcher='pytorch')
+    assert 'does not exist' in str(err.value)
 
 # ------------------------------------------------------------------------------------------
 # values BasicSR would trip over after making the experiment folder (issue 24, case 8)

@@ -22,7 +22,7 @@ from asid_arch import ASID  # first: patches BasicSR for this stack before it is
 from basicsr.losses import build_loss  # noqa: I001
 from basicsr_ext.training import train_step as train_step_module
 from basicsr_ext.training.train_step import TrainStep
-from conftest import compile_with_backend, free_port, tiny_options, write_options
+from conftest import compile_with_backend, cpu_ranks_env, free_port, tiny_options, write_options
 
 
 def small_net(num_groups=2):
@@ -256,8 +256,7 @@ def test_two_rank_basicsr_train_of_the_compiled_step_logs_trains_saves_and_resum
     # from its last state. Every process compiles through aot_eager (a sitecustomize on PYTHONPATH).
     (tmp_path / 'site').mkdir()
     (tmp_path / 'site' / 'sitecustomize.py').write_text(SITECUSTOMIZE)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1',
-           'PYTHONPATH': os.pathsep.join([str(tmp_path / 'site'), os.environ.get('PYTHONPATH', '')])}
+    env = cpu_ranks_env(PYTHONPATH=os.pathsep.join([str(tmp_path / 'site'), os.environ.get('PYTHONPATH', '')]))
     # one group: half the compilation of two in every process (the sharing group's graph is
     # compared with eager in-process)
     opt = tiny_options(tiny_data, name='ddpc', network={'type': 'ASID', 'upscale': 4, 'num_groups': 1, 'num_feat': 8},

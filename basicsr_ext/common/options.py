@@ -357,6 +357,18 @@ def _check_gpus(opt, path, launcher):
                           f'({hint}; --force_yml num_gpu={have} overrides it)')
 
 
+def _check_ranks_fit_gpus(launcher):
+    """Under a launcher, no more training processes on this host than it has GPUs, where it has any
+    (BasicSR gives each rank one GPU: two ranks on one fail in NCCL's set-up, with a traceback each)."""
+    import torch
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    ranks = resources.ranks_on_host(launcher)
+    if 0 < have < ranks:
+        raise OptionError(f'--launcher {launcher}: {ranks} training processes on this host, but it has '
+                          f'{_count(have, "GPU")}: start one process per GPU (torchrun --nproc_per_node={have}), '
+                          f'or hide the GPUs (CUDA_VISIBLE_DEVICES=) to train on the CPU')
+
+
 def _count(n, word):
     return f'{n} {word}' if n == 1 else f'{n} {word}s'
 
@@ -608,6 +620,8 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none', au
     ``check_data=False`` leaves out the look at every image file (the expensive part: under DDP
     only rank 0 does it).
     """
+    if launcher != 'none':
+        _check_ranks_fit_gpus(launcher)  # the launch before the file
     _require(opt, 'name', path)
     _check_keys(opt, path, is_train)
     _check_speed_switches(opt, path, is_train, launcher)
