@@ -223,11 +223,28 @@ def network_gradients(module, x, dtype, compiled=False):
 
 
 def assert_network_gradients_as_close_to_fp32(exact, plain, fused, dtype):
-    """As :func:`assert_gradients_as_close_to_fp32`, over a whole network's parameters at once."""
-    fused_error = max((f - e).abs().max().item() for f, e in zip(fused, exact))
-    plain_error = max((p - e).abs().max().item() for p, e in zip(plain, exact))
-    scale = max(e.abs().max().item() for e in exact)
-    assert fused_error <= (1e-5 * scale if dtype == torch.float32 else 1.5 * plain_error + 1e-3 * scale)
+    """A whole network's gradients: in fp32 (the CPU interpreter) the plain network's, to 1e-5 of the
+    largest; in 16 bits, each parameter's gradient no further from fp32, in L2 relative to its own
+    size, than twice the plain network's plus 0.05.
+
+    Over a whole network the roundings of 24 layers compound, and the largest single difference
+    (what the per-layer tests compare) is a poor statistic there: on an H100 the kernels' was 2.2x the
+    plain network's, and Inductor's compiled plain network in bf16 on a CPU, which computes the same
+    function, 1.7x; while a sharing layer that detached its map (no gradient to the computing
+    layers) stayed within 1.5x. Measured on the CPU for this test's network: the compiled plain
+    network at most 0.71 of this bound on every parameter; the detached map 6 parameters over it,
+    one by 4.4x."""
+    if dtype == torch.float32:
+        scale = max(e.abs().max().item() for e in exact)
+        assert max((f - e).abs().max().item() for f, e in zip(fused, exact)) <= 1e-5 * scale
+        return
+    worse = []
+    for i, (f, p, e) in enumerate(zip(fused, plain, exact)):
+        size = e.norm().item() or 1.0
+        fused_error, plain_error = (f - e).norm().item() / size, (p - e).norm().item() / size
+        if fused_error > 2 * plain_error + 0.05:
+            worse.append(f'parameter {i} {tuple(e.shape)}: {fused_error:.3f} against {plain_error:.3f}')
+    assert not worse, worse
 
 
 def test_a_fused_network_trains_through_the_kernels_with_the_plain_gradients_also_compiled(monkeypatch, launches):
@@ -250,6 +267,29 @@ def test_a_fused_network_trains_through_the_kernels_with_the_plain_gradients_als
                                                + [('backward', False)] * 6, key=str)
     for fused_side in (eager, compiled):
         assert_network_gradients_as_close_to_fp32(exact, plain, fused_side, dtype)
+
+
+def test_the_whole_network_gradient_check_in_bf16_catches_a_sharing_layer_that_detaches_its_map(monkeypatch):
+    # the check the GPU tests hold the kernels to, on the plain network in bf16 autocast (CPU): a
+    # shared map that passes no gradient back to the layer that computed it fails it
+    torch.manual_seed(0)
+    net = ASID(upscale=2, num_groups=2, num_feat=16)
+    x = torch.rand(2, 3, 16, 16)
+
+    def gradients(dtype):
+        net.zero_grad()
+        with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
+            net(x).square().sum().backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    exact, plain = gradients(torch.float32), gradients(torch.bfloat16)
+    plain_forward = SpatialSelfAttention.forward
+    monkeypatch.setattr(SpatialSelfAttention, 'forward',
+                        lambda self, x, attn=None: plain_forward(self, x, None if attn is None else attn.detach()))
+    detached = gradients(torch.bfloat16)
+    with pytest.raises(AssertionError, match='parameter'):
+        assert_network_gradients_as_close_to_fp32(exact, plain, detached, torch.bfloat16)
+    assert_network_gradients_as_close_to_fp32(exact, plain, plain, torch.bfloat16)
 
 
 def test_a_map_no_layer_shares_sends_no_gradient_to_read(launches):
