@@ -468,6 +468,11 @@ def test_more_training_processes_on_a_host_than_its_gpus_is_one_line_not_an_nccl
     with pytest.raises(OptionError) as err:  # one process a GPU: past this check, to the missing data sets here
         check_options(opt, 'train_ASID_x4.yml', launcher='pytorch')
     assert 'does not exist' in str(err.value)
+    monkeypatch.delenv('LOCAL_WORLD_SIZE')
+    monkeypatch.setenv('SLURM_NTASKS_PER_NODE', '2')  # SLURM may show each task its own GPU (--gpus-per-task)
+    with pytest.raises(OptionError) as err:
+        check_options(opt, 'train_ASID_x4.yml', launcher='slurm')
+    assert 'does not exist' in str(err.value)
 
 # ------------------------------------------------------------------------------------------
 # values BasicSR would trip over after making the experiment folder (issue 24, case 8)

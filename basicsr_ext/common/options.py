@@ -358,8 +358,11 @@ def _check_gpus(opt, path, launcher):
 
 
 def _check_ranks_fit_gpus(launcher):
-    """Under a launcher, no more training processes on this host than it has GPUs, where it has any
-    (BasicSR gives each rank one GPU: two ranks on one fail in NCCL's set-up, with a traceback each)."""
+    """Under torchrun, no more training processes on this host than it has GPUs, where it has any
+    (BasicSR gives each rank one GPU: two ranks on one fail in NCCL's set-up, with a traceback each).
+    Not under SLURM, which may show each task only its own GPU (``--gpus-per-task``)."""
+    if launcher != 'pytorch':
+        return
     import torch
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     ranks = resources.ranks_on_host(launcher)
@@ -620,8 +623,7 @@ def check_options(opt, path, is_train=True, check_data=True, launcher='none', au
     ``check_data=False`` leaves out the look at every image file (the expensive part: under DDP
     only rank 0 does it).
     """
-    if launcher != 'none':
-        _check_ranks_fit_gpus(launcher)  # the launch before the file
+    _check_ranks_fit_gpus(launcher)  # the launch before the file
     _require(opt, 'name', path)
     _check_keys(opt, path, is_train)
     _check_speed_switches(opt, path, is_train, launcher)
