@@ -795,17 +795,19 @@ def test_rerun_into_the_input_folder_skips_its_earlier_outputs(tmp_path, capsys,
     assert sorted(os.listdir(folder)) == ['a.png', 'a_ASID_x2.png']
 
 
-
-def test_rerun_into_the_input_folder_with_another_suffix_leaves_the_default_named_outputs_alone(tmp_path, capsys,
-                                                                                                 ckpt):
+@pytest.mark.parametrize('earlier, ending', [('a_ASID_x2.png', '_ASID_x2'), ('a_ASID_x4.png', '_ASID_x4'),
+                                              ('a_ASID_x2_compare.png', '_ASID_x2')])
+def test_rerun_into_the_input_folder_with_another_suffix_leaves_default_named_outputs_of_any_scale_alone(
+        earlier, ending, tmp_path, capsys, ckpt):
     folder = tmp_path / 'in'
     folder.mkdir()
     cv2.imwrite(str(folder / 'a.png'), img8(8, 8))
-    assert run(capsys, folder, folder, ckpt)[0] == 0  # a_ASID_x2.png
+    cv2.imwrite(str(folder / earlier), img8(16, 16))  # an earlier run's output (this checkpoint is x2)
     code, out, err = run(capsys, folder, folder, ckpt, '--suffix', '_v2')
     assert code == 0 and summary(out) == (1, 1, 0)
-    assert f'skipped {folder}/a_ASID_x2.png: an output of basicsr infer (its name ends with _ASID_x2)' in err
-    assert sorted(os.listdir(folder)) == ['a.png', 'a_ASID_x2.png', 'a_v2.png']
+    assert f'skipped {folder / earlier}: an output of basicsr infer (its name ends with {ending})' in err
+    assert sorted(os.listdir(folder)) == sorted(['a.png', earlier, 'a_v2.png'])
+
 
 @pytest.mark.parametrize('signum', ['SIGINT', 'SIGTERM'])  # Ctrl-C; slurm, timeout, kill
 def test_a_signal_prints_one_line_and_the_summary_so_far_and_exits_128_plus_its_number(signum, tmp_path, ckpt):

@@ -232,8 +232,8 @@ def assert_network_gradients_as_close_to_fp32(exact, plain, fused, dtype):
     plain network's, and Inductor's compiled plain network in bf16 on a CPU, which computes the same
     function, 1.7x; while a sharing layer that detached its map (no gradient to the computing
     layers) stayed within 1.5x. Measured on the CPU for this test's network: the compiled plain
-    network at most 0.71 of this bound on every parameter; the detached map 6 parameters over it,
-    one by 4.4x."""
+    network at most 0.71 of this bound on every parameter, the plain one fed one image at a time
+    0.45; the detached map 6 parameters over it, one by 4.4x."""
     if dtype == torch.float32:
         scale = max(e.abs().max().item() for e in exact)
         assert max((f - e).abs().max().item() for f, e in zip(fused, exact)) <= 1e-5 * scale
@@ -276,20 +276,22 @@ def test_the_whole_network_gradient_check_in_bf16_catches_a_sharing_layer_that_d
     net = ASID(upscale=2, num_groups=2, num_feat=16)
     x = torch.rand(2, 3, 16, 16)
 
-    def gradients(dtype):
+    def gradients(dtype, batches=(x,)):
         net.zero_grad()
         with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
-            net(x).square().sum().backward()
+            for batch in batches:
+                net(batch).square().sum().backward()
         return [p.grad.clone() for p in net.parameters()]
 
     exact, plain = gradients(torch.float32), gradients(torch.bfloat16)
+    # the same function rounded in another order (one image at a time, the gradients summed) passes
+    assert_network_gradients_as_close_to_fp32(exact, plain, gradients(torch.bfloat16, x.split(1)), torch.bfloat16)
     plain_forward = SpatialSelfAttention.forward
     monkeypatch.setattr(SpatialSelfAttention, 'forward',
                         lambda self, x, attn=None: plain_forward(self, x, None if attn is None else attn.detach()))
     detached = gradients(torch.bfloat16)
     with pytest.raises(AssertionError, match='parameter'):
         assert_network_gradients_as_close_to_fp32(exact, plain, detached, torch.bfloat16)
-    assert_network_gradients_as_close_to_fp32(exact, plain, plain, torch.bfloat16)
 
 
 def test_a_map_no_layer_shares_sends_no_gradient_to_read(launches):

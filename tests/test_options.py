@@ -451,28 +451,38 @@ def test_a_compiled_step_on_several_gpus_is_fine_under_a_launcher_and_auto_count
     assert 'train.compile' not in str(err.value) and 'does not exist' in str(err.value)
 
 
-
-def test_more_training_processes_on_a_host_than_its_gpus_is_one_line_not_an_nccl_failure(monkeypatch):
+def test_more_torchrun_processes_on_a_host_than_its_gpus_is_one_line_not_an_nccl_failure(monkeypatch):
     # torchrun --nproc_per_node=2 on a one-GPU host: BasicSR would put both ranks on GPU 0, where
     # NCCL's set-up fails with a traceback from each rank
     opt = load('train_ASID_x4.yml')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
     with pytest.raises(OptionError) as err:
         check_options(opt, 'train_ASID_x4.yml', launcher='pytorch')
-    assert str(err.value) == ('--launcher pytorch: 2 training processes on this host, but it has 1 GPU: start one '
-                              'process per GPU (torchrun --nproc_per_node=1), or hide the GPUs '
-                              '(CUDA_VISIBLE_DEVICES=) to train on the CPU')
-    monkeypatch.setenv('LOCAL_WORLD_SIZE', '1')
-    with pytest.raises(OptionError) as err:  # one process a GPU: past this check, to the missing data sets here
-        check_options(opt, 'train_ASID_x4.yml', launcher='pytorch')
+    assert str(err.value) == ('--launcher pytorch: 2 processes on this host, but it has 1 GPU: start one process '
+                              'per GPU (torchrun --nproc_per_node=1), or hide the GPUs (CUDA_VISIBLE_DEVICES=) to '
+                              'run on the CPU')
+
+
+@pytest.mark.parametrize('launch', ['one process a GPU', 'a GPU each by CUDA_VISIBLE_DEVICES', 'SLURM tasks'])
+def test_launches_where_each_process_has_a_gpu_pass_the_launch_check(launch, monkeypatch):
+    opt = load('train_ASID_x4.yml')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '1' if launch == 'one process a GPU' else '2')
+    if launch == 'a GPU each by CUDA_VISIBLE_DEVICES':  # a wrapper sets it per rank
+        monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '1')
+    launcher = 'slurm' if launch == 'SLURM tasks' else 'pytorch'  # SLURM may show a task its own GPU
+    if launcher == 'slurm':
+        monkeypatch.delenv('LOCAL_WORLD_SIZE')
+        monkeypatch.setenv('SLURM_NTASKS_PER_NODE', '2')
+    with pytest.raises(OptionError) as err:  # past the launch check, to the missing data sets here
+        check_options(opt, 'train_ASID_x4.yml', launcher=launcher)
     assert 'does not exist' in str(err.value)
-    monkeypatch.delenv('LOCAL_WORLD_SIZE')
-    monkeypatch.setenv('SLURM_NTASKS_PER_NODE', '2')  # SLURM may show each task its own GPU (--gpus-per-task)
-    with pytest.raises(OptionError) as err:
-        check_options(opt, 'train_ASID_x4.yml', launcher='slurm')
-    assert 'does not exist' in str(err.value)
+
 
 # ------------------------------------------------------------------------------------------
 # values BasicSR would trip over after making the experiment folder (issue 24, case 8)

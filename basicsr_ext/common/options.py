@@ -358,18 +358,19 @@ def _check_gpus(opt, path, launcher):
 
 
 def _check_ranks_fit_gpus(launcher):
-    """Under torchrun, no more training processes on this host than it has GPUs, where it has any
-    (BasicSR gives each rank one GPU: two ranks on one fail in NCCL's set-up, with a traceback each).
-    Not under SLURM, which may show each task only its own GPU (``--gpus-per-task``)."""
-    if launcher != 'pytorch':
+    """Under torchrun, no more processes on this host than the GPUs they all see (BasicSR gives each
+    rank one GPU: two ranks on one fail in NCCL's set-up, with a traceback each). Only where every
+    process sees the same GPUs, i.e. ``CUDA_VISIBLE_DEVICES`` is not set: a wrapper may give each
+    rank its own, as SLURM may give each task (``--gpus-per-task``)."""
+    local_ranks = os.environ.get('LOCAL_WORLD_SIZE', '')
+    if launcher != 'pytorch' or not local_ranks.isdigit() or 'CUDA_VISIBLE_DEVICES' in os.environ:
         return
     import torch
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    ranks = resources.ranks_on_host(launcher)
-    if 0 < have < ranks:
-        raise OptionError(f'--launcher {launcher}: {ranks} training processes on this host, but it has '
+    if 0 < have < int(local_ranks):
+        raise OptionError(f'--launcher pytorch: {local_ranks} processes on this host, but it has '
                           f'{_count(have, "GPU")}: start one process per GPU (torchrun --nproc_per_node={have}), '
-                          f'or hide the GPUs (CUDA_VISIBLE_DEVICES=) to train on the CPU')
+                          f'or hide the GPUs (CUDA_VISIBLE_DEVICES=) to run on the CPU')
 
 
 def _count(n, word):
