@@ -213,12 +213,15 @@ def test_the_fused_layers_gradients_hold_for_windows_of_4_px(share, launches):
 TRAINING_DTYPE = torch.float32 if DEVICE == 'cpu' else torch.bfloat16
 
 
-def network_gradients(module, x, dtype, compiled=False):
-    """Every parameter's gradient of ``module(x).square().sum()``, the products in ``dtype`` under autocast."""
+def network_gradients(module, x, dtype, compiled=False, one_image_at_a_time=False):
+    """Every parameter's gradient of ``module(x).square().sum()``, the products in ``dtype`` under
+    autocast (on ``x``'s device); ``one_image_at_a_time``: the images' gradients summed, the same
+    function rounded in another order."""
     module.zero_grad()
     run = torch.compile(module, dynamic=False) if compiled else module
-    with torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32):
-        run(x).square().sum().backward()
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        for batch in x.split(1) if one_image_at_a_time else (x,):
+            run(batch).square().sum().backward()
     return [p.grad.clone() for p in module.parameters()]
 
 
@@ -275,21 +278,14 @@ def test_the_whole_network_gradient_check_in_bf16_catches_a_sharing_layer_that_d
     torch.manual_seed(0)
     net = ASID(upscale=2, num_groups=2, num_feat=16)
     x = torch.rand(2, 3, 16, 16)
-
-    def gradients(dtype, batches=(x,)):
-        net.zero_grad()
-        with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
-            for batch in batches:
-                net(batch).square().sum().backward()
-        return [p.grad.clone() for p in net.parameters()]
-
-    exact, plain = gradients(torch.float32), gradients(torch.bfloat16)
+    exact, plain = network_gradients(net, x, torch.float32), network_gradients(net, x, torch.bfloat16)
     # the same function rounded in another order (one image at a time, the gradients summed) passes
-    assert_network_gradients_as_close_to_fp32(exact, plain, gradients(torch.bfloat16, x.split(1)), torch.bfloat16)
+    reordered = network_gradients(net, x, torch.bfloat16, one_image_at_a_time=True)
+    assert_network_gradients_as_close_to_fp32(exact, plain, reordered, torch.bfloat16)
     plain_forward = SpatialSelfAttention.forward
     monkeypatch.setattr(SpatialSelfAttention, 'forward',
                         lambda self, x, attn=None: plain_forward(self, x, None if attn is None else attn.detach()))
-    detached = gradients(torch.bfloat16)
+    detached = network_gradients(net, x, torch.bfloat16)
     with pytest.raises(AssertionError, match='parameter'):
         assert_network_gradients_as_close_to_fp32(exact, plain, detached, torch.bfloat16)
 
