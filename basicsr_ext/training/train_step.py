@@ -17,9 +17,12 @@ Nothing waits for the GPU: losses stay on the device until the Model reads them 
 ``print_freq``. The learning rate reaches the graph through a device tensor that is refilled
 when BasicSR's scheduler changes it (the scheduler and checkpoints keep seeing floats).
 
-Gradients live in one flat buffer (``p.grad`` are views of it): one kernel zeroes them and
-one all-reduce averages them under DDP, which is why a compiled step does not wrap the
-network in ``DistributedDataParallel`` (whose per-bucket hooks cannot be replayed).
+Under DDP a compiled step keeps the gradients in one flat buffer (``p.grad`` are views of it):
+one kernel zeroes them and one all-reduce averages them, which is why it does not wrap the
+network in ``DistributedDataParallel`` (whose per-bucket hooks cannot be replayed). In a single
+process the gradients are set to None before each backward instead, so autograd hands each
+parameter its new gradient as it is, rather than adding it into a zeroed buffer (one kernel
+less per parameter).
 """
 import logging
 from contextlib import nullcontext
@@ -72,7 +75,7 @@ class TrainStep:
         self.steps = 0
         self.graph = None
         self._forward = torch.compile(self.forward, dynamic=False) if self.compiled else self.forward
-        if self.compiled:
+        if self.distributed:
             self._flat_grads(params)
         self.adopt_optimizer_state()
 
@@ -101,10 +104,10 @@ class TrainStep:
 
     def step(self, lq, gt):
         """One whole step, in Python (what the CUDA graph records)."""
-        if self.compiled:
+        if self.distributed:
             self._grads.zero_()
         else:
-            self.optimizer.zero_grad()
+            self.optimizer.zero_grad(set_to_none=True)
         total, losses = self._forward(lq, gt)
         total.backward()
         if self.distributed:
