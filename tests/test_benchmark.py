@@ -81,6 +81,15 @@ def test_compiled_paths_are_also_timed_on_batches_of_frames_and_report_ms_per_fr
     assert re.search(r'^ASID +compile +3 ', capsys.readouterr().out, re.M)
 
 
+def test_the_720p_targets_are_one_frames_and_a_frames_in_batches_of_four_on_a_gpu():
+    gpu, cpu = torch.device('cuda'), torch.device('cpu')
+    assert [benchmark_runs.target_ms('ASID', batch, gpu, (320, 180)) for batch in (1, 2, 4, 8)] == [3.0, 3.0, 2.0, 2.0]
+    assert [benchmark_runs.target_ms('ASID-D8', batch, gpu, (320, 180)) for batch in (1, 4)] == [7.0, 5.0]
+    assert benchmark_runs.target_ms('ASID', 1, cpu, (320, 180)) is None
+    assert benchmark_runs.target_ms('ASID', 1, gpu, (640, 360)) is None
+    assert benchmark_runs.target_ms('MSRResNet', 1, gpu, (320, 180)) is None
+
+
 def test_train_profile_writes_the_profilers_table_of_iterations_before_the_timed_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(benchmark_runs, 'PROFILED_ITERS', 2)
