@@ -12,10 +12,11 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from asid_arch import ASID, ASIDUpsampler
 from asid_arch import kernels
-from asid_arch.asid_arch import SpatialSelfAttention
+from asid_arch.asid_arch import EnhancedSpatialAttention, SpatialSelfAttention
 from conftest import compile_with_backend
 
 #: where the kernel runs: compiled on a GPU, else through Triton's interpreter (set by conftest.py)
@@ -229,6 +230,29 @@ def network_gradients(module, x, dtype, compiled=False, one_image_at_a_time=Fals
     return [p.grad.clone() for p in module.parameters()]
 
 
+def esa_pooling_margin(net, x):
+    """The smallest lead, in fp32, of a maximum over the runner-up in any window of ESA's 7x7 max-pool.
+
+    The pool sends its gradient to one pixel a window; where two values are closer than a 16-bit
+    step, a rounding can pick the other, and that changes ESA's gradients a lot: a difference of
+    branch, not of the kernels (Inductor's compiled plain network did it on the CPU in fp16)."""
+    maps = []
+    hooks = [m.conv2.register_forward_hook(lambda module, args, out: maps.append(out.detach().float()))
+             for m in net.modules() if isinstance(m, EnhancedSpatialAttention)]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    margins = []
+    for m in maps:
+        windows = F.unfold(m, 7, stride=3).view(m.shape[0], m.shape[1], 49, -1)
+        top = windows.topk(2, dim=2).values
+        margins.append(float((top[:, :, 0] - top[:, :, 1]).min()))
+    return min(margins)
+
+
 def assert_network_gradients_as_close_to_fp32(exact, plain, fused, dtype):
     """A whole network's gradients: in fp32 (the CPU interpreter) the plain network's, to 1e-5 of the
     largest; in 16 bits, each parameter's gradient no further from fp32, in L2 relative to its own
@@ -238,10 +262,10 @@ def assert_network_gradients_as_close_to_fp32(exact, plain, fused, dtype):
     (what the per-layer tests compare) is a poor statistic there. Measured on the CPU for this
     test's network (fp16 / bf16): the plain network fed one image at a time, 0.29 / 0.45 of this
     bound on every parameter; a sharing layer that detaches its map, over it on 9 / 6 parameters, one
-    by 13x / 4.4x; Inductor's compiled plain network, 1.2x / 0.71 against the eager one (in fp16 on
-    ESA's strided convolution: a 7x7 max-pool sends its gradient to one pixel a channel, and one
-    channel's two largest values are closer than fp16's step), which is why a compiled network is
-    held to the compiled plain one."""
+    by 13x / 4.4x; Inductor's compiled plain network against the eager one, 1.2x / 0.71, in fp16 on
+    ESA's strided convolution, where one max-pool maximum led by less than fp16's step
+    (:func:`esa_pooling_margin`), and 0.15 in fp16 for an input without such a tie. The GPU tests
+    use such an input, and hold a compiled network to the compiled plain one."""
     if dtype == torch.float32:
         scale = max(e.abs().max().item() for e in exact)
         assert max((f - e).abs().max().item() for f, e in zip(fused, exact)) <= 1e-5 * scale
@@ -256,9 +280,10 @@ def assert_network_gradients_as_close_to_fp32(exact, plain, fused, dtype):
 
 
 def test_a_fused_network_trains_through_the_kernels_with_the_plain_gradients_also_compiled(monkeypatch, launches):
-    torch.manual_seed(0)
+    torch.manual_seed(3)
     net = ASID(upscale=2, num_groups=2, num_feat=16).to(DEVICE)
     x = torch.rand(2, 3, 16, 16, device=DEVICE)
+    assert esa_pooling_margin(net, x) > 1e-3  # a seed whose max-pools no 16-bit rounding can flip
     dtype = NETWORK_DTYPE
     exact, plain = network_gradients(net, x, torch.float32), network_gradients(net, x, dtype)
     fused = fused_copy(net).train()
@@ -301,9 +326,10 @@ def test_the_whole_network_gradient_check_in_16_bits_catches_a_sharing_layer_tha
 
 def test_a_map_no_layer_shares_sends_no_gradient_to_read(launches):
     # one group: the computing layers' maps go nowhere, and the backward runs without their gradient
-    torch.manual_seed(0)
+    torch.manual_seed(3)
     net = ASID(upscale=2, num_groups=1, num_feat=16).to(DEVICE)
     x = torch.rand(2, 3, 16, 16, device=DEVICE)
+    assert esa_pooling_margin(net, x) > 1e-3
     exact, plain = network_gradients(net, x, torch.float32), network_gradients(net, x, NETWORK_DTYPE)
     fused = network_gradients(fused_copy(net).train(), x, NETWORK_DTYPE)
     assert launches == [False] * 6 + [('backward', False)] * 6
