@@ -92,7 +92,8 @@ def inference_paths(name, net, device):
     return paths
 
 
-#: Issue 26's targets for 320x180 -> 1280x720 on one GPU, ms a frame: (one frame a call, 4 or more a call).
+#: Issue 26's targets for 320x180 -> 1280x720, set for one H200 (other GPUs' rows are marked against
+#: them too), ms a frame: (one frame a call, 4 or more frames a call); 2 or 3 a call get the first.
 TARGETS_720P_MS = {'ASID': (3.0, 2.0), 'ASID-D8': (7.0, 5.0)}
 
 

@@ -139,7 +139,9 @@ class TrainStep:
                 losses = self.step(lq, gt)
             torch.cuda.current_stream(self.device).wait_stream(side)
             return losses
-        return self.step(lq, gt)  # eager, on the CPU, or a batch of another shape than the graph's
+        # eager, on the CPU, or a batch of another shape than the graph's (in one process its new
+        # gradients replace p.grad; the graph's replays go on writing the gradients they captured)
+        return self.step(lq, gt)
 
     # ------------------------------------------------------------------------ plumbing
     def _flat_grads(self, params):
