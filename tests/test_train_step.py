@@ -5,7 +5,8 @@ The eager step is the definition (zero grads, forward, L1, backward, AdamW, EMA,
 same losses, parameters and EMA over several steps. The cheap checks compile through
 AOTAutograd with the ``aot_eager`` backend (the same graph capture, joint forward/backward
 graph and functionalisation as Inductor, without generating C++); ``pytest -m slow`` runs
-Inductor itself. The CUDA-graph replay is measured on a GPU by ``basicsr benchmark --train``.
+Inductor itself. On a GPU, the CUDA-graph replay is tested against the eager step here and
+timed by ``basicsr benchmark --train``.
 """
 import copy
 import glob
@@ -135,9 +136,11 @@ def test_the_inductor_compiled_step_gives_the_eager_steps_losses_and_weights():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_on_a_gpu_the_whole_step_replays_as_one_cuda_graph_and_trains_as_the_eager_step():
     # Inductor, then the capture after the warm-up steps, then replays; the learning rate changes
-    # midway (a scheduler milestone) and must reach the graph.
+    # midway (a scheduler milestone) and must reach the graph; a batch of another shape between
+    # two replays runs eagerly, and the replay after it trains and leaves its gradients in p.grad.
     torch._dynamo.reset()
     data = batches(9)
+    data[7] = batches(1, size=24)[0]
     graph = train_step_steps(data, device='cuda', compile=True, lr_at={6: 2.5e-4})
     eager = train_step_steps(data, device='cuda', lr_at={6: 2.5e-4})
     assert graph[3].graph is not None and graph[3].steps == 9
@@ -145,6 +148,9 @@ def test_on_a_gpu_the_whole_step_replays_as_one_cuda_graph_and_trains_as_the_eag
     for p, q in zip(graph[1].parameters(), eager[1].parameters()):
         # Adam normalises each update, so an element whose gradient is ~0 may move by ~lr either way
         assert (p - q).abs().max() < 5e-3 and (p - q).abs().mean() < 1e-4
+    # p.grad hold the last step's gradients (a replay's), not those of the eager step before it
+    grads, eager_grads = (torch.cat([p.grad.flatten() for p in run[1].parameters()]) for run in (graph, eager))
+    assert (grads - eager_grads).norm() <= 0.05 * eager_grads.norm()
 
 
 def test_bf16_step_trains_the_fp32_weights_close_to_fp32():

@@ -22,7 +22,9 @@ one kernel zeroes them and one all-reduce averages them, which is why it does no
 network in ``DistributedDataParallel`` (whose per-bucket hooks cannot be replayed). In a single
 process the gradients are set to None before each backward instead, so autograd hands each
 parameter its new gradient as it is, rather than adding it into a zeroed buffer (one kernel
-less per parameter).
+less per parameter). A CUDA graph is captured that way, so its backward writes the gradients
+(replays never accumulate), and from then on ``p.grad`` are the graph's: a batch of another
+shape, run eagerly between replays, zeroes them and adds into them, as the flat buffer does.
 """
 import logging
 from contextlib import nullcontext
@@ -106,8 +108,8 @@ class TrainStep:
         """One whole step, in Python (what the CUDA graph records)."""
         if self.distributed:
             self._grads.zero_()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        else:  # None before the graph exists (it is captured so); its own tensors after
+            self.optimizer.zero_grad(set_to_none=self.graph is None)
         total, losses = self._forward(lq, gt)
         total.backward()
         if self.distributed:
@@ -139,9 +141,7 @@ class TrainStep:
                 losses = self.step(lq, gt)
             torch.cuda.current_stream(self.device).wait_stream(side)
             return losses
-        # eager, on the CPU, or a batch of another shape than the graph's (in one process its new
-        # gradients replace p.grad; the graph's replays go on writing the gradients they captured)
-        return self.step(lq, gt)
+        return self.step(lq, gt)  # eager, on the CPU, or a batch of another shape than the graph's
 
     # ------------------------------------------------------------------------ plumbing
     def _flat_grads(self, params):
