@@ -441,6 +441,14 @@ def test_speed_switches_in_old_places_or_of_wrong_values_are_refused_in_one_line
     assert str(err.value).startswith('train_ASID_x4.yml: ' + message) and '\n' not in str(err.value)
 
 
+def test_a_null_precision_is_fp32_for_the_check_as_for_the_model():
+    opt = load('train_ASID_x4.yml')
+    opt['train']['precision'] = None  # `precision: ~` in YAML
+    with pytest.raises(OptionError) as err:  # past the precision check (to the missing data sets here)
+        check_options(opt, 'train_ASID_x4.yml')
+    assert 'train.precision' not in str(err.value) and 'does not exist' in str(err.value)
+
+
 def test_a_compiled_step_on_several_gpus_is_fine_under_a_launcher_and_auto_counts_the_gpus(monkeypatch):
     opt = load('train_ASID_x4.yml')  # num_gpu: auto
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)

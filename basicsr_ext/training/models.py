@@ -71,7 +71,7 @@ class ASIDModel(SRModel):
         if train.get('precision') == 'fp16':
             raise ValueError('train.precision: fp16 would train without loss scaling (its gradients can '
                              'underflow): use bf16, or fp32')
-        if train.get('precision', 'fp32') not in AUTOCAST_DTYPES:
+        if (train.get('precision') or 'fp32') not in AUTOCAST_DTYPES:  # null: fp32, as the Model reads it
             raise ValueError(f'train.precision: must be one of {", ".join(AUTOCAST_DTYPES)}, '
                              f'got {train["precision"]!r}')
         gpus = opt.get('num_gpu', 'auto')
