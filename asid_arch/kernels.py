@@ -27,7 +27,7 @@ the window's share of the weights' gradients, which one reduction sums over the 
 backward has no backward of its own: a loss that differentiates gradients (``create_graph=True``,
 e.g. a gradient penalty) needs the plain layers (``train: kernels: false``).
 
-:func:`use_fused_kernels` switches a copy of a network to these layers (the same parameters and
+:func:`use_fused_kernels` switches a network to these layers in place (the same parameters and
 state_dict keys); :class:`asid_arch.inference.ASIDUpsampler` does it for its compiled network on
 a GPU in fp16/bf16 (``kernels=``; ``basicsr infer --no-kernels`` turns it off), and
 :class:`basicsr_ext.training.models.ASIDModel` for its compiled bf16 training step on a GPU
