@@ -354,6 +354,14 @@ def test_authors_raw_release_runs_in_value_range_minus_one_to_one(tmp_path, caps
     assert code == 0 and 'value range [0, 1]' in err
 
 
+def test_value_range_minus_one_to_one_is_taken_as_a_separate_argument_too(tmp_path, capsys, ckpt):
+    # argparse alone would read '-1,1' as an unknown option ("expected one argument")
+    cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
+    for i, form in enumerate((['--value-range', '-1,1'], ['--value-range=-1,1'])):
+        code, out, err = run(capsys, tmp_path / 'a.png', tmp_path / f'out{i}', ckpt, *form)
+        assert code == 0 and 'value range [-1, 1]' in err, err
+
+
 def test_scale_or_groups_that_contradict_the_weights_are_one_error(tmp_path, capsys, ckpt):
     cv2.imwrite(str(tmp_path / 'a.png'), img8(8, 8))
     for extra in (['--scale', '4'], ['--num-groups', '3']):

@@ -14,6 +14,7 @@ import sys
 # `basicsr --help`, a misspelt option file or a YAML error answer at once; each imports what it
 # runs with when it runs.
 from basicsr_ext.commands import benchmark, export, infer, prepare
+from basicsr_ext.commands.checkpoint_args import attach_value_ranges
 from basicsr_ext.common.errors import CommandError
 from basicsr_ext.common.files import shown
 from basicsr_ext.common.interrupts import Interrupted, raising_on_signals
@@ -166,7 +167,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_value_ranges(sys.argv[1:] if argv is None else argv))
     try:
         with raising_on_signals():  # SIGINT / SIGTERM: one line (training saves first: patches/runs.py)
             return args.func(args)
