@@ -200,8 +200,8 @@ def add_parser(commands):
                    help="output format (default: the input's)")
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs (default: skip them)')
     p.add_argument('--tile', type=int, default=None, metavar='N',
-                   help='LR tile size in pixels; 0: whole image always (default: whole image when it fits in '
-                   'memory, tiles otherwise)')
+                   help='LR tile size in pixels, larger than --tile-overlap; 0: whole image always (default: '
+                   'whole image when it fits in memory, tiles otherwise)')
     p.add_argument('--tile-overlap', type=int, default=24, metavar='M', help='tile overlap in LR pixels (default 24)')
     p.add_argument('--max-memory', type=float, default=None, metavar='GIB',
                    help='memory the automatic whole-image/tile choice may plan with (default: half of the free '
