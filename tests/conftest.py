@@ -157,6 +157,17 @@ def datacheck_cache(tmp_path_factory):
         yield folder
 
 
+@pytest.fixture(scope='session', autouse=True)
+def compile_cache(tmp_path_factory):
+    """torch.compile's cache in a folder of the test session: the commands run here (``basicsr
+    train`` sets ``experiments/compile_cache`` of the folder it runs in, unless the variable is set)
+    write neither into the clone nor into the user's cache, and every session compiles afresh, as CI."""
+    folder = tmp_path_factory.mktemp('compile_cache')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('TORCHINDUCTOR_CACHE_DIR', str(folder))
+        yield folder
+
+
 @pytest.fixture(scope='session')
 def demo_datasets(tmp_path_factory):
     """``basicsr prepare demo`` run once for the session (a few seconds): the folder it ran in,
