@@ -341,6 +341,12 @@ def option_warnings(opt, path):
             f'learning rate is never lowered there']
 
 
+def _gpus_here():
+    """The GPUs this process sees (torch is imported here, when a check needs it)."""
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _check_gpus(opt, path, launcher):
     """``num_gpu``: 'auto' or a whole number this machine has (BasicSR would fail in CUDA set-up)."""
     gpus = opt.get('num_gpu', 'auto')
@@ -348,8 +354,7 @@ def _check_gpus(opt, path, launcher):
         return
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
         raise OptionError(f"{path}: num_gpu: must be 'auto' or a whole number of GPUs, got {gpus!r}")
-    import torch
-    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = _gpus_here()
     needed = gpus if launcher == 'none' else min(gpus, 1)  # under a launcher, each rank uses one GPU
     if needed > have:
         hint = 'num_gpu: 0 runs on the CPU' if have == 0 else f'num_gpu: auto takes all {have}'
@@ -365,8 +370,7 @@ def _check_ranks_fit_gpus(launcher):
     local_ranks = os.environ.get('LOCAL_WORLD_SIZE', '')
     if launcher != 'pytorch' or not local_ranks.isdigit() or 'CUDA_VISIBLE_DEVICES' in os.environ:
         return
-    import torch
-    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = _gpus_here()
     if 0 < have < int(local_ranks):
         raise OptionError(f'--launcher pytorch: {local_ranks} processes on this host, but it has '
                           f'{_count(have, "GPU")}: start one process per GPU (torchrun --nproc_per_node={have}), '
